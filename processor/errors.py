@@ -1,0 +1,144 @@
+"""The exceptions batchproc raises.
+
+The tree::
+
+    BatchProcError
+     ├── JobFormatError          a bad input line (carries its line number)
+     ├── ConfigError             bad options, missing key, unknown model file, ...
+     ├── APIError                one attempt at one request went wrong
+     │    ├── RetryableAPIError  worth another attempt
+     │    │    ├── RateLimited   HTTP 429 (carries the server's Retry-After)
+     │    │    ├── ServerError   408, 409, 5xx, a 2xx whose body is not JSON
+     │    │    └── APITimeout    connection errors, resets, timeouts
+     │    └── FatalAPIError      no retry will help
+     │         ├── AuthError     401 / 403: the key is wrong or revoked
+     │         ├── BadRequest    400, 404, 422 and other 4xx
+     │         └── QuotaExceeded 429 with code ``insufficient_quota``
+     └── RetriesExhausted        a request used up its attempts (``last_attempt``)
+
+Only :mod:`processor.client` turns aiohttp exceptions into these (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "APITimeout",
+    "AuthError",
+    "BadRequest",
+    "BatchProcError",
+    "ConfigError",
+    "FatalAPIError",
+    "JobFormatError",
+    "QuotaExceeded",
+    "RateLimited",
+    "RetriesExhausted",
+    "RetryableAPIError",
+    "ServerError",
+]
+
+
+class BatchProcError(Exception):
+    """Base class of every error batchproc raises on purpose."""
+
+
+class JobFormatError(BatchProcError):
+    """An input line that is not a valid request."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class ConfigError(BatchProcError):
+    """Options that cannot work together, or a missing API key."""
+
+
+class APIError(BatchProcError):
+    """One attempt failed.
+
+    Args:
+        message: human-readable reason, never containing the API key.
+        status: the HTTP status, or ``None`` for a transport error.
+        body: the parsed (or raw text) error body, if any.
+        request_id: the server's ``x-request-id``, if any.
+        retry_after: seconds the server asked us to wait, if it said.
+    """
+
+    kind = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: Any = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body = body
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+class RetryableAPIError(APIError):
+    """An attempt that may succeed if repeated."""
+
+    kind = "retryable"
+
+
+class RateLimited(RetryableAPIError):
+    """HTTP 429: too many requests or tokens for now."""
+
+    kind = "rate_limited"
+
+
+class ServerError(RetryableAPIError):
+    """408, 409, 5xx, or a 2xx with a body that is not valid JSON."""
+
+    kind = "server_error"
+
+
+class APITimeout(RetryableAPIError):
+    """A connection error, a reset or a request that did not finish in time."""
+
+    kind = "connection_error"
+
+
+class FatalAPIError(APIError):
+    """An attempt that no repetition will fix."""
+
+    kind = "fatal"
+
+
+class AuthError(FatalAPIError):
+    """401 or 403: the key is missing, wrong or revoked."""
+
+    kind = "auth_error"
+
+
+class BadRequest(FatalAPIError):
+    """400, 404, 422 and other 4xx: the request itself is wrong."""
+
+    kind = "bad_request"
+
+
+class QuotaExceeded(FatalAPIError):
+    """429 with ``insufficient_quota``: the account is out of credit."""
+
+    kind = "insufficient_quota"
+
+
+class RetriesExhausted(BatchProcError):
+    """A request failed on every attempt; ``last_attempt`` holds the final error."""
+
+    def __init__(self, attempts: int, last_attempt: APIError) -> None:
+        super().__init__(f"gave up after {attempts} attempts: {last_attempt.message}")
+        self.attempts = attempts
+        self.last_attempt = last_attempt
