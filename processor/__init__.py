@@ -1,0 +1,65 @@
+"""batchproc: push a JSONL job through a rate-limited OpenAI-compatible API, unattended."""
+
+from __future__ import annotations
+
+from .client import OpenAIClient, RateLimitInfo, Response
+from .engine import Engine, Stats
+from .errors import (
+    APIError,
+    APITimeout,
+    AuthError,
+    BadRequest,
+    BatchProcError,
+    ConfigError,
+    FatalAPIError,
+    JobFormatError,
+    QuotaExceeded,
+    RateLimited,
+    RetriesExhausted,
+    RetryableAPIError,
+    ServerError,
+)
+from .jobs import BadLine, Job, ResultWriter, iter_jobs, parse_line
+from .limits import Capacity, Limiter
+from .retry import RetryPolicy, backoff, should_retry
+from .runner import JobConfig, run_job
+from .tokens import Cost, TokenCounter, estimate_request_cost
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "APITimeout",
+    "AuthError",
+    "BadLine",
+    "BadRequest",
+    "BatchProcError",
+    "Capacity",
+    "ConfigError",
+    "Cost",
+    "Engine",
+    "FatalAPIError",
+    "Job",
+    "JobConfig",
+    "JobFormatError",
+    "Limiter",
+    "OpenAIClient",
+    "QuotaExceeded",
+    "RateLimitInfo",
+    "RateLimited",
+    "Response",
+    "ResultWriter",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "RetryableAPIError",
+    "ServerError",
+    "Stats",
+    "TokenCounter",
+    "__version__",
+    "backoff",
+    "estimate_request_cost",
+    "iter_jobs",
+    "parse_line",
+    "run_job",
+    "should_retry",
+]

@@ -1,0 +1,223 @@
+"""The ``batchproc`` command: a thin typer shell over :func:`processor.runner.run_job`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+
+from .client import DEFAULT_BASE_URL
+from .errors import BatchProcError, ConfigError
+from .jobs import DEFAULT_ENDPOINT
+from .progress import LiveReporter, PlainReporter, format_summary
+from .runner import JobConfig, run_job
+from .tokens import DEFAULT_MAX_TOKENS
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Push a JSONL job through a rate-limited OpenAI-compatible API. "
+    "`batchproc JOBS.jsonl --rpm 500 --tpm 30000` is short for `batchproc run ...`.",
+)
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in _LOCAL_HOSTS or host.startswith("127.")
+
+
+def _parse_limit(value: str | None, name: str) -> float | None:
+    if value is None or value.lower() in ("", "none", "off", "0"):
+        return None
+    try:
+        number = float(value.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise typer.BadParameter(f"{name} must be positive, got {value!r}")
+    return number
+
+
+def _parse_headers(values: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in values:
+        key, sep, val = item.partition(":")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--header wants 'Name: value', got {item!r}")
+        headers[key.strip()] = val.strip()
+    return headers
+
+
+def _setup_logging(verbose: bool, console: Console | None) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+@app.command()
+def run(
+    input_path: Annotated[Path, typer.Argument(metavar="JOBS.jsonl", help="The JSONL job file.")],
+    rpm: Annotated[str | None, typer.Option(help="Requests per minute to stay under.")] = None,
+    tpm: Annotated[str | None, typer.Option(help="Tokens per minute to stay under.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                      help="Results file [default: <stem>.results.jsonl beside the input].")] = None,
+    errors: Annotated[Path | None, typer.Option(
+        help="Errors file [default: <stem>.errors.jsonl beside the input].")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help=f"API base URL [default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}].")] = None,
+    endpoint: Annotated[str, typer.Option(
+        help="Endpoint for lines that name none.")] = DEFAULT_ENDPOINT,
+    api_key_env: Annotated[str, typer.Option(
+        help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
+    api_key: Annotated[str | None, typer.Option(
+        help="The API key itself (prefer --api-key-env: flags show up in `ps`).")] = None,
+    max_in_flight: Annotated[int, typer.Option(min=1, help="Most requests on the wire at once.")]
+    = 100,
+    max_attempts: Annotated[int, typer.Option(min=1, help="Attempts per request.")] = 5,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per attempt.")] = 600.0,
+    default_max_tokens: Annotated[int, typer.Option(
+        min=0, help="Completion tokens charged when a request states no max_tokens.")]
+    = DEFAULT_MAX_TOKENS,
+    encodings_dir: Annotated[Path | None, typer.Option(
+        help="Folder with tiktoken files (o200k_base.tiktoken, cl100k_base.tiktoken) "
+        "for exact counts offline.")] = None,
+    header: Annotated[list[str] | None, typer.Option(
+        help="Extra header 'Name: value' (repeatable).")] = None,
+    azure: Annotated[bool, typer.Option(help="Send the key as Azure's api-key header.")] = False,
+    grace: Annotated[float, typer.Option(
+        min=0, help="Seconds in-flight requests get after Ctrl-C / SIGTERM.")] = 30.0,
+    fresh: Annotated[bool, typer.Option(
+        help="Start over: move old outputs aside (never deleted).")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        help="Send again requests that failed for good in an earlier run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    plain: Annotated[bool, typer.Option(
+        help="Plain log lines instead of the live display (the default when not a terminal).")]
+    = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log lines.")] = False,
+) -> None:
+    """Run (or resume) a JSONL job: every answer to the results file, every failure to the errors file."""
+    if not input_path.is_file():
+        raise typer.BadParameter(f"no such file: {input_path}", param_hint="JOBS.jsonl")
+    base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    key = api_key or os.environ.get(api_key_env) or None
+    if key is None and not _is_local(base):
+        typer.echo(
+            f"error: no API key: set ${api_key_env} (or --api-key-env NAME) for {base}", err=True
+        )
+        raise typer.Exit(EXIT_USAGE)
+    config = JobConfig(
+        base_url=base, api_key=key, rpm=_parse_limit(rpm, "--rpm"),
+        tpm=_parse_limit(tpm, "--tpm"), max_in_flight=max_in_flight, max_attempts=max_attempts,
+        timeout=timeout, endpoint=endpoint, default_max_tokens=default_max_tokens,
+        encodings_dir=str(encodings_dir) if encodings_dir else None,
+        headers=_parse_headers(header or []), azure=azure, grace=grace, fresh=fresh,
+        retry_failed=retry_failed,
+    )
+    console = Console(stderr=True)
+    live = not quiet and not plain and console.is_terminal
+    _setup_logging(verbose, console if live else None)
+    reporter: LiveReporter | PlainReporter | None
+    if quiet:
+        reporter = None
+    elif live:
+        reporter = LiveReporter(console)
+    else:
+        reporter = PlainReporter(sys.stderr)
+    try:
+        if reporter is None:
+            stats = asyncio.run(run_job(input_path, config, output=output, errors=errors,
+                                        handle_signals=True))
+        else:
+            with reporter:
+                stats = asyncio.run(run_job(input_path, config, output=output, errors=errors,
+                                            on_progress=reporter, handle_signals=True))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except BatchProcError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(format_summary(stats), err=True)
+    reason = stats.stop_reason or ""
+    if reason.startswith("SIGINT") or reason.startswith("second SIGINT"):
+        raise typer.Exit(EXIT_SIGINT)
+    if reason.startswith("SIGTERM") or reason.startswith("second SIGTERM"):
+        raise typer.Exit(EXIT_SIGTERM)
+    if stats.failed or stats.bad_lines or stats.stop_reason:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("mock-server")
+def mock_server(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")]
+    = "127.0.0.1",
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute the server enforces.")]
+    = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute the server enforces.")]
+    = None,
+    rpd: Annotated[float | None, typer.Option(help="Requests per day.")] = None,
+    tpd: Annotated[float | None, typer.Option(help="Tokens per day.")] = None,
+    initial_fill: Annotated[float, typer.Option(
+        help="Share of each per-minute bucket available at start (1 = full, like OpenAI).")]
+    = 1.0,
+    latency_ms: Annotated[float, typer.Option(help="Latency of each answer.")] = 0.0,
+    latency_jitter_ms: Annotated[float, typer.Option(help="Random extra latency.")] = 0.0,
+    fail_500: Annotated[float, typer.Option(help="Share of requests answered 500.")] = 0.0,
+    fail_503: Annotated[float, typer.Option(help="Share answered 503.")] = 0.0,
+    reset: Annotated[float, typer.Option(help="Share whose connection is reset.")] = 0.0,
+    hang: Annotated[float, typer.Option(help="Share never answered.")] = 0.0,
+    truncate: Annotated[float, typer.Option(help="Share answered with a cut-off body.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed for faults.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        help="Require the key held in this environment variable.")] = None,
+) -> None:
+    """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
+    from .mockserver import MockConfig
+    from .mockserver import run as run_mock
+
+    config = MockConfig(
+        rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd, initial_fill=initial_fill, latency_ms=latency_ms,
+        latency_jitter_ms=latency_jitter_ms, fail_500=fail_500, fail_503=fail_503, reset=reset,
+        hang=hang, truncate=truncate, seed=seed,
+        api_key=os.environ.get(api_key_env) if api_key_env else None,
+    )
+    run_mock(config, host, port)
+
+
+_COMMANDS = {"run", "mock-server", "sort", "estimate", "export", "jobs-from-images"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``batchproc JOBS.jsonl ...`` means ``batchproc run JOBS.jsonl ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] not in _COMMANDS and args[0] not in ("--help", "-h"):
+        args.insert(0, "run")
+    app(args, prog_name="batchproc")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,308 @@
+"""The HTTP client: one aiohttp session, auth, and the verdict on each response.
+
+This is the only module that sees aiohttp's exceptions; it maps them to
+:mod:`processor.errors` with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from .errors import (
+    APIError,
+    APITimeout,
+    AuthError,
+    BadRequest,
+    QuotaExceeded,
+    RateLimited,
+    ServerError,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "OpenAIClient", "RateLimitInfo", "Response", "join_url",
+           "parse_duration", "parse_retry_after"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Parse OpenAI's reset durations ("20ms", "1s", "6m0s", "1h2m3.5s") into seconds."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total = 0.0
+    pos = 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            return None
+        value = float(m.group(1))
+        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+        pos = m.end()
+    return total if pos == len(text) and pos else None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``
+    (seconds or an HTTP date), else None."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What the server's ``x-ratelimit-*`` headers said (None where absent)."""
+
+    limit_requests: float | None = None
+    limit_tokens: float | None = None
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+    reset_requests: float | None = None
+    reset_tokens: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+            return None
+
+        def num(key: str) -> float | None:
+            value = headers.get(key)
+            if value is None:
+                return None
+            try:
+                return float(value)
+            except ValueError:
+                return None
+
+        def dur(key: str) -> float | None:
+            value = headers.get(key)
+            return parse_duration(value) if value is not None else None
+
+        return cls(
+            num("x-ratelimit-limit-requests"),
+            num("x-ratelimit-limit-tokens"),
+            num("x-ratelimit-remaining-requests"),
+            num("x-ratelimit-remaining-tokens"),
+            dur("x-ratelimit-reset-requests"),
+            dur("x-ratelimit-reset-tokens"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful answer: status, parsed JSON body, request id, rate-limit headers."""
+
+    status: int
+    body: Any
+    request_id: str | None
+    ratelimit: RateLimitInfo | None = None
+
+
+def join_url(base_url: str, endpoint: str) -> str:
+    """Join a base URL and an endpoint path without doubling the version segment.
+
+    ``http://host:8000/v1`` + ``/v1/chat/completions`` gives
+    ``http://host:8000/v1/chat/completions``; ``https://api.openai.com/v1`` +
+    ``/chat/completions`` gives ``https://api.openai.com/v1/chat/completions``.
+    """
+    base = base_url.rstrip("/")
+    path = "/" + endpoint.lstrip("/")
+    base_path = urlsplit(base).path
+    if base_path:
+        last = "/" + base_path.rsplit("/", 1)[-1]
+        if path == last or path.startswith(last + "/"):
+            path = path[len(last) :]
+    return base + path
+
+
+def _error_message(body: Any) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    if isinstance(body, str):
+        return body[:300]
+    return ""
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        for key in ("code", "type"):
+            if isinstance(error.get(key), str):
+                return str(error[key])
+    return None
+
+
+def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
+    """Turn one HTTP answer into a :class:`Response` or raise the matching APIError."""
+    request_id = headers.get("x-request-id") or headers.get("apim-request-id")
+    if 200 <= status < 300:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ServerError(
+                f"HTTP {status} with a body that is not valid JSON ({len(raw)} bytes, truncated?)",
+                status=status, request_id=request_id,
+            ) from None
+        return Response(status, body, request_id, RateLimitInfo.from_headers(headers))
+    try:
+        body: Any = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = raw[:2000].decode("utf-8", "replace")
+    message = f"HTTP {status}: {_error_message(body) or 'no message'}"
+    retry_after = parse_retry_after(headers)
+    kwargs: dict[str, Any] = {"status": status, "body": body, "request_id": request_id,
+                              "retry_after": retry_after}
+    code = _error_code(body)
+    if status == 429:
+        if code == "insufficient_quota":
+            raise QuotaExceeded(message, **kwargs)
+        raise RateLimited(message, **kwargs)
+    if status in (408, 409) or status >= 500:
+        raise ServerError(message, **kwargs)
+    if status in (401, 403):
+        raise AuthError(message, **kwargs)
+    raise BadRequest(message, **kwargs)
+
+
+class OpenAIClient:
+    """An OpenAI-compatible HTTP client that owns one ``aiohttp.ClientSession``.
+
+    Args:
+        base_url: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
+        api_key: sent as ``Authorization: Bearer ...`` (or ``api-key`` for Azure);
+            never logged, never part of an error message.
+        timeout: seconds for one whole request.
+        max_connections: connection pool size (match the in-flight cap).
+        headers: extra headers sent with every request.
+        azure: use Azure's ``api-key`` header instead of a bearer token.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 600.0,
+        max_connections: int = 100,
+        headers: Mapping[str, str] | None = None,
+        azure: bool = False,
+    ) -> None:
+        self.base_url = base_url
+        self._key = api_key
+        self._key_bytes = api_key.encode() if api_key else b""
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_connections = max_connections
+        h = {"Content-Type": "application/json", "Accept": "application/json"}
+        h.update(headers or {})
+        if api_key:
+            if azure:
+                h["api-key"] = api_key
+            else:
+                h["Authorization"] = f"Bearer {api_key}"
+        self._headers = h
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, str] = {}
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> OpenAIClient:
+        self._ensure_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=self._max_connections,
+                ttl_dns_cache=300,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers=self._headers,
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url_for(self, endpoint: str) -> str:
+        url = self._urls.get(endpoint)
+        if url is None:
+            url = self._urls[endpoint] = join_url(self.base_url, endpoint)
+        return url
+
+    def _redact(self, text: str) -> str:
+        if self._key and self._key in text:
+            text = text.replace(self._key, "***")
+        return text
+
+    async def post(self, endpoint: str, payload: bytes) -> Response:
+        """POST ``payload`` (JSON bytes) to ``endpoint``.
+
+        Returns:
+            The :class:`Response` for a 2xx with a JSON body.
+
+        Raises:
+            RateLimited, ServerError, APITimeout: worth retrying.
+            AuthError, BadRequest, QuotaExceeded: not worth retrying.
+        """
+        session = self._session or self._ensure_session()
+        try:
+            async with session.post(self.url_for(endpoint), data=payload) as resp:
+                raw = await resp.read()
+                if self._key_bytes and self._key_bytes in raw:
+                    # A proxy or mock that echoes the key must not put it in our files.
+                    raw = raw.replace(self._key_bytes, b"***")
+                return classify(resp.status, raw, resp.headers)
+        except APIError:
+            raise
+        except asyncio.TimeoutError as exc:
+            raise APITimeout("request timed out") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise ServerError(self._redact(f"response body cut short: {exc}")) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise APITimeout(self._redact(f"{type(exc).__name__}: {exc}")) from exc

@@ -1,0 +1,363 @@
+"""Read and validate job lines; build and write result and error records.
+
+An input line is either an OpenAI Batch API request::
+
+    {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+
+or a bare request body, optionally with a top-level ``metadata`` object that is passed
+through to the output (a ``metadata`` key *inside* a Batch line's ``body`` is a real API
+parameter and is left alone)::
+
+    {"model": "gpt-4o-mini", "messages": [...], "metadata": {"row": 7}}
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .errors import JobFormatError
+from .idset import IdSet
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "BadLine",
+    "Job",
+    "ResultWriter",
+    "count_lines",
+    "error_record",
+    "iter_jobs",
+    "iter_raw_lines",
+    "parse_line",
+    "result_record",
+]
+
+DEFAULT_ENDPOINT = "/v1/chat/completions"
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(slots=True)
+class Job:
+    """One request to send, and what happened to it so far.
+
+    Attributes:
+        custom_id: the line's ``custom_id``, else ``line-<N>``.
+        line: 1-based line number in the input.
+        url: endpoint path, e.g. ``/v1/chat/completions``.
+        body: the JSON body to send.
+        metadata: passed through to the output record, if the line had one.
+        payload: ``body`` serialised once, reused on every attempt.
+        tokens: admission cost in tokens (set by the engine).
+        attempts: attempts made so far.
+        history: one short reason per failed attempt.
+    """
+
+    custom_id: str
+    line: int
+    url: str
+    body: dict[str, Any]
+    metadata: Any = None
+    payload: bytes = b""
+    tokens: int = 0
+    attempts: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """An input line that is not a valid request."""
+
+    line: int
+    reason: str
+    custom_id: str | None = None
+
+
+def iter_raw_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, raw_bytes)`` lazily; a BOM on line 1 is dropped."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            yield number, raw
+
+
+def count_lines(path: str | os.PathLike[str], chunk: int = 1 << 20) -> int:
+    """Count the non-blank-terminated lines of a file quickly, without parsing."""
+    n = 0
+    last = b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def _check_body(body: dict[str, Any], url: str) -> str | None:
+    """Why ``body`` cannot be sent to ``url``, or None if it looks right."""
+    path = url.split("?", 1)[0].rstrip("/")
+    if path.endswith("/chat/completions"):
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "chat completions body needs a non-empty 'messages' list"
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or "role" not in message:
+                return f"messages[{i}] must be an object with a 'role'"
+    elif path.endswith("/embeddings"):
+        if "input" not in body:
+            return "embeddings body needs 'input'"
+    elif path.endswith("/completions"):
+        if "prompt" not in body:
+            return "completions body needs 'prompt'"
+    elif path.endswith("/responses"):
+        if "input" not in body and "prompt" not in body:
+            return "responses body needs 'input'"
+    return None
+
+
+def parse_line(raw: bytes, line: int, default_endpoint: str = DEFAULT_ENDPOINT) -> Job:
+    """Turn one input line into a :class:`Job`.
+
+    Args:
+        raw: the line's bytes (a trailing newline is fine).
+        line: its 1-based line number.
+        default_endpoint: endpoint for bare bodies and Batch lines without ``url``.
+
+    Raises:
+        JobFormatError: with a clear reason and the line number.
+    """
+    if not raw.strip():
+        raise JobFormatError("blank line", line)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise JobFormatError(f"invalid JSON: {exc}", line) from None
+    if not isinstance(obj, dict):
+        raise JobFormatError(f"expected a JSON object, got {type(obj).__name__}", line)
+
+    metadata: Any = None
+    if "body" in obj or "url" in obj or "method" in obj:
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            raise JobFormatError("Batch API line needs a 'body' object", line)
+        method = obj.get("method", "POST")
+        if not isinstance(method, str) or method.upper() != "POST":
+            raise JobFormatError(f"unsupported method {method!r}: only POST", line)
+        url = obj.get("url", default_endpoint)
+        if not isinstance(url, str) or not url.startswith("/"):
+            raise JobFormatError(f"'url' must be a path like /v1/chat/completions, got {url!r}", line)
+        custom_id = obj.get("custom_id")
+        metadata = obj.get("metadata")
+    else:
+        # A bare body: top-level "metadata" and "custom_id" are ours, not the API's.
+        body = obj
+        custom_id = body.pop("custom_id", None)
+        metadata = body.pop("metadata", None)
+        url = default_endpoint
+
+    if custom_id is None:
+        custom_id = f"line-{line}"
+    elif not isinstance(custom_id, str) or not custom_id:
+        raise JobFormatError(f"'custom_id' must be a non-empty string, got {custom_id!r}", line)
+    problem = _check_body(body, url)
+    if problem:
+        raise JobFormatError(problem, line)
+    model = body.get("model")
+    return Job(
+        custom_id=custom_id,
+        line=line,
+        url=url,
+        body=body,
+        metadata=metadata,
+        model=model if isinstance(model, str) else None,
+    )
+
+
+def new_record_id() -> str:
+    return "batch_req_" + uuid.uuid4().hex
+
+
+def result_record(job: Job, status: int, request_id: str | None, body: Any) -> dict[str, Any]:
+    """An output line in the OpenAI Batch output shape."""
+    record: dict[str, Any] = {
+        "id": new_record_id(),
+        "custom_id": job.custom_id,
+        "response": {"status_code": status, "request_id": request_id or "", "body": body},
+        "error": None,
+    }
+    if job.metadata is not None:
+        record["metadata"] = job.metadata
+    return record
+
+
+def error_record(
+    *,
+    custom_id: str | None,
+    line: int,
+    code: str,
+    message: str,
+    status: int | None = None,
+    request_id: str | None = None,
+    body: Any = None,
+    attempts: int = 0,
+    history: list[dict[str, Any]] | None = None,
+    metadata: Any = None,
+) -> dict[str, Any]:
+    """An error line: OpenAI's Batch error shape, plus line, attempts and history.
+
+    ``response`` holds the last HTTP answer when there was one (as OpenAI's error file
+    does); ``error`` says why the request failed for good.
+    """
+    record: dict[str, Any] = {
+        "id": new_record_id(),
+        "custom_id": custom_id,
+        "response": (
+            {"status_code": status, "request_id": request_id or "", "body": body}
+            if status is not None
+            else None
+        ),
+        "error": {
+            "code": code,
+            "message": message,
+            "line": line,
+            "status": status,
+            "attempts": attempts,
+            "history": history or [],
+        },
+    }
+    if metadata is not None:
+        record["metadata"] = metadata
+    return record
+
+
+class ResultWriter:
+    """Appends records to the results and errors files.
+
+    Each record is serialised to one line and written with a single ``write`` then
+    flushed, so a crash leaves at most one partial last line. ``fsync`` runs at most
+    every ``fsync_interval`` seconds (from :meth:`maybe_sync`) and at :meth:`close`:
+    flushing hands the bytes to the OS, which survives a killed process; fsync makes
+    them survive a power cut, at a cost of milliseconds each, hence the timer.
+    """
+
+    __slots__ = ("results_path", "errors_path", "_results", "_errors", "_last_sync", "_interval",
+                 "_dirty")
+
+    def __init__(
+        self,
+        results_path: str | os.PathLike[str],
+        errors_path: str | os.PathLike[str],
+        *,
+        fsync_interval: float = 1.0,
+    ) -> None:
+        self.results_path = Path(results_path)
+        self.errors_path = Path(errors_path)
+        self._results: IO[bytes] | None = None
+        self._errors: IO[bytes] | None = None
+        self._interval = fsync_interval
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    def _open(self, path: Path) -> IO[bytes]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab", buffering=0)
+
+    def write_result(self, record: dict[str, Any]) -> None:
+        if self._results is None:
+            self._results = self._open(self.results_path)
+        self._results.write(orjson.dumps(record) + b"\n")
+        self._dirty = True
+
+    def write_error(self, record: dict[str, Any]) -> None:
+        if self._errors is None:
+            self._errors = self._open(self.errors_path)
+        self._errors.write(orjson.dumps(record) + b"\n")
+        self._dirty = True
+
+    def sync(self) -> None:
+        """fsync both files now."""
+        for f in (self._results, self._errors):
+            if f is not None:
+                os.fsync(f.fileno())
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    def maybe_sync(self) -> None:
+        """fsync if there are new records and the interval has passed."""
+        if self._dirty and time.monotonic() - self._last_sync >= self._interval:
+            self.sync()
+
+    def close(self) -> None:
+        if self._dirty:
+            self.sync()
+        for f in (self._results, self._errors):
+            if f is not None:
+                f.close()
+        self._results = self._errors = None
+
+
+_AUTO_ID_PREFIX = "line-"
+
+
+def iter_jobs(
+    path: str | os.PathLike[str],
+    *,
+    default_endpoint: str = DEFAULT_ENDPOINT,
+    skip: Callable[[str], bool] | None = None,
+    on_skip: Callable[[Job], None] | None = None,
+) -> Iterator[Job | BadLine]:
+    """Read ``path`` lazily, yielding a :class:`Job` per good line, a :class:`BadLine` per bad one.
+
+    A repeated ``custom_id`` is a :class:`BadLine`. Explicit ids are remembered in a
+    compact :class:`~processor.idset.IdSet`; lines without one get ``line-<N>``, unique
+    by construction and not stored, so a bare job costs no memory per line. An
+    explicit ``line-<K>`` on another line than K would collide with that scheme and is
+    reported as a bad line.
+
+    Args:
+        path: the JSONL job file.
+        default_endpoint: endpoint for lines that do not name one.
+        skip: ids to leave out (already done in an earlier run).
+        on_skip: called with each job left out.
+    """
+    seen = IdSet()
+    for number, raw in iter_raw_lines(path):
+        try:
+            job = parse_line(raw, number, default_endpoint)
+        except JobFormatError as exc:
+            yield BadLine(number, exc.message, _salvage_id(raw))
+            continue
+        cid = job.custom_id
+        if cid.startswith(_AUTO_ID_PREFIX) and cid != f"{_AUTO_ID_PREFIX}{number}" and \
+                cid[len(_AUTO_ID_PREFIX):].isdigit():
+            yield BadLine(number, f"custom_id {cid!r} is reserved for line "
+                          f"{cid[len(_AUTO_ID_PREFIX):]} (lines without a custom_id are "
+                          "named line-<N>)", cid)
+            continue
+        if cid != f"{_AUTO_ID_PREFIX}{number}" and not seen.add(cid):
+            yield BadLine(number, f"duplicate custom_id {cid!r}: only its first line is sent",
+                          cid)
+            continue
+        if skip is not None and skip(cid):
+            if on_skip is not None:
+                on_skip(job)
+            continue
+        yield job
+
+
+def _salvage_id(raw: bytes) -> str | None:
+    """The custom_id of a line that failed validation, if it has a readable one."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+        return str(obj["custom_id"])
+    return None

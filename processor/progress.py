@@ -1,0 +1,188 @@
+"""What people watching a run see: a rich live display, plain log lines, a summary.
+
+The engine knows nothing of this module: it calls ``on_progress(stats)`` a few times a
+second and the reporters here render those :class:`~processor.engine.Stats`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import IO, Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .engine import Stats
+
+__all__ = ["LiveReporter", "PlainReporter", "Rates", "format_summary", "summary_dict"]
+
+
+class Rates:
+    """Achieved request and token rates over a sliding window of samples."""
+
+    __slots__ = ("_samples", "window")
+
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int, int, int]] = deque()
+
+    def update(self, stats: Stats, now: float | None = None) -> tuple[float, float, float]:
+        """Record a sample; return (requests/min, tokens/min, finished/s) over the window."""
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, stats.attempts, stats.tokens_charged, stats.done))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self.window:
+            self._samples.popleft()
+        t0, a0, k0, d0 = self._samples[0]
+        dt = now - t0
+        if dt <= 0:
+            return 0.0, 0.0, 0.0
+        _, a1, k1, d1 = self._samples[-1]
+        return (a1 - a0) / dt * 60, (k1 - k0) / dt * 60, (d1 - d0) / dt
+
+
+def _eta(stats: Stats, per_s: float) -> str:
+    if stats.total is None or per_s <= 0:
+        return "?"
+    left = max(0, stats.total - stats.done - stats.skipped)
+    secs = int(left / per_s)
+    h, rem = divmod(secs, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _rate(value: float, limit: float | None) -> str:
+    if limit:
+        return f"{value:,.0f}/{limit:,.0f}"
+    return f"{value:,.0f}"
+
+
+def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
+    rpm, tpm, per_s = rates
+    total = "?" if stats.total is None else f"{stats.total:,}"
+    return (
+        f"done {stats.done + stats.skipped:,}/{total} ok {stats.ok:,} failed "
+        f"{stats.failed + stats.bad_lines:,} retrying {stats.retrying:,} in-flight "
+        f"{stats.in_flight:,} 429s {stats.n_429:,} | rpm {_rate(rpm, stats.limits.get('rpm'))} "
+        f"tpm {_rate(tpm, stats.limits.get('tpm'))} | eta {_eta(stats, per_s)}"
+    )
+
+
+class PlainReporter:
+    """One log line every ``every`` seconds: for pipelines and files, no terminal codes."""
+
+    def __init__(self, stream: IO[str], every: float = 10.0) -> None:
+        self.stream = stream
+        self.every = every
+        self.rates = Rates()
+        self._last = 0.0
+
+    def __call__(self, stats: Stats) -> None:
+        rates = self.rates.update(stats)
+        now = time.monotonic()
+        if now - self._last >= self.every or stats.finished is not None:
+            self._last = now
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{stamp} {status_line(stats, rates)}", file=self.stream, flush=True)
+
+    def __enter__(self) -> PlainReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class LiveReporter:
+    """A rich progress bar with live counts, rates against the limits and an ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.rates = Rates()
+        self.progress = Progress(
+            TextColumn("[bold]batchproc"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.completed:,.0f}/{task.fields[total_text]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta {task.fields[eta]}"),
+            console=console,
+        )
+        self.task = self.progress.add_task("run", total=None, total_text="?", eta="?")
+        self.detail = Table.grid(padding=(0, 2))
+        self._live = Live(self._render(""), console=console, refresh_per_second=4,
+                          transient=False)
+
+    def _render(self, detail: str) -> Any:
+        grid = Table.grid()
+        grid.add_row(self.progress)
+        grid.add_row(detail)
+        return grid
+
+    def __call__(self, stats: Stats) -> None:
+        rpm, tpm, per_s = self.rates.update(stats)
+        self.progress.update(
+            self.task, total=stats.total, completed=stats.done + stats.skipped,
+            total_text="?" if stats.total is None else f"{stats.total:,}",
+            eta=_eta(stats, per_s),
+        )
+        detail = (
+            f"[green]ok {stats.ok:,}[/]  [red]failed {stats.failed + stats.bad_lines:,}[/]  "
+            f"[yellow]retrying {stats.retrying:,}[/]  in-flight {stats.in_flight:,}  "
+            f"429s {stats.n_429:,}  skipped {stats.skipped:,}\n"
+            f"rpm {_rate(rpm, stats.limits.get('rpm'))}  tpm {_rate(tpm, stats.limits.get('tpm'))}"
+        )
+        self._live.update(self._render(detail))
+
+    def __enter__(self) -> LiveReporter:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
+
+
+def summary_dict(stats: Stats) -> dict[str, Any]:
+    """The end-of-run figures, as plain data."""
+    elapsed = max(stats.elapsed, 1e-9)
+    return {
+        "total": stats.total,
+        "ok": stats.ok,
+        "failed": stats.failed,
+        "bad_lines": stats.bad_lines,
+        "skipped_already_done": stats.skipped,
+        "retried_failed": stats.retried_failed,
+        "attempts": stats.attempts,
+        "retries": stats.retries,
+        "http_429": stats.n_429,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "wall_s": round(elapsed, 3),
+        "achieved_rpm": round(stats.attempts / elapsed * 60, 1),
+        "achieved_tpm": round(stats.tokens_charged / elapsed * 60, 1),
+        "failures": dict(stats.failures),
+        "stop_reason": stats.stop_reason,
+    }
+
+
+def format_summary(stats: Stats) -> str:
+    """A short human summary of a finished run."""
+    s = summary_dict(stats)
+    lines = [
+        f"{'Stopped' if stats.stop_reason else 'Finished'} in {s['wall_s']:.1f}s: "
+        f"{s['ok']:,} ok, {s['failed']:,} failed, {s['bad_lines']:,} bad lines, "
+        f"{s['skipped_already_done']:,} skipped (already done)",
+        f"  attempts {s['attempts']:,} (retries {s['retries']:,}, 429s {s['http_429']:,}); "
+        f"achieved {s['achieved_rpm']:,.0f} rpm, {s['achieved_tpm']:,.0f} tpm",
+        f"  tokens used: {s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} completion",
+    ]
+    if stats.retried_failed:
+        lines.append(f"  retried {stats.retried_failed:,} requests that had failed before")
+    if stats.failures:
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in stats.failures.most_common())
+        lines.append(f"  failures by reason: {reasons}")
+    if stats.stop_reason:
+        lines.append(f"  stopped early: {stats.stop_reason}")
+    lines.extend(f"  {note}" for note in stats.notes)
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""Resume: find what earlier runs already wrote, and repair what a crash left behind.
+
+Rerunning the same command resumes. Before anything is sent, the results file is
+scanned for ``custom_id``s already answered (held in a compact
+:class:`~processor.idset.IdSet`, 12-24 bytes per id), the errors file for requests
+that failed for good and for bad input lines already reported. A torn last line
+(a crash mid-write) is moved to a side file and cut off, so the outputs stay
+valid JSONL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from .idset import IdSet
+
+__all__ = ["ResumeState", "load_state", "move_aside", "repair_torn_tail"]
+
+log = logging.getLogger(__name__)
+
+# Our own records start {"id":"batch_req_...","custom_id":"..."; read the id from the
+# first bytes without parsing a possibly large response body. Other writers' lines
+# fall back to a full parse.
+_FAST_ID = re.compile(rb'"custom_id":("(?:[^"\\]|\\.)*")')
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """What the output files of earlier runs hold.
+
+    Attributes:
+        done: ids with a result.
+        failed: ids with a final error (not counting bad input lines).
+        bad_lines: line numbers already reported as bad input.
+        torn: side files holding torn last lines that were cut off.
+    """
+
+    done: IdSet = field(default_factory=IdSet)
+    failed: IdSet = field(default_factory=IdSet)
+    bad_lines: set[int] = field(default_factory=set)
+    failed_lines: dict[str, int] = field(default_factory=dict)
+    torn: list[Path] = field(default_factory=list)
+    invalid_lines: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (len(self.done) or len(self.failed) or self.bad_lines)
+
+
+def repair_torn_tail(path: Path) -> Path | None:
+    """Cut a partial last line off ``path``, saving its bytes beside it.
+
+    Returns:
+        The side file holding the cut bytes, or None if the file was whole.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        # Walk back to the last newline.
+        pos = size
+        block = 1 << 16
+        cut = 0
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                cut = start + i + 1
+                break
+            pos = start
+        f.seek(cut)
+        tail = f.read()
+        side = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        side.write_bytes(tail)
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s ended in a partial line (%d bytes, a crash mid-write); moved it to %s",
+                path, len(tail), side)
+    return side
+
+
+def _custom_id(raw: bytes) -> tuple[str | None, dict[str, object] | None]:
+    m = _FAST_ID.search(raw, 0, 400)
+    if m is not None:
+        try:
+            value = orjson.loads(m.group(1))
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, str):
+            return value, None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    cid = obj.get("custom_id")
+    return (cid if isinstance(cid, str) else None), obj
+
+
+def load_state(results: Path, errors: Path) -> ResumeState:
+    """Repair both files' tails, then collect what they hold."""
+    state = ResumeState()
+    for path in (results, errors):
+        side = repair_torn_tail(path)
+        if side is not None:
+            state.torn.append(side)
+    if results.exists():
+        with open(results, "rb") as f:
+            for raw in f:
+                cid, _ = _custom_id(raw)
+                if cid is None:
+                    state.invalid_lines += 1
+                else:
+                    state.done.add(cid)
+    if errors.exists():
+        with open(errors, "rb") as f:
+            for raw in f:
+                try:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    state.invalid_lines += 1
+                    continue
+                if not isinstance(obj, dict):
+                    continue
+                error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+                assert isinstance(error, dict)
+                line = error.get("line")
+                if error.get("code") == "invalid_line":
+                    if isinstance(line, int):
+                        state.bad_lines.add(line)
+                    continue
+                cid = obj.get("custom_id")
+                if isinstance(cid, str):
+                    state.failed.add(cid)
+    return state
+
+
+def move_aside(path: Path) -> Path | None:
+    """Rename ``path`` to ``<name>.<timestamp>.bak`` (for ``--fresh``); never delete it."""
+    if not path.exists():
+        return None
+    target = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{n}.bak")
+        n += 1
+    path.rename(target)
+    return target

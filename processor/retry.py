@@ -1,0 +1,71 @@
+"""Retry policy: which failures to retry, and how long to wait before the next attempt."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import APIError, RateLimited, RetryableAPIError
+
+__all__ = ["RetryPolicy", "backoff", "should_retry"]
+
+
+def should_retry(exc: BaseException) -> bool:
+    """True for failures another attempt may fix (429, 408, 409, 5xx, transport errors)."""
+    return isinstance(exc, RetryableAPIError)
+
+
+def backoff(
+    attempt: int,
+    *,
+    base: float = 1.0,
+    cap: float = 60.0,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
+
+    Full jitter spreads retries of a burst of failures evenly instead of sending them
+    back together (AWS Architecture Blog, "Exponential Backoff And Jitter").
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    return rng() * min(cap, base * 2 ** (attempt - 1))
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """How many attempts a request gets and how long it waits between them.
+
+    Args:
+        max_attempts: attempts per request, the first included.
+        base: backoff base in seconds.
+        cap: longest backoff in seconds.
+        rng: uniform [0, 1) source, injectable for tests.
+    """
+
+    max_attempts: int = 5
+    base: float = 1.0
+    cap: float = 60.0
+    rng: Callable[[], float] = field(default=random.random)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+
+    def should_retry(self, exc: APIError, attempts: int) -> bool:
+        return should_retry(exc) and attempts < self.max_attempts
+
+    def delay(self, exc: APIError, attempts: int) -> float:
+        """Seconds to wait before attempt ``attempts + 1``.
+
+        The server's Retry-After wins when it gave one (plus up to 10% jitter so a
+        crowd of 429s does not come back in the same millisecond); otherwise
+        exponential backoff with full jitter.
+        """
+        if exc.retry_after is not None and exc.retry_after >= 0:
+            return exc.retry_after * (1.0 + 0.1 * self.rng())
+        if isinstance(exc, RateLimited):
+            # A 429 without a hint: at least a second, the usual refill step.
+            return max(1.0, backoff(attempts, base=self.base, cap=self.cap, rng=self.rng))
+        return backoff(attempts, base=self.base, cap=self.cap, rng=self.rng)

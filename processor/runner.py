@@ -1,0 +1,213 @@
+"""``run_job``: the whole job from a file, as the CLI runs it, for Python callers too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .client import DEFAULT_BASE_URL, OpenAIClient
+from .engine import Engine, Stats
+from .errors import ConfigError
+from .jobs import DEFAULT_ENDPOINT, BadLine, Job, ResultWriter, count_lines, iter_jobs
+from .limits import Limiter
+from .resume import ResumeState, load_state, move_aside
+from .retry import RetryPolicy
+from .tokens import DEFAULT_MAX_TOKENS, TokenCounter
+
+__all__ = ["JobConfig", "default_paths", "run_job"]
+
+log = logging.getLogger(__name__)
+
+
+def default_paths(input_path: Path) -> tuple[Path, Path]:
+    """``<stem>.results.jsonl`` and ``<stem>.errors.jsonl`` beside the input."""
+    stem = input_path.name[:-6] if input_path.name.endswith(".jsonl") else input_path.stem
+    return (input_path.with_name(f"{stem}.results.jsonl"),
+            input_path.with_name(f"{stem}.errors.jsonl"))
+
+
+@dataclass(slots=True)
+class JobConfig:
+    """Everything a run needs besides the input file. Defaults match the CLI's.
+
+    Attributes:
+        base_url: API base, e.g. ``https://api.openai.com/v1``.
+        api_key: the key (never logged); None for servers that need none.
+        rpm / tpm: requests and tokens per minute to stay under (None: no limit).
+        max_in_flight: most requests on the wire at once.
+        max_attempts: attempts per request, the first included.
+        timeout: seconds per attempt.
+        endpoint: endpoint for lines that do not name one.
+        default_max_tokens: completion budget charged when a body states none.
+        encodings_dir: folder with local tiktoken encoding files.
+        headers: extra HTTP headers.
+        azure: send the key as Azure's ``api-key`` header.
+        grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
+        fresh: move old outputs aside and start over.
+        retry_failed: send again the requests that failed for good in earlier runs.
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    max_in_flight: int = 100
+    max_attempts: int = 5
+    timeout: float = 600.0
+    endpoint: str = DEFAULT_ENDPOINT
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    encodings_dir: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    azure: bool = False
+    grace: float = 30.0
+    fresh: bool = False
+    retry_failed: bool = False
+    burst_seconds: float = 1.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    allow_download: bool = True
+
+
+async def run_job(
+    input_path: str | os.PathLike[str],
+    config: JobConfig | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    errors: str | os.PathLike[str] | None = None,
+    on_progress: Callable[[Stats], None] | None = None,
+    handle_signals: bool = False,
+    count_total: bool = True,
+) -> Stats:
+    """Run a JSONL job file to the end (or resume it) and return the final :class:`Stats`.
+
+    Args:
+        input_path: the JSONL job.
+        config: limits, endpoint and client settings.
+        output: results file (default ``<stem>.results.jsonl`` beside the input).
+        errors: errors file (default ``<stem>.errors.jsonl``).
+        on_progress: called with live stats a few times a second.
+        handle_signals: stop gracefully on SIGINT / SIGTERM (the CLI sets this).
+        count_total: count the input's lines first, for progress and ETA.
+
+    Raises:
+        ConfigError: the input is missing or the options cannot work.
+    """
+    cfg = config or JobConfig()
+    src = Path(input_path)
+    if not src.is_file():
+        raise ConfigError(f"input file not found: {src}")
+    default_out, default_err = default_paths(src)
+    out_path = Path(output) if output else default_out
+    err_path = Path(errors) if errors else default_err
+
+    stats = Stats()
+    if cfg.rpm:
+        stats.limits["rpm"] = cfg.rpm
+    if cfg.tpm:
+        stats.limits["tpm"] = cfg.tpm
+    if cfg.fresh:
+        for p in (out_path, err_path):
+            moved = move_aside(p)
+            if moved:
+                stats.notes.append(f"--fresh: moved {p} to {moved}")
+    state = load_state(out_path, err_path)
+    for side in state.torn:
+        stats.notes.append(f"repaired a torn last line; its bytes are in {side}")
+    if cfg.retry_failed and len(state.failed):
+        moved = move_aside(err_path)
+        stats.notes.append(f"--retry-failed: previous errors moved to {moved}")
+        state.bad_lines.clear()
+    if count_total:
+        stats.total = count_lines(src)
+
+    counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
+                           default_max_tokens=cfg.default_max_tokens)
+
+    def cost(job: Job) -> int:
+        return counter.cost(job.body, job.url).total
+
+    skip, on_skip = _resume_filters(state, cfg.retry_failed, stats)
+    limiter = Limiter.per_minute(cfg.rpm, cfg.tpm, burst_seconds=cfg.burst_seconds)
+    writer = ResultWriter(out_path, err_path)
+    policy = RetryPolicy(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
+    async with OpenAIClient(cfg.base_url, cfg.api_key, timeout=cfg.timeout,
+                            max_connections=cfg.max_in_flight, headers=cfg.headers,
+                            azure=cfg.azure) as client:
+        engine = Engine(client, limiter, writer, cost=cost, policy=policy,
+                        max_in_flight=cfg.max_in_flight, on_progress=on_progress,
+                        grace=cfg.grace, stats=stats)
+        reported = state.bad_lines
+        source = (
+            item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
+                                       on_skip=on_skip)
+            if not (isinstance(item, BadLine) and item.line in reported)
+        )
+        remove = _install_signals(engine) if handle_signals else (lambda: None)
+        try:
+            await engine.run(source)
+        finally:
+            remove()
+            writer.close()
+    stats.notes.append(f"results: {out_path}")
+    stats.notes.append(f"errors:  {err_path}")
+    if counter.mode != "exact":
+        stats.notes.append(f"token counts: {counter.mode}")
+    return stats
+
+
+def _resume_filters(
+    state: ResumeState, retry_failed: bool, stats: Stats
+) -> tuple[Callable[[str], bool] | None, Callable[[Job], None] | None]:
+    if state.empty:
+        return None, None
+    done, failed = state.done, state.failed
+
+    def skip(custom_id: str) -> bool:
+        if custom_id in done:
+            return True
+        if custom_id in failed:
+            if retry_failed:
+                stats.retried_failed += 1
+                return False
+            return True
+        return False
+
+    def on_skip(job: Job) -> None:
+        stats.skipped += 1
+
+    return skip, on_skip
+
+
+def _install_signals(engine: Engine) -> Callable[[], None]:
+    """First SIGINT/SIGTERM: graceful stop. Second: cancel what is in flight now."""
+    loop = asyncio.get_running_loop()
+    hits = {"n": 0}
+
+    def handler(signame: str) -> None:
+        hits["n"] += 1
+        if hits["n"] == 1:
+            engine.stop(f"{signame} received")
+        else:
+            engine.grace = 0.0
+            engine.stop(f"second {signame}")
+            engine.stats.notes.append(f"second {signame}: in-flight requests abandoned")
+            engine.kick()
+
+    installed = []
+    for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+        try:
+            loop.add_signal_handler(sig, handler, name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+
+    def remove() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return remove
