@@ -81,8 +81,9 @@ def run(
     input_path: Annotated[Path, typer.Argument(metavar="JOBS.jsonl", help="The JSONL job file.")],
     rpm: Annotated[str | None, typer.Option(help="Requests per minute to stay under.")] = None,
     tpm: Annotated[str | None, typer.Option(help="Tokens per minute to stay under.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                      help="Results file [default: <stem>.results.jsonl beside the input].")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Results file [default: <stem>.results.jsonl beside the input].")]
+    = None,
     errors: Annotated[Path | None, typer.Option(
         help="Errors file [default: <stem>.errors.jsonl beside the input].")] = None,
     base_url: Annotated[str | None, typer.Option(
@@ -118,7 +119,7 @@ def run(
     = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log lines.")] = False,
 ) -> None:
-    """Run (or resume) a JSONL job: every answer to the results file, every failure to the errors file."""
+    """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     if not input_path.is_file():
         raise typer.BadParameter(f"no such file: {input_path}", param_hint="JOBS.jsonl")
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL

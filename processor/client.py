@@ -92,7 +92,9 @@ class RateLimitInfo:
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+        if "x-ratelimit-limit-requests" not in headers and (
+            "x-ratelimit-limit-tokens" not in headers
+        ):
             return None
 
         def num(key: str) -> float | None:
@@ -178,14 +180,17 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
                 status=status, request_id=request_id,
             ) from None
         return Response(status, body, request_id, RateLimitInfo.from_headers(headers))
+    error_body: Any
     try:
-        body: Any = orjson.loads(raw) if raw else None
+        error_body = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
-        body = raw[:2000].decode("utf-8", "replace")
+        error_body = raw[:2000].decode("utf-8", "replace")
+    body = error_body
     message = f"HTTP {status}: {_error_message(body) or 'no message'}"
     retry_after = parse_retry_after(headers)
     kwargs: dict[str, Any] = {"status": status, "body": body, "request_id": request_id,
-                              "retry_after": retry_after}
+                              "retry_after": retry_after,
+                              "ratelimit": RateLimitInfo.from_headers(headers)}
     code = _error_code(body)
     if status == 429:
         if code == "insufficient_quota":
@@ -223,7 +228,8 @@ class OpenAIClient:
     ) -> None:
         self.base_url = base_url
         self._key = api_key
-        self._key_bytes = api_key.encode() if api_key else b""
+        # Short test keys ("k") would mask every "k"; real keys are long.
+        self._key_bytes = api_key.encode() if api_key and len(api_key) >= 8 else b""
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         h = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -276,7 +282,7 @@ class OpenAIClient:
         return url
 
     def _redact(self, text: str) -> str:
-        if self._key and self._key in text:
+        if self._key_bytes and self._key and self._key in text:
             text = text.replace(self._key, "***")
         return text
 

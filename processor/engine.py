@@ -293,6 +293,9 @@ class Engine:
         except APIError as exc:
             self._failed_attempt(job, exc)
         else:
+            if response.ratelimit is not None:
+                info = response.ratelimit
+                self.limiter.observe(info.limit_requests, info.limit_tokens)
             prompt, completion = _usage(response.body)
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion
@@ -307,9 +310,12 @@ class Engine:
         stats = self.stats
         job.history.append({"attempt": job.attempts, "status": exc.status, "error": exc.kind,
                             "message": exc.message[:300]})
+        info = exc.ratelimit
+        if info is not None:
+            self.limiter.observe(info.limit_requests, info.limit_tokens)
         if isinstance(exc, RateLimited):
             stats.n_429 += 1
-            self.limiter.pause(exc.retry_after if exc.retry_after is not None else 1.0)
+            self.limiter.rate_limited(exc.retry_after)
         if isinstance(exc, FatalAPIError):
             self._fail(job, exc.kind, exc.message, exc)
             if isinstance(exc, (AuthError, QuotaExceeded)) and not (

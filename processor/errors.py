@@ -66,6 +66,7 @@ class APIError(BatchProcError):
         body: the parsed (or raw text) error body, if any.
         request_id: the server's ``x-request-id``, if any.
         retry_after: seconds the server asked us to wait, if it said.
+        ratelimit: the response's parsed ``x-ratelimit-*`` headers, if any.
     """
 
     kind = "api_error"
@@ -78,8 +79,10 @@ class APIError(BatchProcError):
         body: Any = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        ratelimit: Any = None,
     ) -> None:
         super().__init__(message)
+        self.ratelimit = ratelimit
         self.message = message
         self.status = status
         self.body = body

@@ -152,7 +152,9 @@ def parse_line(raw: bytes, line: int, default_endpoint: str = DEFAULT_ENDPOINT) 
             raise JobFormatError(f"unsupported method {method!r}: only POST", line)
         url = obj.get("url", default_endpoint)
         if not isinstance(url, str) or not url.startswith("/"):
-            raise JobFormatError(f"'url' must be a path like /v1/chat/completions, got {url!r}", line)
+            raise JobFormatError(
+                f"'url' must be a path like /v1/chat/completions, got {url!r}", line
+            )
         custom_id = obj.get("custom_id")
         metadata = obj.get("metadata")
     else:

@@ -38,7 +38,7 @@ class Capacity:
     """
 
     __slots__ = ("name", "limit", "period", "rate", "capacity", "level", "_last", "unit_cost",
-                 "_burst")
+                 "_burst", "scale", "ceiling")
 
     def __init__(
         self,
@@ -58,6 +58,9 @@ class Capacity:
         self.period = period
         self._burst = burst_seconds
         self.limit = limit
+        #: the most this counter may ever allow (the user's flag); server hints only lower it.
+        self.ceiling = limit
+        self.scale = 1.0
         self.rate = limit / period
         self.capacity = max(self.rate * burst_seconds, 1.0)
         self.level = min(initial, self.capacity)
@@ -69,7 +72,16 @@ class Capacity:
             raise ValueError(f"{self.name}: limit must be positive, got {limit}")
         self._refill(now)
         self.limit = limit
-        self.rate = limit / self.period
+        self._rescale()
+
+    def set_scale(self, scale: float, now: float) -> None:
+        """Run at ``scale`` x the limit (0 < scale <= 1): the limiter's back-off after 429s."""
+        self._refill(now)
+        self.scale = scale
+        self._rescale()
+
+    def _rescale(self) -> None:
+        self.rate = self.limit * self.scale / self.period
         self.capacity = max(self.rate * self._burst, 1.0)
         self.level = min(self.level, self.capacity)
 
@@ -116,7 +128,8 @@ class Limiter:
         sleep: awaitable sleep; injectable for tests.
     """
 
-    __slots__ = ("counters", "_clock", "_sleep", "paused_until", "_requests", "_tokens")
+    __slots__ = ("counters", "_clock", "_sleep", "paused_until", "_requests", "_tokens", "scale",
+                 "min_scale", "decrease", "recovery_per_s", "_scaled_at", "_last_decrease")
 
     def __init__(
         self,
@@ -129,6 +142,14 @@ class Limiter:
         self._clock = clock
         self._sleep = sleep
         self.paused_until = -math.inf
+        # Back-off after 429s: multiply the rates by ``decrease`` (at most once per
+        # cool-down), then recover linearly by ``recovery_per_s`` toward the limits.
+        self.scale = 1.0
+        self.min_scale = 0.05
+        self.decrease = 0.9
+        self.recovery_per_s = 0.01
+        self._scaled_at = -math.inf
+        self._last_decrease = -math.inf
         self._split()
 
     def _split(self) -> None:
@@ -170,8 +191,21 @@ class Limiter:
                 return c
         return None
 
+    def _recover(self, now: float) -> None:
+        if self.scale < 1.0:
+            scale = min(1.0, self.scale + (now - self._scaled_at) * self.recovery_per_s)
+            self._set_scale(scale, now)
+
+    def _set_scale(self, scale: float, now: float) -> None:
+        self.scale = scale
+        self._scaled_at = now
+        for c in self.counters:
+            c.set_scale(scale, now)
+
     def wait_time(self, tokens: int, now: float) -> float:
         """Seconds until a request of ``tokens`` may go."""
+        if self.scale < 1.0:
+            self._recover(now)
         wait = self.paused_until - now
         for c in self._requests:
             wait = max(wait, c.wait_time(1, now))
@@ -218,3 +252,33 @@ class Limiter:
         self.paused_until = max(self.paused_until, now + seconds)
         for c in self.counters:
             c.drain(now)
+
+    def observe(self, limit_requests: float | None, limit_tokens: float | None) -> None:
+        """Adopt the server's per-minute limits where they are lower than ours.
+
+        Never goes above the user's flags (each counter's ``ceiling``).
+        """
+        now: float | None = None
+        for counters, server in ((self._requests, limit_requests), (self._tokens, limit_tokens)):
+            if not server or server <= 0:
+                continue
+            for c in counters:
+                if c.period == 60.0 and abs(c.limit - min(server, c.ceiling)) > 1e-9:
+                    now = self.now() if now is None else now
+                    c.set_limit(min(server, c.ceiling), now)
+
+    def rate_limited(self, retry_after: float | None, cooldown: float = 1.0) -> None:
+        """React to a 429: pause for the server's hint and slow down.
+
+        A 429 despite our counters means the server sees less capacity than we were
+        told (another client spends the same budget, or the flags are too high), so
+        the rates drop by ``decrease``. Requests already in flight when the first 429
+        came back would be refused too; counting each of their 429s would collapse the
+        rate, so at most one decrease happens per ``cooldown`` seconds.
+        """
+        self.pause(retry_after if retry_after is not None else 1.0)
+        now = self.now()
+        if self.counters and now - self._last_decrease >= cooldown:
+            self._last_decrease = now
+            self._recover(now)
+            self._set_scale(max(self.min_scale, self.scale * self.decrease), now)

@@ -30,7 +30,7 @@ def backoff(
     """
     if attempt < 1:
         raise ValueError(f"attempt counts from 1, got {attempt}")
-    return rng() * min(cap, base * 2 ** (attempt - 1))
+    return float(rng() * min(cap, base * 2.0 ** (attempt - 1)))
 
 
 @dataclass(slots=True)

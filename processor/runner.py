@@ -99,31 +99,18 @@ async def run_job(
     """
     cfg = config or JobConfig()
     src = Path(input_path)
-    if not src.is_file():
-        raise ConfigError(f"input file not found: {src}")
     default_out, default_err = default_paths(src)
     out_path = Path(output) if output else default_out
     err_path = Path(errors) if errors else default_err
-
     stats = Stats()
     if cfg.rpm:
         stats.limits["rpm"] = cfg.rpm
     if cfg.tpm:
         stats.limits["tpm"] = cfg.tpm
-    if cfg.fresh:
-        for p in (out_path, err_path):
-            moved = move_aside(p)
-            if moved:
-                stats.notes.append(f"--fresh: moved {p} to {moved}")
-    state = load_state(out_path, err_path)
-    for side in state.torn:
-        stats.notes.append(f"repaired a torn last line; its bytes are in {side}")
-    if cfg.retry_failed and len(state.failed):
-        moved = move_aside(err_path)
-        stats.notes.append(f"--retry-failed: previous errors moved to {moved}")
-        state.bad_lines.clear()
-    if count_total:
-        stats.total = count_lines(src)
+    # File work before the first request (resume scan, line count) runs in a thread so
+    # that a caller's event loop is never blocked by it.
+    state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
+                                    count_total)
 
     counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
                            default_max_tokens=cfg.default_max_tokens)
@@ -158,6 +145,29 @@ async def run_job(
     if counter.mode != "exact":
         stats.notes.append(f"token counts: {counter.mode}")
     return stats
+
+
+def _prepare_files(
+    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool
+) -> ResumeState:
+    """Check the input, move or repair old outputs, read what they hold, count lines."""
+    if not src.is_file():
+        raise ConfigError(f"input file not found: {src}")
+    if cfg.fresh:
+        for p in (out_path, err_path):
+            moved = move_aside(p)
+            if moved:
+                stats.notes.append(f"--fresh: moved {p} to {moved}")
+    state = load_state(out_path, err_path)
+    for side in state.torn:
+        stats.notes.append(f"repaired a torn last line; its bytes are in {side}")
+    if cfg.retry_failed and len(state.failed):
+        moved = move_aside(err_path)
+        stats.notes.append(f"--retry-failed: previous errors moved to {moved}")
+        state.bad_lines.clear()
+    if count_total:
+        stats.total = count_lines(src)
+    return state
 
 
 def _resume_filters(

@@ -1,0 +1,67 @@
+"""Shared fixtures: the mock OpenAI server on loopback, and job-file builders."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from processor.mockserver import STATS_KEY, MockConfig, MockStats, build_app
+
+
+@dataclass
+class MockAPI:
+    """A running mock server: its base URL and live stats."""
+
+    base_url: str
+    stats: MockStats
+    server: TestServer
+
+
+@pytest.fixture
+async def mock_api() -> AsyncIterator[Callable[..., Any]]:
+    """Start mock servers on 127.0.0.1 (random ports): ``api = await mock_api(rpm=...)``."""
+    servers: list[TestServer] = []
+
+    async def start(**config: Any) -> MockAPI:
+        app = build_app(MockConfig(**config))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return MockAPI(str(server.make_url("/v1")), app[STATS_KEY], server)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def chat_line(i: int, *, model: str = "gpt-4o-mini", max_tokens: int = 16,
+              text: str | None = None) -> dict[str, Any]:
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "messages": [{"role": "user", "content": text or f"Question number {i}?"}],
+            "max_tokens": max_tokens,
+        },
+    }
+
+
+def write_jsonl(path: Path, lines: Iterable[dict[str, Any] | bytes]) -> Path:
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else orjson.dumps(line) + b"\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
