@@ -1,7 +1,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PORT ?= 8765
+PORT ?= auto
 
 .PHONY: venv test lint typecheck demo demo-vision bench clean
 

@@ -43,8 +43,9 @@ MAX_SIDE = 65535
 #: the size assumed for images we do not fetch (http(s) URLs, file ids). At ``detail:
 #: high`` on gpt-4o this prices at 765 tokens, the old flat estimate.
 REMOTE_IMAGE_SIZE = (1024, 1024)
-#: base64 characters decoded first from a data: URL (a multiple of 4: 48 KiB of bytes).
-_FIRST_CHUNK = 64 * 1024
+#: base64 characters decoded first from a data: URL (a multiple of 4: 3 KiB of bytes), enough
+#: for PNG, GIF, WebP and most JPEGs; each further round doubles what has been decoded.
+_FIRST_CHUNK = 4 * 1024
 
 
 class ImageFormatError(ValueError):
@@ -253,9 +254,9 @@ def _webp_size(data: bytes) -> tuple[int, int]:
 def image_size_from_data_url(url: str) -> tuple[int, int]:
     """(width, height) of the image in a ``data:`` URL, decoding only what the header needs.
 
-    The first 64 KiB of base64 is decoded; if the header runs on (a JPEG's frame header can
+    The first 4 KiB of base64 is decoded; if the header runs on (a JPEG's frame header can
     follow large EXIF or ICC segments), the next span, as long as everything so far, is
-    decoded and appended, so no byte is decoded twice.
+    decoded and appended: at most twice what the header needs, and no byte twice.
 
     Raises:
         ImageFormatError: not a data: URL, bad base64, or see :func:`image_size_from_bytes`.
