@@ -42,7 +42,7 @@ class Sender(Protocol):
 class Sink(Protocol):
     """Where records go (a :class:`~processor.jobs.ResultWriter`, or a pipeline's queue)."""
 
-    def write_result(self, record: dict[str, Any]) -> None: ...
+    def write_result(self, record: dict[str, Any], payload: bytes | None = None) -> None: ...
 
     def write_error(self, record: dict[str, Any]) -> None: ...
 
@@ -75,6 +75,8 @@ class Stats:
     bad_lines: int = 0
     skipped: int = 0
     retried_failed: int = 0
+    changed: int = 0
+    changed_examples: list[str] = field(default_factory=list)
     in_flight: int = 0
     retrying: int = 0
     attempts: int = 0
@@ -300,8 +302,10 @@ class Engine:
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion
             stats.ok += 1
-            self.sink.write_result(result_record(job, response.status, response.request_id,
-                                                 response.body))
+            self.sink.write_result(
+                result_record(job, response.status, response.request_id, response.body),
+                job.payload,
+            )
         finally:
             stats.in_flight -= 1
             self._changed.set()

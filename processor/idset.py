@@ -29,64 +29,95 @@ def fingerprint(custom_id: str) -> int:
 
 
 class IdSet:
-    """A set of ids held as 64-bit fingerprints (see the module docstring)."""
+    """A set of ids held as 64-bit fingerprints (see the module docstring).
 
-    __slots__ = ("_table", "_mask", "_count")
+    Args:
+        capacity: ids expected (the table grows as needed).
+        values: also keep one 64-bit value per id (e.g. a hash of the request body,
+            to notice an input that changed between runs); doubles the memory.
+    """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    __slots__ = ("_table", "_values", "_mask", "_count")
+
+    def __init__(self, capacity: int = 1024, *, values: bool = False) -> None:
         size = 1024
         while size * 2 < capacity * 3:
             size *= 2
         self._table = array("Q", bytes(8 * size))
+        self._values: array[int] | None = array("Q", bytes(8 * size)) if values else None
         self._mask = size - 1
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
+    def _find(self, fp: int) -> int:
+        """The slot holding ``fp``, or the empty slot where it would go."""
+        table, mask = self._table, self._mask
+        i = fp & mask
+        while True:
+            slot = table[i]
+            if slot == fp or slot == _EMPTY:
+                return i
+            i = (i + 1) & mask
+
     def __contains__(self, custom_id: object) -> bool:
         if not isinstance(custom_id, str):
             return False
         fp = fingerprint(custom_id)
-        table, mask = self._table, self._mask
-        i = fp & mask
-        while True:
-            slot = table[i]
-            if slot == fp:
-                return True
-            if slot == _EMPTY:
-                return False
-            i = (i + 1) & mask
+        return self._table[self._find(fp)] == fp
 
-    def add(self, custom_id: str) -> bool:
-        """Add ``custom_id``; return False if it (or its fingerprint) was already there."""
-        return self._insert(fingerprint(custom_id))
+    def add(self, custom_id: str, value: int = 0) -> bool:
+        """Add ``custom_id``; return False if it (or its fingerprint) was already there.
 
-    def _insert(self, fp: int) -> bool:
-        table, mask = self._table, self._mask
-        i = fp & mask
-        while True:
-            slot = table[i]
-            if slot == fp:
-                return False
-            if slot == _EMPTY:
-                table[i] = fp
-                self._count += 1
-                if self._count * 3 > (mask + 1) * 2:
-                    self._grow()
-                return True
-            i = (i + 1) & mask
+        With ``values``, the value is stored (or replaced) either way.
+        """
+        return self.add_fingerprint(fingerprint(custom_id), value)
+
+    def add_fingerprint(self, fp: int, value: int = 0) -> bool:
+        """Add a fingerprint made by :func:`fingerprint` (e.g. read back from a ledger)."""
+        i = self._find(fp)
+        if self._values is not None:
+            self._values[i] = value
+        if self._table[i] == fp:
+            return False
+        self._table[i] = fp
+        self._count += 1
+        if self._count * 3 > (self._mask + 1) * 2:
+            self._grow()
+        return True
+
+    def update_fingerprint(self, fp: int, value: int) -> bool:
+        """Set the value of a fingerprint already present; False (nothing added) if absent."""
+        i = self._find(fp)
+        if self._table[i] != fp or self._values is None:
+            return False
+        self._values[i] = value
+        return True
+
+    def get(self, custom_id: str) -> int | None:
+        """The value stored with ``custom_id`` (0 without ``values``), or None if absent."""
+        fp = fingerprint(custom_id)
+        i = self._find(fp)
+        if self._table[i] != fp:
+            return None
+        return self._values[i] if self._values is not None else 0
 
     def _grow(self) -> None:
-        old = self._table
-        self._table = array("Q", bytes(8 * len(old) * 2))
-        self._mask = len(self._table) - 1
+        old, old_values = self._table, self._values
+        size = len(old) * 2
+        self._table = array("Q", bytes(8 * size))
+        self._values = array("Q", bytes(8 * size)) if old_values is not None else None
+        self._mask = size - 1
         self._count = 0
-        for fp in old:
+        for i, fp in enumerate(old):
             if fp != _EMPTY:
-                self._insert(fp)
+                self.add_fingerprint(fp, old_values[i] if old_values is not None else 0)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the table, in bytes."""
-        return self._table.itemsize * len(self._table)
+        total = self._table.itemsize * len(self._table)
+        if self._values is not None:
+            total *= 2
+        return total

@@ -13,7 +13,9 @@ parameter and is left alone)::
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,11 +26,12 @@ from typing import IO, Any
 import orjson
 
 from .errors import JobFormatError
-from .idset import IdSet
+from .idset import IdSet, fingerprint
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "BadLine",
+    "body_hash",
     "Job",
     "ResultWriter",
     "count_lines",
@@ -239,6 +242,28 @@ def error_record(
     return record
 
 
+LEDGER_ENTRY = struct.Struct("<QQ")
+
+
+def ledger_path(results_path: Path) -> Path:
+    """The ledger beside a results file: ``<results>.ledger``."""
+    return results_path.with_name(results_path.name + ".ledger")
+
+
+def body_hash(payload: bytes) -> int:
+    """A 64-bit hash of a request body as sent (never 0)."""
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little") or 1
+
+
+def ledger_entry(custom_id: str, payload: bytes) -> bytes:
+    """16 bytes: the id's fingerprint and the body's hash.
+
+    The ledger lets a rerun notice that the input changed since a request was
+    answered. It is advisory: the results file stays the record of what is done.
+    """
+    return LEDGER_ENTRY.pack(fingerprint(custom_id), body_hash(payload))
+
+
 class ResultWriter:
     """Appends records to the results and errors files.
 
@@ -249,8 +274,8 @@ class ResultWriter:
     them survive a power cut, at a cost of milliseconds each, hence the timer.
     """
 
-    __slots__ = ("results_path", "errors_path", "_results", "_errors", "_last_sync", "_interval",
-                 "_dirty")
+    __slots__ = ("results_path", "errors_path", "ledger_path", "_results", "_errors", "_ledger",
+                 "_last_sync", "_interval", "_dirty")
 
     def __init__(
         self,
@@ -261,8 +286,10 @@ class ResultWriter:
     ) -> None:
         self.results_path = Path(results_path)
         self.errors_path = Path(errors_path)
+        self.ledger_path = ledger_path(self.results_path)
         self._results: IO[bytes] | None = None
         self._errors: IO[bytes] | None = None
+        self._ledger: IO[bytes] | None = None
         self._interval = fsync_interval
         self._last_sync = time.monotonic()
         self._dirty = False
@@ -271,10 +298,16 @@ class ResultWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "ab", buffering=0)
 
-    def write_result(self, record: dict[str, Any]) -> None:
+    def write_result(self, record: dict[str, Any], payload: bytes | None = None) -> None:
+        """Append a result; with ``payload`` (the request body sent), note its hash in the ledger."""
         if self._results is None:
             self._results = self._open(self.results_path)
         self._results.write(orjson.dumps(record) + b"\n")
+        if payload is not None:
+            if self._ledger is None:
+                self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+                self._ledger = open(self.ledger_path, "ab")
+            self._ledger.write(ledger_entry(record["custom_id"], payload))
         self._dirty = True
 
     def write_error(self, record: dict[str, Any]) -> None:
@@ -284,8 +317,10 @@ class ResultWriter:
         self._dirty = True
 
     def sync(self) -> None:
-        """fsync both files now."""
-        for f in (self._results, self._errors):
+        """fsync the files now."""
+        if self._ledger is not None:
+            self._ledger.flush()
+        for f in (self._results, self._errors, self._ledger):
             if f is not None:
                 os.fsync(f.fileno())
         self._last_sync = time.monotonic()
@@ -299,10 +334,10 @@ class ResultWriter:
     def close(self) -> None:
         if self._dirty:
             self.sync()
-        for f in (self._results, self._errors):
+        for f in (self._results, self._errors, self._ledger):
             if f is not None:
                 f.close()
-        self._results = self._errors = None
+        self._results = self._errors = self._ledger = None
 
 
 _AUTO_ID_PREFIX = "line-"
@@ -313,7 +348,7 @@ def iter_jobs(
     *,
     default_endpoint: str = DEFAULT_ENDPOINT,
     skip: Callable[[str], bool] | None = None,
-    on_skip: Callable[[Job], None] | None = None,
+    on_skip: Callable[[str, int, bytes], None] | None = None,
 ) -> Iterator[Job | BadLine]:
     """Read ``path`` lazily, yielding a :class:`Job` per good line, a :class:`BadLine` per bad one.
 
@@ -327,10 +362,18 @@ def iter_jobs(
         path: the JSONL job file.
         default_endpoint: endpoint for lines that do not name one.
         skip: ids to leave out (already done in an earlier run).
-        on_skip: called with each job left out.
+        on_skip: called with ``(custom_id, line, raw)`` of each line left out.
     """
     seen = IdSet()
     for number, raw in iter_raw_lines(path):
+        if skip is not None and b'"custom_id"' not in raw:
+            # Resume fast path: a line without a custom_id is named by its number, so a
+            # done one can be skipped without parsing it.
+            auto = f"{_AUTO_ID_PREFIX}{number}"
+            if skip(auto):
+                if on_skip is not None:
+                    on_skip(auto, number, raw)
+                continue
         try:
             job = parse_line(raw, number, default_endpoint)
         except JobFormatError as exc:
@@ -349,7 +392,7 @@ def iter_jobs(
             continue
         if skip is not None and skip(cid):
             if on_skip is not None:
-                on_skip(job)
+                on_skip(cid, number, raw)
             continue
         yield job
 

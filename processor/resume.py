@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from .idset import IdSet
+from .jobs import LEDGER_ENTRY, ledger_path
 
 __all__ = ["ResumeState", "load_state", "move_aside", "repair_torn_tail"]
 
@@ -48,6 +49,7 @@ class ResumeState:
     failed_lines: dict[str, int] = field(default_factory=dict)
     torn: list[Path] = field(default_factory=list)
     invalid_lines: int = 0
+    has_ledger: bool = False
 
     @property
     def empty(self) -> bool:
@@ -115,8 +117,13 @@ def _custom_id(raw: bytes) -> tuple[str | None, dict[str, object] | None]:
 
 
 def load_state(results: Path, errors: Path) -> ResumeState:
-    """Repair both files' tails, then collect what they hold."""
-    state = ResumeState()
+    """Repair both files' tails, then collect what they hold.
+
+    When the results file has a ledger beside it, each done id also gets the hash of
+    the body that was answered, so a rerun can tell when the input changed.
+    """
+    ledger = ledger_path(results)
+    state = ResumeState(done=IdSet(values=ledger.exists() and results.exists()))
     for path in (results, errors):
         side = repair_torn_tail(path)
         if side is not None:
@@ -129,6 +136,8 @@ def load_state(results: Path, errors: Path) -> ResumeState:
                     state.invalid_lines += 1
                 else:
                     state.done.add(cid)
+    if ledger.exists() and results.exists():
+        _read_ledger(ledger, state)
     if errors.exists():
         with open(errors, "rb") as f:
             for raw in f:
@@ -150,6 +159,20 @@ def load_state(results: Path, errors: Path) -> ResumeState:
                 if isinstance(cid, str):
                     state.failed.add(cid)
     return state
+
+
+def _read_ledger(path: Path, state: ResumeState) -> None:
+    size = LEDGER_ENTRY.size
+    with open(path, "rb") as f:
+        while chunk := f.read(size * 4096):
+            whole = len(chunk) - len(chunk) % size
+            for fp, digest in LEDGER_ENTRY.iter_unpack(chunk[:whole]):
+                # Only ids the results file holds: an entry whose result line was torn
+                # off must not make that request look done.
+                state.done.update_fingerprint(fp, digest)
+            if whole < len(chunk):
+                break
+    state.has_ledger = True
 
 
 def move_aside(path: Path) -> Path | None:

@@ -10,10 +10,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from .client import DEFAULT_BASE_URL, OpenAIClient
 from .engine import Engine, Stats
-from .errors import ConfigError
-from .jobs import DEFAULT_ENDPOINT, BadLine, Job, ResultWriter, count_lines, iter_jobs
+from .errors import ConfigError, JobFormatError
+from .jobs import (
+    DEFAULT_ENDPOINT,
+    BadLine,
+    Job,
+    ResultWriter,
+    body_hash,
+    count_lines,
+    iter_jobs,
+    ledger_path,
+    parse_line,
+)
 from .limits import Limiter
 from .resume import ResumeState, load_state, move_aside
 from .retry import RetryPolicy
@@ -118,7 +130,7 @@ async def run_job(
     def cost(job: Job) -> int:
         return counter.cost(job.body, job.url).total
 
-    skip, on_skip = _resume_filters(state, cfg.retry_failed, stats)
+    skip, on_skip = _resume_filters(state, cfg.retry_failed, stats, cfg.endpoint)
     limiter = Limiter.per_minute(cfg.rpm, cfg.tpm, burst_seconds=cfg.burst_seconds)
     writer = ResultWriter(out_path, err_path)
     policy = RetryPolicy(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
@@ -140,6 +152,9 @@ async def run_job(
         finally:
             remove()
             writer.close()
+    if stats.changed:
+        stats.notes.append(_changed_note(stats.changed, stats.changed_examples))
+        log.warning("%s", stats.notes[-1])
     stats.notes.append(f"results: {out_path}")
     stats.notes.append(f"errors:  {err_path}")
     if counter.mode != "exact":
@@ -154,7 +169,7 @@ def _prepare_files(
     if not src.is_file():
         raise ConfigError(f"input file not found: {src}")
     if cfg.fresh:
-        for p in (out_path, err_path):
+        for p in (out_path, err_path, ledger_path(out_path)):
             moved = move_aside(p)
             if moved:
                 stats.notes.append(f"--fresh: moved {p} to {moved}")
@@ -171,8 +186,8 @@ def _prepare_files(
 
 
 def _resume_filters(
-    state: ResumeState, retry_failed: bool, stats: Stats
-) -> tuple[Callable[[str], bool] | None, Callable[[Job], None] | None]:
+    state: ResumeState, retry_failed: bool, stats: Stats, endpoint: str
+) -> tuple[Callable[[str], bool] | None, Callable[[str, int, bytes], None] | None]:
     if state.empty:
         return None, None
     done, failed = state.done, state.failed
@@ -187,10 +202,29 @@ def _resume_filters(
             return True
         return False
 
-    def on_skip(job: Job) -> None:
+    def on_skip(custom_id: str, line: int, raw: bytes) -> None:
         stats.skipped += 1
+        answered = done.get(custom_id) if state.has_ledger else None
+        if not answered:
+            return
+        try:
+            job = parse_line(raw, line, endpoint)
+        except JobFormatError:
+            return
+        if body_hash(orjson.dumps(job.body)) != answered:
+            stats.changed += 1
+            if len(stats.changed_examples) < 5:
+                stats.changed_examples.append(custom_id)
 
     return skip, on_skip
+
+
+def _changed_note(n: int, examples: list[str]) -> str:
+    return (
+        f"input changed: {n} request(s) differ from what was answered before "
+        f"(e.g. {', '.join(examples)}); their old answers are kept. "
+        "Use --fresh to start over (old outputs are moved aside)."
+    )
 
 
 def _install_signals(engine: Engine) -> Callable[[], None]:

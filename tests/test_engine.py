@@ -172,7 +172,7 @@ async def test_key_never_written_or_logged(
     stats = await run_job(job, config(api, max_attempts=2))
     assert stats.ok > 0
     for path in tmp_path.iterdir():
-        assert KEY not in path.read_text(), path
+        assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in caplog.text
 
 
@@ -187,7 +187,7 @@ async def test_wrong_key_stops_the_run(mock_api: Any, tmp_path: Path) -> None:
     assert api.stats.requests < 10
     assert errors and errors[0]["error"]["status"] == 401
     for path in tmp_path.iterdir():
-        assert KEY not in path.read_text()
+        assert KEY.encode() not in path.read_bytes()
 
 
 async def test_insufficient_quota_stops_cleanly(mock_api: Any, tmp_path: Path) -> None:
@@ -231,3 +231,21 @@ async def test_rerun_resumes_without_duplicates(mock_api: Any, tmp_path: Path) -
     # A third run has nothing left to do.
     again = await run_job(job, config(api))
     assert again.ok == 0 and again.skipped == 30 and again.attempts == 0
+
+
+async def test_rerun_notices_changed_input(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api()
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(6)])
+    await run_job(job, config(api))
+    write_jsonl(job, [chat_line(i, text="edited" if i in (1, 4) else None) for i in range(6)])
+    stats = await run_job(job, config(api))
+    assert stats.skipped == 6 and stats.attempts == 0
+    assert stats.changed == 2 and stats.changed_examples == ["req-1", "req-4"]
+    assert any("input changed" in n and "--fresh" in n for n in stats.notes)
+    # --fresh moves the old outputs aside (never deleting them) and answers everything anew.
+    fresh = await run_job(job, config(api, fresh=True))
+    assert fresh.ok == 6 and fresh.skipped == 0
+    backups = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".bak"))
+    assert len(backups) == 2  # results and ledger (no errors file existed)
+    results, _ = outputs(job)
+    assert_exactly_once(results, [f"req-{i}" for i in range(6)])

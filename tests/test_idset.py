@@ -1,0 +1,114 @@
+"""The compact id set: membership, duplicates, growth and memory per id (processor.idset)."""
+
+from __future__ import annotations
+
+import pytest
+
+from processor.idset import IdSet, fingerprint
+
+
+@pytest.mark.parametrize(
+    ("ids", "expected_len"),
+    [
+        ([], 0),
+        (["a"], 1),
+        (["a", "b", "c"], 3),
+        (["a", "a", "a"], 1),
+        (["x", "y", "x", "z", "y"], 3),
+        (["", "0", " "], 3),
+        (["é", "e\u0301", "日本語", "emoji-🙂"], 4),
+        (["lone-surrogate-\ud800"], 1),
+    ],
+    ids=["empty", "one", "three", "same-thrice", "mixed-dups", "blank-ish", "unicode",
+         "surrogate"],
+)
+def test_add_contains_len(ids: list[str], expected_len: int) -> None:
+    s = IdSet()
+    for cid in ids:
+        s.add(cid)
+    assert len(s) == expected_len
+    for cid in ids:
+        assert cid in s
+    assert "never-added" not in s
+
+
+def test_add_returns_true_once_then_false() -> None:
+    s = IdSet()
+    assert s.add("req-1") is True
+    assert s.add("req-2") is True
+    assert s.add("req-1") is False
+    assert s.add("req-2") is False
+    assert len(s) == 2
+
+
+@pytest.mark.parametrize(
+    "value", [1, None, b"req-1", ("req-1",), 1.5], ids=["int", "none", "bytes", "tuple", "float"]
+)
+def test_non_strings_are_never_members(value: object) -> None:
+    s = IdSet()
+    s.add("req-1")
+    s.add("1")
+    assert value not in s
+
+
+@pytest.mark.parametrize(
+    "n", [1_366, 2_000, 5_000, 40_000], ids=["first-growth", "2k", "5k", "40k"]
+)
+def test_growth_keeps_every_id(n: int) -> None:
+    s = IdSet()
+    ids = [f"request-{i:07d}" for i in range(n)]
+    assert all(s.add(cid) for cid in ids)
+    assert len(s) == n
+    assert all(cid in s for cid in ids)
+    # Re-adding after growth still finds every one.
+    assert not any(s.add(cid) for cid in ids)
+    assert len(s) == n
+    assert sum(f"other-{i}" in s for i in range(2_000)) == 0
+
+
+@pytest.mark.parametrize(
+    "n", [1_366, 2_000, 2_730, 2_731, 10_000, 50_000],
+    ids=["just-grown", "2k", "full-before-2nd-growth", "just-grown-again", "10k", "50k"],
+)
+def test_nbytes_per_id_is_between_12_and_24_after_growth(n: int) -> None:
+    s = IdSet()
+    start = s.nbytes
+    for i in range(n):
+        s.add(f"id-{i}")
+    assert s.nbytes > start, "expected the table to have grown"
+    assert 12 <= s.nbytes / len(s) <= 24
+
+
+def test_presized_set_holds_its_capacity_without_growing() -> None:
+    s = IdSet(capacity=3_000)
+    before = s.nbytes
+    for i in range(3_000):
+        s.add(f"id-{i}")
+    assert s.nbytes == before
+    assert len(s) == 3_000
+    assert all(f"id-{i}" in s for i in range(3_000))
+
+
+def test_default_set_holds_1024_ids_without_growing() -> None:
+    s = IdSet()
+    before = s.nbytes
+    for i in range(1_024):
+        s.add(f"id-{i}")
+    assert s.nbytes == before
+    assert len(s) == 1_024
+
+
+@pytest.mark.parametrize(
+    "cid",
+    ["", "a", "request-1", "日本語", "\ud800"],
+    ids=["empty", "a", "ascii", "cjk", "surrogate"],
+)
+def test_fingerprint_is_a_stable_nonzero_64_bit_int(cid: str) -> None:
+    fp = fingerprint(cid)
+    assert fp == fingerprint(cid)
+    assert 0 < fp < 2**64
+
+
+def test_fingerprints_differ_for_different_ids() -> None:
+    fps = {fingerprint(f"id-{i}") for i in range(10_000)}
+    assert len(fps) == 10_000
