@@ -1,0 +1,102 @@
+"""Crash safety: batchproc killed mid-run (SIGKILL, SIGINT) and rerun loses and repeats nothing.
+
+These run the real CLI in a subprocess against the mock server on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from .conftest import chat_line, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+async def start_cli(job: Path, base_url: str, *extra: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor.cli", str(job), "--base-url", base_url,
+        "--max-in-flight", "4", "--plain", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+
+
+def valid_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of ``path`` parsed; fails the test on any line that is not JSON."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), f"{path} ends in a partial line"
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(latency_ms=20, latency_jitter_ms=30, seed=5)
+    n = 400
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
+    results = tmp_path / "job.results.jsonl"
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(4):
+        proc = await start_cli(job, api.base_url)
+        await asyncio.sleep(rng.uniform(0.5, 1.0))
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        await proc.communicate()
+    assert kills >= 2, "the job finished before it could be killed: make it longer"
+    # Not yet done (a torn last line is allowed here: the rerun repairs it).
+    done_before = results.read_bytes().count(b"\n") if results.exists() else 0
+    assert done_before < n
+    proc = await start_cli(job, api.base_url)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    lines = valid_lines(results)
+    counts = Counter(r["custom_id"] for r in lines)
+    assert sorted(counts) == sorted(f"req-{i}" for i in range(n))
+    assert max(counts.values()) == 1
+    assert all(r["response"]["status_code"] == 200 and r["response"]["body"]["choices"]
+               for r in lines)
+    valid_lines(tmp_path / "job.errors.jsonl")
+    # A request in flight at a kill is sent again, so the server may see a few more
+    # than n requests, but never fewer.
+    assert api.stats.requests >= n
+
+
+async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(latency_ms=40, seed=2)
+    n = 200
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
+    results = tmp_path / "job.results.jsonl"
+    proc = await start_cli(job, api.base_url, "--grace", "10")
+    # Wait (bounded) until some answers are written, then press Ctrl-C.
+    for _ in range(200):
+        if results.exists() and results.stat().st_size > 0:
+            break
+        await asyncio.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = await proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Stopped" in text and "SIGINT" in text
+    first = valid_lines(results)
+    assert 0 < len(first) < n
+    # In-flight requests were allowed to finish: every request the server answered
+    # before the stop is in the file (none lost in the drain).
+    assert api.stats.ok == len(first)
+    proc = await start_cli(job, api.base_url)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert f"{len(first):,} skipped" in err.decode()
+    counts = Counter(r["custom_id"] for r in valid_lines(results))
+    assert len(counts) == n and max(counts.values()) == 1
