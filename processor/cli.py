@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
-from .client import DEFAULT_BASE_URL
+from .client import AZURE_API_VERSION, DEFAULT_BASE_URL
 from .errors import BatchProcError, ConfigError
 from .jobs import DEFAULT_ENDPOINT
 from .progress import LiveReporter, PlainReporter, format_summary
@@ -31,6 +31,8 @@ app = typer.Typer(
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+#: stopped on a spent daily budget: rerun later (sysexits' EX_TEMPFAIL).
+EXIT_LATER = 75
 
 
 def _is_local(url: str) -> bool:
@@ -38,8 +40,38 @@ def _is_local(url: str) -> bool:
     return host in _LOCAL_HOSTS or host.startswith("127.")
 
 
+def _resolve_keys(
+    api_key: str | None, api_key_env: str, keys_file: Path | None
+) -> tuple[str | None, list[tuple[str, str]]]:
+    """One key, or several named keys (``--api-key-env A,B`` or ``--keys-file``)."""
+    if api_key:
+        return api_key, []
+    names = [n.strip() for n in api_key_env.split(",") if n.strip()]
+    keys: list[tuple[str, str]] = []
+    if keys_file is not None:
+        try:
+            lines = keys_file.read_text().splitlines()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {keys_file}: {exc.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, value = line.partition("=")
+            keys.append((name.strip(), value.strip()) if sep else (f"{keys_file.name}:{number}",
+                                                                   line))
+        return None, keys
+    if len(names) > 1:
+        missing = [n for n in names if not os.environ.get(n)]
+        if missing:
+            raise typer.BadParameter(
+                f"no key in ${', $'.join(missing)}", param_hint="--api-key-env")
+        return None, [(n, os.environ[n]) for n in names]
+    return (os.environ.get(names[0]) if names else None) or None, []
+
+
 def _parse_limit(value: str | None, name: str) -> float | None:
-    if value is None or value.lower() in ("", "none", "off", "0"):
+    if value is None or value.lower() in ("", "none", "off", "0", "auto"):
         return None
     try:
         number = float(value.replace("_", "").replace(",", ""))
@@ -79,19 +111,28 @@ def _setup_logging(verbose: bool, console: Console | None) -> None:
 @app.command()
 def run(
     input_path: Annotated[Path, typer.Argument(metavar="JOBS.jsonl", help="The JSONL job file.")],
-    rpm: Annotated[str | None, typer.Option(help="Requests per minute to stay under.")] = None,
-    tpm: Annotated[str | None, typer.Option(help="Tokens per minute to stay under.")] = None,
+    rpm: Annotated[str, typer.Option(
+        help="Requests per minute to stay under; 'auto' learns it from the server's headers; "
+        "'off' for none.")] = "auto",
+    tpm: Annotated[str, typer.Option(
+        help="Tokens per minute to stay under ('auto' / 'off' as for --rpm).")] = "auto",
+    rpd: Annotated[str | None, typer.Option(
+        help="Requests per day: when spent, stop cleanly (rerun later to resume).")] = None,
+    tpd: Annotated[str | None, typer.Option(help="Tokens per day, likewise.")] = None,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Results file [default: <stem>.results.jsonl beside the input].")]
+        "--output", "-o", help="Results file (default: <stem>.results.jsonl beside the input).")]
     = None,
     errors: Annotated[Path | None, typer.Option(
-        help="Errors file [default: <stem>.errors.jsonl beside the input].")] = None,
+        help="Errors file (default: <stem>.errors.jsonl beside the input).")] = None,
     base_url: Annotated[str | None, typer.Option(
-        help=f"API base URL [default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}].")] = None,
+        help=f"API base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}).")] = None,
     endpoint: Annotated[str, typer.Option(
         help="Endpoint for lines that name none.")] = DEFAULT_ENDPOINT,
     api_key_env: Annotated[str, typer.Option(
-        help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
+        help="Environment variable holding the API key; several, comma-separated "
+        "(A,B,C), to use several keys, each with its own limits.")] = "OPENAI_API_KEY",
+    keys_file: Annotated[Path | None, typer.Option(
+        help="A file of API keys, one per line as NAME=KEY (or a bare key).")] = None,
     api_key: Annotated[str | None, typer.Option(
         help="The API key itself (prefer --api-key-env: flags show up in `ps`).")] = None,
     max_in_flight: Annotated[int, typer.Option(min=1, help="Most requests on the wire at once.")]
@@ -106,15 +147,28 @@ def run(
         "for exact counts offline.")] = None,
     header: Annotated[list[str] | None, typer.Option(
         help="Extra header 'Name: value' (repeatable).")] = None,
-    azure: Annotated[bool, typer.Option(help="Send the key as Azure's api-key header.")] = False,
+    azure: Annotated[bool, typer.Option(
+        "--azure", help="Azure OpenAI: api-key header, deployment URLs (the request's model "
+        "names the deployment). Detected from *.openai.azure.com base URLs.")] = False,
+    api_version: Annotated[str, typer.Option(help="Azure api-version.")] = AZURE_API_VERSION,
+    fallback_model: Annotated[str | None, typer.Option(
+        help="Send a request with this model once its own model was refused "
+        "--fallback-after times (429), or at once if it does not exist (404).")] = None,
+    fallback_after: Annotated[int, typer.Option(min=1, help="429s before falling back.")] = 3,
+    refund_unused: Annotated[bool, typer.Option(
+        "--refund-unused", help="Give unused tokens back to the TPM counter after each "
+        "answer (for servers that count real usage; OpenAI counts max_tokens up front).")]
+    = False,
     grace: Annotated[float, typer.Option(
         min=0, help="Seconds in-flight requests get after Ctrl-C / SIGTERM.")] = 30.0,
     fresh: Annotated[bool, typer.Option(
-        help="Start over: move old outputs aside (never deleted).")] = False,
+        "--fresh", help="Start over: move old outputs aside (never deleted).")] = False,
     retry_failed: Annotated[bool, typer.Option(
-        help="Send again requests that failed for good in an earlier run.")] = False,
+        "--retry-failed", help="Send again requests that failed for good in an earlier run.")]
+    = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     plain: Annotated[bool, typer.Option(
+        "--plain",
         help="Plain log lines instead of the live display (the default when not a terminal).")]
     = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log lines.")] = False,
@@ -123,19 +177,24 @@ def run(
     if not input_path.is_file():
         raise typer.BadParameter(f"no such file: {input_path}", param_hint="JOBS.jsonl")
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    key = api_key or os.environ.get(api_key_env) or None
-    if key is None and not _is_local(base):
+    key, keys = _resolve_keys(api_key, api_key_env, keys_file)
+    if key is None and not keys and not _is_local(base):
         typer.echo(
             f"error: no API key: set ${api_key_env} (or --api-key-env NAME) for {base}", err=True
         )
         raise typer.Exit(EXIT_USAGE)
+    auto = rpm.lower() == "auto" or tpm.lower() == "auto"
     config = JobConfig(
-        base_url=base, api_key=key, rpm=_parse_limit(rpm, "--rpm"),
-        tpm=_parse_limit(tpm, "--tpm"), max_in_flight=max_in_flight, max_attempts=max_attempts,
-        timeout=timeout, endpoint=endpoint, default_max_tokens=default_max_tokens,
+        base_url=base, api_key=key, api_keys=keys, rpm=_parse_limit(rpm, "--rpm"),
+        tpm=_parse_limit(tpm, "--tpm"), rpd=_parse_limit(rpd, "--rpd"),
+        tpd=_parse_limit(tpd, "--tpd"), auto_limits=auto, max_in_flight=max_in_flight,
+        max_attempts=max_attempts, timeout=timeout, endpoint=endpoint,
+        default_max_tokens=default_max_tokens,
         encodings_dir=str(encodings_dir) if encodings_dir else None,
-        headers=_parse_headers(header or []), azure=azure, grace=grace, fresh=fresh,
-        retry_failed=retry_failed,
+        headers=_parse_headers(header or []), azure=True if azure else None,
+        api_version=api_version, grace=grace, fresh=fresh, retry_failed=retry_failed,
+        fallback_model=fallback_model, fallback_after=fallback_after,
+        refund_unused=refund_unused,
     )
     console = Console(stderr=True)
     live = not quiet and not plain and console.is_terminal
@@ -167,6 +226,8 @@ def run(
         raise typer.Exit(EXIT_SIGINT)
     if reason.startswith("SIGTERM") or reason.startswith("second SIGTERM"):
         raise typer.Exit(EXIT_SIGTERM)
+    if stats.resume_at is not None:
+        raise typer.Exit(EXIT_LATER)
     if stats.failed or stats.bad_lines or stats.stop_reason:
         raise typer.Exit(EXIT_FAILED)
 

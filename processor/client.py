@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
@@ -29,8 +30,8 @@ from .errors import (
     ServerError,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "OpenAIClient", "RateLimitInfo", "Response", "join_url",
-           "parse_duration", "parse_retry_after"]
+__all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "OpenAIClient", "RateLimitInfo", "Response",
+           "azure_url", "is_azure_url", "join_url", "parse_duration", "parse_retry_after"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -42,9 +43,11 @@ def parse_duration(text: str) -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        return value if math.isfinite(value) and value >= 0 else None
     total = 0.0
     pos = 0
     for m in _DURATION.finditer(text):
@@ -147,6 +150,39 @@ def join_url(base_url: str, endpoint: str) -> str:
     return base + path
 
 
+AZURE_API_VERSION = "2024-10-21"
+_AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+
+
+def is_azure_url(base_url: str) -> bool:
+    """True for an Azure OpenAI resource URL."""
+    host = urlsplit(base_url).hostname or ""
+    return host.endswith(_AZURE_HOSTS)
+
+
+def azure_url(base_url: str, endpoint: str, model: str | None, api_version: str) -> str:
+    """An Azure OpenAI URL for ``endpoint``.
+
+    ``https://R.openai.azure.com`` + ``/v1/chat/completions`` + model ``gpt-4o`` gives
+    ``https://R.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=V``.
+    A base URL that already names a deployment keeps it; Azure's v1 API
+    (``.../openai/v1``) takes OpenAI's paths as they are.
+    """
+    base = base_url.rstrip("/")
+    path = "/" + endpoint.lstrip("/")
+    if path.startswith("/v1/"):
+        path = path[3:]
+    if base.endswith("/openai/v1"):
+        return base + path
+    if "/openai/deployments/" not in base:
+        if not model:
+            raise BadRequest("Azure needs a deployment: give the request a 'model' "
+                             "(the deployment name) or put the deployment in --base-url")
+        base = f"{base}/openai/deployments/{quote(model, safe='')}"
+    sep = "&" if "?" in base else "?"
+    return f"{base}{path}{sep}api-version={quote(api_version, safe='')}"
+
+
 def _error_message(body: Any) -> str:
     if isinstance(body, dict):
         error = body.get("error")
@@ -213,7 +249,12 @@ class OpenAIClient:
         timeout: seconds for one whole request.
         max_connections: connection pool size (match the in-flight cap).
         headers: extra headers sent with every request.
-        azure: use Azure's ``api-key`` header instead of a bearer token.
+        azure: Azure OpenAI: the key goes in the ``api-key`` header, and unless the
+            base URL already names a deployment (``.../openai/deployments/NAME``) or is
+            Azure's v1 API (``.../openai/v1``), each request goes to the deployment
+            named by its ``model``, with ``?api-version=``.
+        api_version: Azure's ``api-version`` query parameter.
+        secrets: other keys (sent per request) to mask wherever they might be echoed.
     """
 
     def __init__(
@@ -225,11 +266,16 @@ class OpenAIClient:
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
         azure: bool = False,
+        api_version: str = AZURE_API_VERSION,
+        secrets: list[str] | None = None,
     ) -> None:
         self.base_url = base_url
+        self.azure = azure
+        self.api_version = api_version
         self._key = api_key
         # Short test keys ("k") would mask every "k"; real keys are long.
-        self._key_bytes = api_key.encode() if api_key and len(api_key) >= 8 else b""
+        self._secrets = [k for k in [api_key, *(secrets or [])] if k and len(k) >= 8]
+        self._key_bytes = b"" if not self._secrets else self._secrets[0].encode()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         h = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -241,7 +287,7 @@ class OpenAIClient:
                 h["Authorization"] = f"Bearer {api_key}"
         self._headers = h
         self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, str] = {}
+        self._urls: dict[tuple[str, str | None], str] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(base_url={self.base_url!r})"
@@ -275,19 +321,39 @@ class OpenAIClient:
             await self._session.close()
             self._session = None
 
-    def url_for(self, endpoint: str) -> str:
-        url = self._urls.get(endpoint)
+    def url_for(self, endpoint: str, model: str | None = None) -> str:
+        """The full URL for ``endpoint`` (and, on Azure, the deployment ``model``)."""
+        key = (endpoint, model if self.azure else None)
+        url = self._urls.get(key)
         if url is None:
-            url = self._urls[endpoint] = join_url(self.base_url, endpoint)
+            url = self._urls[key] = (
+                azure_url(self.base_url, endpoint, model, self.api_version)
+                if self.azure
+                else join_url(self.base_url, endpoint)
+            )
         return url
 
     def _redact(self, text: str) -> str:
-        if self._key_bytes and self._key and self._key in text:
-            text = text.replace(self._key, "***")
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
         return text
 
-    async def post(self, endpoint: str, payload: bytes) -> Response:
+    async def post(
+        self,
+        endpoint: str,
+        payload: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        model: str | None = None,
+    ) -> Response:
         """POST ``payload`` (JSON bytes) to ``endpoint``.
+
+        Args:
+            endpoint: e.g. ``/v1/chat/completions``.
+            payload: the JSON body, already serialised.
+            headers: per-request headers (another key's auth, say).
+            model: the request's model (names the deployment on Azure).
 
         Returns:
             The :class:`Response` for a 2xx with a JSON body.
@@ -298,11 +364,14 @@ class OpenAIClient:
         """
         session = self._session or self._ensure_session()
         try:
-            async with session.post(self.url_for(endpoint), data=payload) as resp:
+            async with session.post(self.url_for(endpoint, model), data=payload,
+                                    headers=headers) as resp:
                 raw = await resp.read()
-                if self._key_bytes and self._key_bytes in raw:
-                    # A proxy or mock that echoes the key must not put it in our files.
-                    raw = raw.replace(self._key_bytes, b"***")
+                for secret in self._secrets:
+                    # A proxy or mock that echoes a key must not put it in our files.
+                    key = secret.encode()
+                    if key in raw:
+                        raw = raw.replace(key, b"***")
                 return classify(resp.status, raw, resp.headers)
         except APIError:
             raise

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,8 +28,18 @@ from .errors import APIError, AuthError, FatalAPIError, JobFormatError, QuotaExc
 from .jobs import BadLine, Job, error_record, result_record
 from .limits import Limiter
 from .retry import RetryPolicy
+from .tokens import Cost
 
-__all__ = ["Engine", "Sender", "Sink", "Stats"]
+__all__ = ["Engine", "Fallback", "Lane", "Sender", "Sink", "Stats"]
+
+#: while learning limits (``auto``), at most this many requests in flight.
+PROBE_IN_FLIGHT = 4
+#: answers without rate-limit headers after which ``auto`` gives up learning.
+PROBE_ANSWERS = 3
+#: a counter whose window is at least this long is a daily budget: when it makes
+#: admission wait longer than DAILY_STOP_WAIT seconds, the run stops (resumable).
+DAILY_PERIOD = 3600.0
+DAILY_STOP_WAIT = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +47,40 @@ log = logging.getLogger(__name__)
 class Sender(Protocol):
     """What the engine needs from a client."""
 
-    async def post(self, endpoint: str, payload: bytes) -> Response: ...
+    async def post(
+        self,
+        endpoint: str,
+        payload: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        model: str | None = None,
+    ) -> Response: ...
+
+
+@dataclass(slots=True)
+class Lane:
+    """One API key with its own capacity counters.
+
+    Attributes:
+        name: how the key is named in messages and results (its environment variable).
+        limiter: this key's counters.
+        headers: auth headers for this key (None: the client's default).
+        retired: set once the server refused the key (401/403).
+    """
+
+    name: str | None
+    limiter: Limiter
+    headers: Mapping[str, str] | None = None
+    retired: bool = False
+    answered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Send a request with ``model`` once its own model was refused ``after`` times (429/404)."""
+
+    model: str
+    after: int = 3
 
 
 class Sink(Protocol):
@@ -93,6 +137,12 @@ class Stats:
     stop_reason: str | None = None
     limits: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tokens_charged_answered: int = 0
+    tokens_used_answered: int = 0
+    fallbacks: int = 0
+    retired_keys: list[str] = field(default_factory=list)
+    answered_by_key: Counter[str] = field(default_factory=Counter)
+    resume_at: float | None = None
 
     @property
     def done(self) -> int:
@@ -107,6 +157,7 @@ class Stats:
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["failures"] = dict(self.failures)
+        out["answered_by_key"] = dict(self.answered_by_key)
         out["elapsed_s"] = round(self.elapsed, 3)
         out.pop("started")
         out.pop("finished")
@@ -130,12 +181,17 @@ class Engine:
         client: anything with ``async post(endpoint, payload) -> Response``.
         limiter: the capacity counters.
         sink: where result and error records go.
-        cost: a job's admission cost in tokens; may raise ``ValueError`` or
+        cost: a job's admission cost (tokens, or a :class:`~processor.tokens.Cost`);
+            may raise ``ValueError`` or
             :class:`~processor.errors.JobFormatError` for a request that cannot be costed.
         policy: retry policy.
         max_in_flight: most attempts on the wire at once.
         on_progress: called with the live :class:`Stats` every ``progress_interval`` s.
         grace: seconds in-flight requests get to finish after a stop.
+        lanes: several API keys, each with its own limiter (``limiter`` is then unused).
+        fallback: a model to switch to after repeated 429s / 404s on a request's model.
+        refund_unused: give back to the token counters what an answer did not use
+            (for servers that count real usage; OpenAI counts max_tokens up front).
     """
 
     def __init__(
@@ -144,18 +200,25 @@ class Engine:
         limiter: Limiter,
         sink: Sink,
         *,
-        cost: Callable[[Job], int],
+        cost: Callable[[Job], int | Cost],
         policy: RetryPolicy | None = None,
         max_in_flight: int = 100,
         on_progress: Callable[[Stats], None] | None = None,
         progress_interval: float = 0.25,
         grace: float = 30.0,
         stats: Stats | None = None,
+        lanes: list[Lane] | None = None,
+        fallback: Fallback | None = None,
+        refund_unused: bool = False,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.client = client
-        self.limiter = limiter
+        self.lanes = lanes or [Lane(None, limiter)]
+        self.limiter = self.lanes[0].limiter
+        self.fallback = fallback
+        self.refund_unused = refund_unused
+        self._answers_without_headers = 0
         self.sink = sink
         self.cost = cost
         self.policy = policy or RetryPolicy()
@@ -217,7 +280,10 @@ class Engine:
         assert loop is not None
         exhausted = False
         while not self._stopping:
-            if stats.in_flight >= self.max_in_flight:
+            cap = self.max_in_flight
+            if limiter.learning:
+                cap = min(cap, PROBE_IN_FLIGHT)
+            if stats.in_flight >= cap:
                 await self._wait_change(None)
                 continue
             job: Job | None = None
@@ -240,17 +306,61 @@ class Engine:
                 continue
             else:
                 return
-            while (wait := limiter.try_acquire(job.tokens)) > 0:
-                # Sleep exactly as long as the counters need; only a stop cuts it short.
-                await self._sleep_unless_stopped(wait)
-                if self._stopping:
+            lane = self.lanes[0] if len(self.lanes) == 1 else None
+            if lane is None or lane.limiter.try_acquire(job.tokens) > 0:
+                # Not the fast path (one key, capacity available now): wait for some key.
+                picked = await self._wait_for_capacity(job)
+                if picked is None:
                     return  # never sent: a resumed run will pick it up
+                lane = picked
+            job.lane = lane
+            job.sent_at = loop.time()
+            job.cum_requests = lane.limiter.cum_requests
+            job.cum_tokens = lane.limiter.cum_tokens
             stats.in_flight += 1
             stats.attempts += 1
             stats.tokens_charged += job.tokens
             task = loop.create_task(self._attempt(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _wait_for_capacity(self, job: Job) -> Lane | None:
+        """Sleep until some key's counters admit ``job`` and spend there; None if stopped."""
+        while not self._stopping:
+            lanes = [lane for lane in self.lanes if not lane.retired]
+            if not lanes:
+                self.stop("every API key was refused (401/403)")
+                return None
+            best: Lane | None = None
+            shortest = math.inf
+            for lane in lanes:
+                wait = lane.limiter.try_acquire(job.tokens)
+                if wait <= 0:
+                    return lane
+                if wait < shortest:
+                    best, shortest = lane, wait
+            assert best is not None
+            if shortest > DAILY_STOP_WAIT and self._daily_spent(best, job, shortest):
+                return None
+            # Sleep exactly as long as the counters need; only a stop cuts it short.
+            await self._sleep_unless_stopped(shortest)
+        return None
+
+    def _daily_spent(self, lane: Lane, job: Job, wait: float) -> bool:
+        """Stop the run if a daily budget is what holds ``job`` back."""
+        limiter = lane.limiter
+        counter = limiter.binding(job.tokens, limiter.now())
+        if counter is None or counter.period < DAILY_PERIOD:
+            return False
+        full = (counter.capacity - counter.available(limiter.now())) / counter.rate
+        self.stats.resume_at = time.time() + wait
+        self.stop(
+            f"daily budget spent ({counter.name} {counter.limit:g}"
+            f"{' for key ' + lane.name if lane.name and len(self.lanes) > 1 else ''}): "
+            f"the next request fits in {_duration(wait)} (at {_clock_at(wait)}), the whole "
+            f"budget is back in {_duration(full)}; rerun the same command then to resume"
+        )
+        return True
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
@@ -274,7 +384,12 @@ class Engine:
             self._bad(item.line, item.reason, item.custom_id)
             return None
         try:
-            item.tokens = self.cost(item)
+            cost = self.cost(item)
+            if isinstance(cost, int):
+                item.tokens = cost
+            else:
+                item.tokens = cost.total
+                item.prompt_tokens = cost.prompt_tokens
         except (JobFormatError, ValueError) as exc:
             self._bad(item.line, f"cannot cost request: {exc}", item.custom_id, item.metadata)
             return None
@@ -289,43 +404,100 @@ class Engine:
 
     async def _attempt(self, job: Job) -> None:
         stats = self.stats
+        lane = job.lane
+        assert lane is not None
         job.attempts += 1
         try:
-            response = await self.client.post(job.url, job.payload)
+            response = await self.client.post(job.url, job.payload, headers=lane.headers,
+                                              model=job.model)
         except APIError as exc:
             self._failed_attempt(job, exc)
         else:
-            if response.ratelimit is not None:
-                info = response.ratelimit
-                self.limiter.observe(info.limit_requests, info.limit_tokens)
+            self._learn(job, response.ratelimit, force=False)
             prompt, completion = _usage(response.body)
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion
+            if prompt or completion:
+                used = prompt + completion
+                stats.estimated_prompt += job.prompt_tokens
+                stats.actual_prompt += prompt
+                stats.tokens_charged_answered += job.tokens
+                stats.tokens_used_answered += used
+                if self.refund_unused and job.tokens > used:
+                    lane.limiter.refund(job.tokens - used)
             stats.ok += 1
-            self.sink.write_result(
-                result_record(job, response.status, response.request_id, response.body),
-                job.payload,
-            )
+            record = result_record(job, response.status, response.request_id, response.body)
+            extra: dict[str, Any] = {}
+            if len(self.lanes) > 1 and lane.name:
+                extra["key"] = lane.name
+                stats.answered_by_key[lane.name] += 1
+            if job.fallback_from is not None:
+                extra["model"] = job.model
+                extra["fallback_from"] = job.fallback_from
+            if extra:
+                record["batchproc"] = extra
+            self.sink.write_result(record, job.payload)
         finally:
             stats.in_flight -= 1
             self._changed.set()
 
+    def _learn(self, job: Job, info: Any, *, force: bool, refused: bool = False) -> None:
+        """Feed one answer's rate-limit headers to the key's limiter."""
+        assert job.lane is not None
+        limiter = job.lane.limiter
+        if info is None:
+            if limiter.learning:
+                self._answers_without_headers += 1
+                if self._answers_without_headers >= PROBE_ANSWERS:
+                    limiter.stop_learning()
+                    self.stats.notes.append(
+                        "the server sends no x-ratelimit headers: nothing to learn limits "
+                        "from, so none applied (set --rpm/--tpm)"
+                    )
+            return
+        was_learning = limiter.learning
+        limiter.sync(info.limit_requests, info.remaining_requests, info.limit_tokens,
+                     info.remaining_tokens, sent_at=job.sent_at, cum_requests=job.cum_requests,
+                     cum_tokens=job.cum_tokens, force=force,
+                     refused_tokens=job.tokens if refused else None)
+        for name, value in limiter.learned.items():
+            short = "rpm" if name.startswith("requests") else "tpm"
+            if self.stats.limits.get(short) != value:
+                self.stats.limits[short] = value
+                if was_learning or short not in self.stats.limits:
+                    log.info("learned %s = %g from the server's headers", short, value)
+        if was_learning and not limiter.learning:
+            learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
+            self.stats.notes.append(f"limits learned from the server: {learned}")
+
     def _failed_attempt(self, job: Job, exc: APIError) -> None:
         stats = self.stats
+        lane = job.lane
+        assert lane is not None
         job.history.append({"attempt": job.attempts, "status": exc.status, "error": exc.kind,
                             "message": exc.message[:300]})
-        info = exc.ratelimit
-        if info is not None:
-            self.limiter.observe(info.limit_requests, info.limit_tokens)
+        if exc.ratelimit is not None:
+            self._learn(job, exc.ratelimit, force=True, refused=isinstance(exc, RateLimited))
         if isinstance(exc, RateLimited):
             stats.n_429 += 1
-            self.limiter.rate_limited(exc.retry_after)
+            if _is_daily(exc):
+                self._server_daily_limit(job, exc)
+                return
+            lane.limiter.rate_limited(exc.retry_after)
+        if isinstance(exc, AuthError) and len([x for x in self.lanes if not x.retired]) > 1:
+            self._retire(lane, exc)
+            job.attempts -= 1  # not the request's fault: try it on another key
+            self._requeue_at(job, 0.0)
+            return
+        if self._maybe_fallback(job, exc):
+            return
         if isinstance(exc, FatalAPIError):
             self._fail(job, exc.kind, exc.message, exc)
-            if isinstance(exc, (AuthError, QuotaExceeded)) and not (
-                isinstance(exc, AuthError) and exc.status == 403
-            ):
+            if isinstance(exc, QuotaExceeded):
                 self.stop(f"{exc.kind}: {exc.message}")
+            elif isinstance(exc, AuthError):
+                name = f" (${lane.name})" if lane.name else ""
+                self.stop(f"{exc.kind}: the API key{name} was refused: {exc.message}")
             return
         if not self.policy.should_retry(exc, job.attempts) or self._stopping:
             if self._stopping:
@@ -333,12 +505,50 @@ class Engine:
             self._fail(job, exc.kind, f"gave up after {job.attempts} attempts: {exc.message}",
                        exc)
             return
-        assert self._loop is not None
-        ready = self._loop.time() + self.policy.delay(exc, job.attempts)
-        self._seq += 1
-        heapq.heappush(self._requeue, (ready, self._seq, job))
+        self._requeue_at(job, self.policy.delay(exc, job.attempts))
         stats.retries += 1
-        stats.retrying = len(self._requeue)
+
+    def _requeue_at(self, job: Job, delay: float) -> None:
+        assert self._loop is not None
+        self._seq += 1
+        heapq.heappush(self._requeue, (self._loop.time() + delay, self._seq, job))
+        self.stats.retrying = len(self._requeue)
+
+    def _retire(self, lane: Lane, exc: APIError) -> None:
+        lane.retired = True
+        name = lane.name or "?"
+        self.stats.retired_keys.append(name)
+        message = f"API key ${name} retired: the server refused it ({exc.message})"
+        self.stats.notes.append(message)
+        log.warning("%s", message)
+
+    def _maybe_fallback(self, job: Job, exc: APIError) -> bool:
+        """Switch ``job`` to the fallback model after repeated 429s / model-not-found."""
+        fb = self.fallback
+        model_missing = exc.status == 404 and _error_code(exc.body) == "model_not_found"
+        if fb is None or job.fallback_from is not None or job.model == fb.model or not (
+            isinstance(exc, RateLimited) or model_missing
+        ):
+            return False
+        job.model_refusals += 1
+        if job.model_refusals < fb.after and not model_missing:
+            return False
+        job.fallback_from = job.model
+        job.model = fb.model
+        job.body = dict(job.body, model=fb.model)
+        job.payload = orjson.dumps(job.body)
+        self.stats.fallbacks += 1
+        self._requeue_at(job, 0.0)
+        return True
+
+    def _server_daily_limit(self, job: Job, exc: APIError) -> None:
+        """The server says a daily limit is spent: stop cleanly (the job stays unanswered)."""
+        wait = exc.retry_after if exc.retry_after is not None else None
+        when = f" in {_duration(wait)} (at {_clock_at(wait)})" if wait else ""
+        if wait:
+            self.stats.resume_at = time.time() + wait
+        self.stop(f"daily limit reached on the server: {exc.message}; it allows more{when}; "
+                  "rerun the same command then to resume")
 
     def _fail(self, job: Job, code: str, message: str, exc: APIError | None = None) -> None:
         self.stats.failed += 1
@@ -396,3 +606,31 @@ class Engine:
                 self.on_progress(self.stats)
             self.sink.maybe_sync()
 
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code = body["error"].get("code")
+        return code if isinstance(code, str) else None
+    return None
+
+
+def _is_daily(exc: APIError) -> bool:
+    """A 429 about a per-day limit (OpenAI says "requests per day (RPD)" / "tokens per day")."""
+    text = exc.message.lower()
+    return "per day" in text or "(rpd)" in text or "(tpd)" in text
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    secs = int(math.ceil(seconds))
+    h, rem = divmod(secs, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _clock_at(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + seconds))

@@ -72,6 +72,14 @@ class Job:
     attempts: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
+    prompt_tokens: int = 0
+    # Per-attempt bookkeeping (set by the engine).
+    lane: Any = None
+    sent_at: float = 0.0
+    cum_requests: float = 0.0
+    cum_tokens: float = 0.0
+    model_refusals: int = 0
+    fallback_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +307,7 @@ class ResultWriter:
         return open(path, "ab", buffering=0)
 
     def write_result(self, record: dict[str, Any], payload: bytes | None = None) -> None:
-        """Append a result; with ``payload`` (the request body sent), note its hash in the ledger."""
+        """Append a result; with ``payload`` (the body sent), note its hash in the ledger."""
         if self._results is None:
             self._results = self._open(self.results_path)
         self._results.write(orjson.dumps(record) + b"\n")

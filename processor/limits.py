@@ -21,7 +21,9 @@ from collections.abc import Iterable
 
 from ._types import Clock, Sleep
 
-__all__ = ["Capacity", "Limiter"]
+__all__ = ["DAY", "Capacity", "Limiter"]
+
+DAY = 86_400.0
 
 
 class Capacity:
@@ -99,7 +101,9 @@ class Capacity:
         self._refill(now)
         # A request larger than the bucket waits for a full bucket, then runs into debt.
         need = min(amount, self.capacity)
-        if self.level >= need:
+        # A shortfall within float rounding counts as none: waiting 1e-17 s on a clock
+        # that cannot advance that little would never end.
+        if self.level >= need - 1e-9:
             return 0.0
         return (need - self.level) / self.rate
 
@@ -119,17 +123,65 @@ class Capacity:
         return self.level
 
 
+class _Mirror:
+    """Our model of one of the server's own buckets, kept in step with its headers.
+
+    OpenAI-style servers report ``x-ratelimit-remaining-*`` with every answer: what was
+    left right after that request was counted. From that, the time the request was
+    sent and what we have spent since, the server's level now is
+    ``remaining + refill since sending - our spending since``. Between two syncs the
+    mirror refills at the server's rate less what *other* clients of the same key
+    spend; that foreign rate is learned from how far each prediction missed.
+    """
+
+    __slots__ = ("bucket", "foreign", "_synced_at")
+
+    def __init__(self, name: str, limit: float, level: float, now: float) -> None:
+        self.bucket = Capacity(name, limit, burst_seconds=60.0, now=now, initial=limit,
+                               unit_cost=name.startswith("requests"))
+        self.bucket.level = min(level, limit)
+        self.foreign = 0.0
+        self._synced_at = now
+
+    def sync(self, limit: float, level: float, now: float, min_interval: float) -> None:
+        bucket = self.bucket
+        dt = now - self._synced_at
+        if dt < min_interval:
+            return
+        if abs(limit - bucket.limit) > 1e-9:
+            bucket.set_limit(limit, now)
+            bucket.capacity = limit  # a full minute, like the server's own bucket
+        predicted = bucket.available(now)
+        full_rate = bucket.limit / bucket.period
+        # Integral control: each missed prediction nudges the foreign-spend estimate.
+        error = (predicted - level) / max(dt, 1e-3)
+        self.foreign = min(0.95 * full_rate, max(0.0, self.foreign + 0.5 * error))
+        bucket.level = min(level, bucket.capacity)
+        bucket.set_scale(max(0.05, 1.0 - self.foreign / full_rate), now)
+        self._synced_at = now
+
+
 class Limiter:
     """Admission under several counters at once.
+
+    Besides the user's counters (flags), a limiter may learn from the server:
+    :meth:`sync` adopts lower limits from ``x-ratelimit-limit-*`` headers, learns the
+    limits outright in ``auto`` mode, and mirrors the server's buckets from
+    ``x-ratelimit-remaining-*`` so that budget spent by other clients of the same key
+    slows us down too. It never goes faster than the user's flags.
 
     Args:
         counters: the capacity counters every request must pass.
         clock: monotonic time in seconds; defaults to the running loop's ``time``.
         sleep: awaitable sleep; injectable for tests.
+        auto_requests / auto_tokens: learn requests / tokens per minute from the server.
+        sync_interval: least seconds between two mirror syncs (429s always sync).
     """
 
     __slots__ = ("counters", "_clock", "_sleep", "paused_until", "_requests", "_tokens", "scale",
-                 "min_scale", "decrease", "recovery_per_s", "_scaled_at", "_last_decrease")
+                 "min_scale", "decrease", "recovery_per_s", "_scaled_at", "_last_decrease",
+                 "auto_requests", "auto_tokens", "learned", "cum_requests", "cum_tokens",
+                 "_mirrors", "sync_interval", "_all", "burst_seconds")
 
     def __init__(
         self,
@@ -137,6 +189,10 @@ class Limiter:
         *,
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
+        auto_requests: bool = False,
+        auto_tokens: bool = False,
+        sync_interval: float = 0.2,
+        burst_seconds: float = 1.0,
     ) -> None:
         self.counters = list(counters)
         self._clock = clock
@@ -150,11 +206,23 @@ class Limiter:
         self.recovery_per_s = 0.01
         self._scaled_at = -math.inf
         self._last_decrease = -math.inf
+        self.auto_requests = auto_requests
+        self.auto_tokens = auto_tokens
+        #: limits learned from the server's headers, by counter name.
+        self.learned: dict[str, float] = {}
+        #: totals spent so far, to tell what was spent after a given request.
+        self.cum_requests = 0.0
+        self.cum_tokens = 0.0
+        self._mirrors: dict[str, _Mirror] = {}
+        self.sync_interval = sync_interval
+        self.burst_seconds = burst_seconds
         self._split()
 
     def _split(self) -> None:
-        self._requests = [c for c in self.counters if c.unit_cost]
-        self._tokens = [c for c in self.counters if not c.unit_cost]
+        mirrors = [m.bucket for m in self._mirrors.values()] if hasattr(self, "_mirrors") else []
+        self._all = self.counters + mirrors
+        self._requests = [c for c in self._all if c.unit_cost]
+        self._tokens = [c for c in self._all if not c.unit_cost]
 
     @classmethod
     def per_minute(
@@ -165,8 +233,16 @@ class Limiter:
         burst_seconds: float = 1.0,
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
+        auto_requests: bool = False,
+        auto_tokens: bool = False,
+        rpd: float | None = None,
+        tpd: float | None = None,
     ) -> Limiter:
-        """A limiter for the usual RPM and TPM flags (None means no limit)."""
+        """A limiter for the usual flags (None means no limit).
+
+        Daily counters (``rpd``, ``tpd``) start full: the day's budget is there to
+        spend, at no more than the per-minute rates.
+        """
         now = clock() if clock else None
         counters = []
         if rpm:
@@ -175,7 +251,14 @@ class Limiter:
             )
         if tpm:
             counters.append(Capacity("tokens/min", tpm, burst_seconds=burst_seconds, now=now))
-        return cls(counters, clock=clock, sleep=sleep)
+        if rpd:
+            counters.append(Capacity("requests/day", rpd, period=DAY, burst_seconds=DAY, now=now,
+                                     initial=rpd, unit_cost=True))
+        if tpd:
+            counters.append(Capacity("tokens/day", tpd, period=DAY, burst_seconds=DAY, now=now,
+                                     initial=tpd))
+        return cls(counters, clock=clock, sleep=sleep, auto_requests=auto_requests,
+                   auto_tokens=auto_tokens, burst_seconds=burst_seconds)
 
     def add(self, counter: Capacity) -> None:
         self.counters.append(counter)
@@ -183,6 +266,17 @@ class Limiter:
 
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    @property
+    def learning(self) -> bool:
+        """True while an ``auto`` limit has not been learned yet (admit cautiously)."""
+        return (self.auto_requests and "requests/min" not in self.learned) or (
+            self.auto_tokens and "tokens/min" not in self.learned
+        )
+
+    def stop_learning(self) -> None:
+        """The server sends no limit headers: give up on learning (run unlimited)."""
+        self.auto_requests = self.auto_tokens = False
 
     def too_large(self, tokens: int) -> Capacity | None:
         """The token counter that ``tokens`` can never fit in (its whole window), if any."""
@@ -213,15 +307,39 @@ class Limiter:
             wait = max(wait, c.wait_time(tokens, now))
         return wait
 
+    def binding(self, tokens: int, now: float) -> Capacity | None:
+        """The counter that makes a request of ``tokens`` wait longest now, if any."""
+        best: Capacity | None = None
+        longest = 0.0
+        for c in self._all:
+            w = c.wait_time(1 if c.unit_cost else tokens, now)
+            if w > longest:
+                best, longest = c, w
+        return best
+
     def spend(self, tokens: int, now: float) -> None:
+        self.cum_requests += 1
+        self.cum_tokens += tokens
         for c in self._requests:
             c.spend(1, now)
         for c in self._tokens:
             c.spend(tokens, now)
 
+    def refund(self, tokens: float) -> None:
+        """Give back tokens charged but not used (for servers that count real usage)."""
+        if tokens <= 0:
+            return
+        now = self.now()
+        for c in self.counters:
+            if not c.unit_cost:
+                c.spend(-tokens, now)
+                c.level = min(c.level, c.capacity)
+
     def try_acquire(self, tokens: int) -> float:
         """Spend now and return 0 if the counters allow, else return the wait (spend nothing)."""
-        if not self.counters and self.paused_until == -math.inf:
+        if not self._all and self.paused_until == -math.inf:
+            self.cum_requests += 1
+            self.cum_tokens += tokens
             return 0.0
         now = self.now()
         wait = self.wait_time(tokens, now)
@@ -256,16 +374,82 @@ class Limiter:
     def observe(self, limit_requests: float | None, limit_tokens: float | None) -> None:
         """Adopt the server's per-minute limits where they are lower than ours.
 
-        Never goes above the user's flags (each counter's ``ceiling``).
+        Never goes above the user's flags (each counter's ``ceiling``). In ``auto``
+        mode a missing per-minute counter is created from the server's limit.
         """
         now: float | None = None
-        for counters, server in ((self._requests, limit_requests), (self._tokens, limit_tokens)):
+        for kind, server in (("requests/min", limit_requests), ("tokens/min", limit_tokens)):
             if not server or server <= 0:
                 continue
-            for c in counters:
-                if c.period == 60.0 and abs(c.limit - min(server, c.ceiling)) > 1e-9:
-                    now = self.now() if now is None else now
-                    c.set_limit(min(server, c.ceiling), now)
+            auto = self.auto_requests if kind == "requests/min" else self.auto_tokens
+            counter = next((c for c in self.counters if c.name == kind), None)
+            now = self.now() if now is None else now
+            if counter is None:
+                if auto:
+                    counter = Capacity(kind, server, burst_seconds=self.burst_seconds, now=now,
+                                       unit_cost=kind == "requests/min")
+                    counter.ceiling = math.inf
+                    counter.set_scale(self.scale, now)
+                    self.add(counter)
+                    self.learned[kind] = server
+                continue
+            if abs(counter.limit - min(server, counter.ceiling)) > 1e-9:
+                counter.set_limit(min(server, counter.ceiling), now)
+                if auto:
+                    self.learned[kind] = server
+
+    def sync(
+        self,
+        limit_requests: float | None,
+        remaining_requests: float | None,
+        limit_tokens: float | None,
+        remaining_tokens: float | None,
+        *,
+        sent_at: float,
+        cum_requests: float,
+        cum_tokens: float,
+        force: bool = False,
+        refused_tokens: int | None = None,
+    ) -> None:
+        """Learn from one answer's rate-limit headers.
+
+        Args:
+            limit_requests, remaining_requests, limit_tokens, remaining_tokens: the
+                ``x-ratelimit-*`` values (None where absent).
+            sent_at: when the answered request was admitted (this limiter's clock).
+            cum_requests, cum_tokens: :attr:`cum_requests` / :attr:`cum_tokens` right
+                after that request was admitted.
+            force: sync even if the last sync was very recent (after a 429).
+            refused_tokens: the request was refused (429) and so not counted by the
+                server: its tokens (and its one request) are given back to the mirrors.
+        """
+        self.observe(limit_requests, limit_tokens)
+        now = self.now()
+        interval = 0.0 if force else self.sync_interval
+        changed = False
+        for kind, limit, remaining, spent in (
+            ("requests/min", limit_requests, remaining_requests, self.cum_requests - cum_requests),
+            ("tokens/min", limit_tokens, remaining_tokens, self.cum_tokens - cum_tokens),
+        ):
+            if not limit or remaining is None:
+                continue
+            level = remaining + max(0.0, now - sent_at) * limit / 60.0 - spent
+            mirror = self._mirrors.get(kind)
+            if mirror is not None and refused_tokens is not None:
+                amount = 1.0 if kind == "requests/min" else float(refused_tokens)
+                mirror.bucket.spend(-amount, now)
+            if mirror is None:
+                self._mirrors[kind] = _Mirror(f"{kind} (server)", limit, level, now)
+                changed = True
+            else:
+                mirror.sync(limit, level, now, interval)
+        if changed:
+            self._split()
+
+    @property
+    def foreign_rates(self) -> dict[str, float]:
+        """Per-minute rates other clients of the key seem to spend, by counter."""
+        return {k: m.foreign * 60.0 for k, m in self._mirrors.items()}
 
     def rate_limited(self, retry_after: float | None, cooldown: float = 1.0) -> None:
         """React to a 429: pause for the server's hint and slow down.

@@ -84,6 +84,7 @@ class MockConfig:
         revoked_keys: keys that get 401.
         insufficient_quota: every request gets 429 ``insufficient_quota``.
         models: when set, any other model (or Azure deployment) gets 404.
+        overloaded_models: models that always answer 429 (to exercise a fallback model).
         embedding_dim: length of the embedding vectors (unless the body sets ``dimensions``).
 
     Raises:
@@ -108,6 +109,7 @@ class MockConfig:
     revoked_keys: frozenset[str] = frozenset()
     insufficient_quota: bool = False
     models: frozenset[str] | None = None
+    overloaded_models: frozenset[str] = frozenset()
     embedding_dim: int = 8
 
     def __post_init__(self) -> None:
@@ -361,7 +363,16 @@ class _Mock:
             if cfg.insufficient_quota:
                 body = _error(_QUOTA, "insufficient_quota", "insufficient_quota")
                 return self._reply(429, body, headers, start)
-            cost = estimate_request_cost(data, endpoint)
+            if model in cfg.overloaded_models:
+                message = f"The model `{model}` is currently overloaded. Please try again later."
+                body = _error(message, "requests", "rate_limit_exceeded")
+                return self._reply(429, body, headers | {"retry-after-ms": "20",
+                                                         "retry-after": "1"}, start)
+            try:
+                cost = estimate_request_cost(data, endpoint)
+            except ValueError as exc:  # an unreadable image, say
+                body = _error(f"Invalid request: {exc}", "invalid_request_error", None)
+                return self._reply(400, body, headers, start)
             refused = self._admit(model, cost.total, start, headers)
             if refused is not None:
                 return self._reply(429, refused, headers, start)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # Our own records start {"id":"batch_req_...","custom_id":"..."; read the id from the
 # first bytes without parsing a possibly large response body. Other writers' lines
 # fall back to a full parse.
-_FAST_ID = re.compile(rb'"custom_id":("(?:[^"\\]|\\.)*")')
+_FAST_ID = re.compile(rb'\{"id":"[^"\\]*","custom_id":("(?:[^"\\]|\\.)*")')
 
 
 @dataclass(slots=True)
@@ -87,7 +87,12 @@ def repair_torn_tail(path: Path) -> Path | None:
             pos = start
         f.seek(cut)
         tail = f.read()
-        side = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        stamp = f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        side = path.with_name(stamp)
+        n = 1
+        while side.exists():  # never overwrite an earlier torn piece
+            side = path.with_name(f"{stamp}.{n}")
+            n += 1
         side.write_bytes(tail)
         f.truncate(cut)
         f.flush()
@@ -98,7 +103,7 @@ def repair_torn_tail(path: Path) -> Path | None:
 
 
 def _custom_id(raw: bytes) -> tuple[str | None, dict[str, object] | None]:
-    m = _FAST_ID.search(raw, 0, 400)
+    m = _FAST_ID.match(raw)
     if m is not None:
         try:
             value = orjson.loads(m.group(1))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import orjson
 
-from .client import DEFAULT_BASE_URL, OpenAIClient
-from .engine import Engine, Stats
+from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
+from .engine import Engine, Fallback, Lane, Stats
 from .errors import ConfigError, JobFormatError
 from .jobs import (
     DEFAULT_ENDPOINT,
@@ -29,7 +29,7 @@ from .jobs import (
 from .limits import Limiter
 from .resume import ResumeState, load_state, move_aside
 from .retry import RetryPolicy
-from .tokens import DEFAULT_MAX_TOKENS, TokenCounter
+from .tokens import DEFAULT_MAX_TOKENS, Cost, TokenCounter
 
 __all__ = ["JobConfig", "default_paths", "run_job"]
 
@@ -58,7 +58,17 @@ class JobConfig:
         default_max_tokens: completion budget charged when a body states none.
         encodings_dir: folder with local tiktoken encoding files.
         headers: extra HTTP headers.
-        azure: send the key as Azure's ``api-key`` header.
+        azure: Azure OpenAI (``api-key`` header, deployment URLs); None: detect from
+            the base URL.
+        api_version: Azure's ``api-version``.
+        api_keys: several ``(name, key)`` pairs, each with its own counters (instead of
+            ``api_key``); a key the server refuses is retired and the run goes on.
+        rpd / tpd: daily budgets; when spent, the run stops cleanly (resumable).
+        auto_limits: learn RPM / TPM from the server's headers where not given.
+        fallback_model / fallback_after: switch a request to this model after that
+            many 429s (or at once on model-not-found).
+        refund_unused: give back unused tokens after each answer (servers that count
+            real usage; OpenAI charges max_tokens up front, so off by default).
         grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
         fresh: move old outputs aside and start over.
         retry_failed: send again the requests that failed for good in earlier runs.
@@ -75,7 +85,15 @@ class JobConfig:
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     encodings_dir: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    azure: bool = False
+    azure: bool | None = None
+    api_version: str = AZURE_API_VERSION
+    api_keys: list[tuple[str, str]] = field(default_factory=list)
+    rpd: float | None = None
+    tpd: float | None = None
+    auto_limits: bool = True
+    fallback_model: str | None = None
+    fallback_after: int = 3
+    refund_unused: bool = False
     grace: float = 30.0
     fresh: bool = False
     retry_failed: bool = False
@@ -115,10 +133,9 @@ async def run_job(
     out_path = Path(output) if output else default_out
     err_path = Path(errors) if errors else default_err
     stats = Stats()
-    if cfg.rpm:
-        stats.limits["rpm"] = cfg.rpm
-    if cfg.tpm:
-        stats.limits["tpm"] = cfg.tpm
+    for name, value in (("rpm", cfg.rpm), ("tpm", cfg.tpm), ("rpd", cfg.rpd), ("tpd", cfg.tpd)):
+        if value:
+            stats.limits[name] = value
     # File work before the first request (resume scan, line count) runs in a thread so
     # that a caller's event loop is never blocked by it.
     state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
@@ -127,19 +144,39 @@ async def run_job(
     counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
                            default_max_tokens=cfg.default_max_tokens)
 
-    def cost(job: Job) -> int:
-        return counter.cost(job.body, job.url).total
+    def cost(job: Job) -> Cost:
+        return counter.cost(job.body, job.url)
 
     skip, on_skip = _resume_filters(state, cfg.retry_failed, stats, cfg.endpoint)
-    limiter = Limiter.per_minute(cfg.rpm, cfg.tpm, burst_seconds=cfg.burst_seconds)
+    azure = cfg.azure if cfg.azure is not None else is_azure_url(cfg.base_url)
+
+    def new_limiter() -> Limiter:
+        return Limiter.per_minute(
+            cfg.rpm, cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd, burst_seconds=cfg.burst_seconds,
+            auto_requests=cfg.auto_limits and not cfg.rpm,
+            auto_tokens=cfg.auto_limits and not cfg.tpm,
+        )
+
+    if cfg.api_keys:
+        header = "api-key" if azure else "Authorization"
+        lanes = [Lane(name, new_limiter(), {header: key if azure else f"Bearer {key}"})
+                 for name, key in cfg.api_keys]
+        default_key = None
+    else:
+        lanes = [Lane(None, new_limiter())]
+        default_key = cfg.api_key
     writer = ResultWriter(out_path, err_path)
     policy = RetryPolicy(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
-    async with OpenAIClient(cfg.base_url, cfg.api_key, timeout=cfg.timeout,
+    fallback = Fallback(cfg.fallback_model, cfg.fallback_after) if cfg.fallback_model else None
+    secrets = [key for _, key in cfg.api_keys]
+    async with OpenAIClient(cfg.base_url, default_key, timeout=cfg.timeout,
                             max_connections=cfg.max_in_flight, headers=cfg.headers,
-                            azure=cfg.azure) as client:
-        engine = Engine(client, limiter, writer, cost=cost, policy=policy,
+                            azure=azure, api_version=cfg.api_version,
+                            secrets=secrets) as client:
+        engine = Engine(client, lanes[0].limiter, writer, cost=cost, policy=policy,
                         max_in_flight=cfg.max_in_flight, on_progress=on_progress,
-                        grace=cfg.grace, stats=stats)
+                        grace=cfg.grace, stats=stats, lanes=lanes, fallback=fallback,
+                        refund_unused=cfg.refund_unused)
         reported = state.bad_lines
         source = (
             item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,

@@ -21,6 +21,12 @@ class MockAPI:
     base_url: str
     stats: MockStats
     server: TestServer
+    config: MockConfig
+
+    @property
+    def root(self) -> str:
+        """The server's URL without ``/v1`` (Azure-style base URLs)."""
+        return self.base_url.removesuffix("/v1")
 
 
 @pytest.fixture
@@ -29,11 +35,12 @@ async def mock_api() -> AsyncIterator[Callable[..., Any]]:
     servers: list[TestServer] = []
 
     async def start(**config: Any) -> MockAPI:
-        app = build_app(MockConfig(**config))
+        mock_config = MockConfig(**config)
+        app = build_app(mock_config)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
-        return MockAPI(str(server.make_url("/v1")), app[STATS_KEY], server)
+        return MockAPI(str(server.make_url("/v1")), app[STATS_KEY], server, mock_config)
 
     yield start
     for server in servers:

@@ -112,3 +112,57 @@ def test_fingerprint_is_a_stable_nonzero_64_bit_int(cid: str) -> None:
 def test_fingerprints_differ_for_different_ids() -> None:
     fps = {fingerprint(f"id-{i}") for i in range(10_000)}
     assert len(fps) == 10_000
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_values_are_stored_and_replaced() -> None:
+    s = IdSet(values=True)
+    assert s.add("a", 5) is True
+    assert s.get("a") == 5
+    assert s.add("a", 7) is False  # not new, but the value is replaced
+    assert s.get("a") == 7
+    assert len(s) == 1
+    assert s.get("missing") is None
+
+
+def test_get_without_values_is_zero_or_none() -> None:
+    s = IdSet()
+    s.add("a", 99)
+    assert s.get("a") == 0
+    assert s.get("b") is None
+
+
+def test_values_survive_growth() -> None:
+    s = IdSet(values=True)
+    for i in range(5_000):
+        s.add(f"id-{i}", i + 1)
+    assert all(s.get(f"id-{i}") == i + 1 for i in range(5_000))
+
+
+@pytest.mark.parametrize(
+    ("values", "present", "expected", "expected_value"),
+    [(True, True, True, 42), (True, False, False, None), (False, True, False, 0)],
+    ids=["present", "absent-not-added", "no-values"],
+)
+def test_update_fingerprint(
+    values: bool, present: bool, expected: bool, expected_value: int | None
+) -> None:
+    s = IdSet(values=values)
+    if present:
+        s.add("a", 1)
+    assert s.update_fingerprint(fingerprint("a"), 42) is expected
+    assert s.get("a") == expected_value
+    assert len(s) == (1 if present else 0)
+
+
+def test_add_fingerprint_is_add() -> None:
+    s = IdSet()
+    assert s.add_fingerprint(fingerprint("a")) is True
+    assert "a" in s
+    assert s.add("a") is False
+
+
+def test_values_double_the_memory() -> None:
+    assert IdSet(values=True).nbytes == 2 * IdSet().nbytes

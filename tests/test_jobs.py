@@ -471,7 +471,7 @@ def test_writer_appends_one_valid_json_line_per_record(tmp_path: Path) -> None:
     results, errors = tmp_path / "r.jsonl", tmp_path / "e.jsonl"
     results.write_bytes(line({"custom_id": "earlier"}))
     w = ResultWriter(results, errors)
-    recs = [
+    recs: list[dict[str, Any]] = [
         {"custom_id": "a", "text": "multi\nline\r\nvalue"},
         {"custom_id": "b", "nested": {"list": [1, 2, {"x": None}]}},
         {"custom_id": "c", "unicode": "日本語 \u2028 🙂"},
@@ -519,7 +519,12 @@ def test_writer_writes_each_record_with_one_write(tmp_path: Path) -> None:
 def test_writer_close_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     w = ResultWriter(tmp_path / "r.jsonl", tmp_path / "e.jsonl", fsync_interval=3600)
     w.write_result({"custom_id": "a"})
     w.write_error({"custom_id": "b"})

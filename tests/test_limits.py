@@ -438,3 +438,258 @@ async def test_pause_keeps_debt() -> None:
     assert lim.counters[0].available(1.0) == -32.0
     await lim.acquire(1)
     assert ft.t == 1.0 + 33 / 8  # the debt, not the pause, decides
+
+
+# --------------------------------------------------------------------------- server hints
+
+
+@pytest.mark.parametrize(
+    ("scale", "expected_rate", "expected_capacity"),
+    [(1.0, 10.0, 10.0), (0.5, 5.0, 5.0), (0.05, 0.5, 1.0)],
+    ids=["full", "half", "floor-of-one"],
+)
+def test_capacity_set_scale(scale: float, expected_rate: float, expected_capacity: float) -> None:
+    c = Capacity("tokens/min", 600, now=0.0, initial=10)
+    c.set_scale(scale, 0.0)
+    assert c.rate == pytest.approx(expected_rate)
+    assert c.capacity == pytest.approx(expected_capacity)
+    assert c.available(0.0) == pytest.approx(min(10.0, expected_capacity))
+    assert c.limit == 600  # the limit itself is unchanged
+
+
+def test_capacity_scale_survives_set_limit() -> None:
+    c = Capacity("c", 600, now=0.0)
+    c.set_scale(0.5, 0.0)
+    c.set_limit(240, 0.0)
+    assert c.rate == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "server", "expected"),
+    [
+        ((600, 60_000), (300, 30_000), (300, 30_000)),  # lower: adopted
+        ((600, 60_000), (6_000, 600_000), (600, 60_000)),  # higher: the flags are a ceiling
+        ((600, 60_000), (None, 30_000), (600, 30_000)),  # only what the server said
+        ((600, 60_000), (0, -1), (600, 60_000)),  # nonsense ignored
+        ((600, None), (300, 30_000), (300, None)),  # no token counter to adjust
+    ],
+    ids=["lower", "higher", "tokens-only", "nonsense", "rpm-only"],
+)
+def test_observe_adopts_lower_server_limits(
+    flags: tuple[float | None, float | None],
+    server: tuple[float | None, float | None],
+    expected: tuple[float | None, float | None],
+) -> None:
+    ft = FakeTime()
+    lim = limiter(*flags, ft)
+    lim.observe(*server)
+    got = (
+        next((c.limit for c in lim.counters if c.unit_cost), None),
+        next((c.limit for c in lim.counters if not c.unit_cost), None),
+    )
+    assert got == expected
+
+
+def test_observe_goes_back_up_to_the_flag_but_not_past_it() -> None:
+    ft = FakeTime()
+    lim = limiter(600, None, ft)
+    lim.observe(300, None)
+    assert lim.counters[0].limit == 300
+    lim.observe(450, None)
+    assert lim.counters[0].limit == 450
+    lim.observe(10_000, None)
+    assert lim.counters[0].limit == 600
+
+
+def test_observe_leaves_non_minute_counters_alone() -> None:
+    ft = FakeTime()
+    lim = Limiter([Capacity("requests/day", 10_000, period=86_400, now=0.0, unit_cost=True)],
+                  clock=ft, sleep=ft.sleep)
+    lim.observe(5, None)
+    assert lim.counters[0].limit == 10_000
+
+
+def test_rate_limited_pauses_and_slows_down() -> None:
+    ft = FakeTime()
+    lim = limiter(240, None, ft)
+    lim.rate_limited(2.0)
+    assert lim.paused_until == 2.0
+    assert lim.scale == pytest.approx(0.9)
+    assert lim.counters[0].rate == pytest.approx(4 * 0.9)
+
+
+def test_rate_limited_without_hint_pauses_one_second() -> None:
+    ft = FakeTime(start=5.0)
+    lim = limiter(240, None, ft)
+    lim.rate_limited(None)
+    assert lim.paused_until == 6.0
+
+
+def test_rate_limited_decreases_at_most_once_per_cooldown() -> None:
+    ft = FakeTime()
+    lim = limiter(240, None, ft)
+    for _ in range(20):  # a burst of in-flight 429s coming back together
+        lim.rate_limited(0.5)
+    assert lim.scale == pytest.approx(0.9)
+    ft.t = 1.0
+    lim.rate_limited(0.5)
+    # Recovered 1 s x 0.01 first, then decreased again.
+    assert lim.scale == pytest.approx(0.91 * 0.9)
+
+
+def test_rate_limited_never_goes_below_min_scale() -> None:
+    ft = FakeTime()
+    lim = limiter(240, None, ft)
+    lim.recovery_per_s = 0.0  # isolate the floor from the recovery
+    for i in range(200):
+        ft.t = float(i)
+        lim.rate_limited(0.0)
+    assert lim.scale == pytest.approx(lim.min_scale)
+    assert lim.counters[0].rate == pytest.approx(4 * lim.min_scale)
+
+
+def test_repeated_429s_settle_where_recovery_balances_the_decrease() -> None:
+    ft = FakeTime()
+    lim = limiter(240, None, ft)
+    for i in range(300):  # one 429 a second, for five minutes
+        ft.t = float(i)
+        lim.rate_limited(0.0)
+    # s = (s + 0.01) * 0.9  =>  s = 0.09
+    assert lim.scale == pytest.approx(0.09, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("later", "expected"),
+    [(0.0, 0.9), (5.0, 0.95), (10.0, 1.0), (1_000.0, 1.0)],
+    ids=["at-once", "halfway", "fully", "long-after"],
+)
+def test_scale_recovers_linearly(later: float, expected: float) -> None:
+    ft = FakeTime()
+    lim = limiter(240, None, ft)
+    lim.rate_limited(0.0)
+    lim.wait_time(1, later)
+    assert lim.scale == pytest.approx(expected)
+    assert lim.counters[0].rate == pytest.approx(4 * expected)
+
+
+def test_rate_limited_on_a_limiter_without_counters_only_pauses() -> None:
+    ft = FakeTime()
+    lim = Limiter(clock=ft, sleep=ft.sleep)
+    lim.rate_limited(3.0)
+    assert lim.paused_until == 3.0
+    assert lim.scale == 1.0
+
+
+# -- float rounding, server sync, auto limits, daily budgets, refunds ------------------
+
+
+@pytest.mark.parametrize("rpm", [600, 300, 1200, 3000, 7], ids=lambda r: f"rpm{r}")
+async def test_awkward_rates_take_one_sleep_per_request(rpm: float) -> None:
+    ft = FakeTime()
+    lim = limiter(rpm, None, ft)
+    times = await admit(lim, ft, [1] * 50)
+    assert len(ft.sleeps) <= 50
+    assert times[-1] == pytest.approx(50 * 60 / rpm, rel=1e-6)
+
+
+def synced(lim: Limiter, ft: FakeTime, *, limit: float, remaining: float) -> None:
+    """Sync as if the request admitted last had been answered just now."""
+    lim.sync(limit, remaining, None, None, sent_at=ft.t, cum_requests=lim.cum_requests,
+             cum_tokens=lim.cum_tokens, force=True)
+
+
+async def test_server_remaining_below_ours_slows_us_down() -> None:
+    ft = FakeTime()
+    lim = limiter(600, None, ft)  # 10/s
+    await admit(lim, ft, [1] * 10)
+    # The server says only 2 requests remain of 600: someone else spends the budget.
+    synced(lim, ft, limit=600, remaining=2)
+    start = ft.t
+    await admit(lim, ft, [1] * 5)
+    # Our own counter alone would allow these 5 in 0.5 s; the mirror of the server's
+    # bucket has 2 and refills at 10/s, so the 5th waits until 3 more refilled.
+    assert ft.t - start >= 0.3 - 1e-9
+
+
+async def test_server_with_room_does_not_slow_us() -> None:
+    ft = FakeTime()
+    lim = limiter(600, None, ft)
+    await admit(lim, ft, [1] * 10)
+    synced(lim, ft, limit=600, remaining=590)
+    start = ft.t
+    await admit(lim, ft, [1] * 10)
+    assert ft.t - start == pytest.approx(1.0)
+
+
+async def test_foreign_spending_is_learned_and_slows_the_refill() -> None:
+    """Another client spends half of a shared 10/s budget; we converge to the rest."""
+    ft = FakeTime()
+    lim = limiter(600, None, ft)
+    server, last, refused = 0.0, 0.0, 0
+    admitted: list[float] = []
+    for _ in range(400):
+        await lim.acquire(1)
+        # The server's bucket: refills 10/s, the other client takes 5/s of it.
+        server = min(600.0, server + (ft.t - last) * (10 - 5))
+        last = ft.t
+        if server < 1:
+            # A 429: not counted by the server; sync at once and back off.
+            refused += 1
+            lim.sync(600, server, None, None, sent_at=ft.t, cum_requests=lim.cum_requests,
+                     cum_tokens=lim.cum_tokens, force=True, refused_tokens=1)
+            lim.rate_limited((1 - server) / 5)
+        else:
+            server -= 1
+            admitted.append(ft.t)
+            lim.sync(600, server, None, None, sent_at=ft.t, cum_requests=lim.cum_requests,
+                     cum_tokens=lim.cum_tokens)
+    foreign = lim.foreign_rates["requests/min"]
+    assert foreign == pytest.approx(300, rel=0.1)  # the other client's 5/s
+    late = [t for t in admitted if t > admitted[-1] - 10]
+    assert len(late) / 10 == pytest.approx(5, rel=0.15)  # our share: ~5/s
+    assert refused < 60
+
+
+async def test_auto_learns_limits_from_headers() -> None:
+    ft = FakeTime()
+    lim = Limiter.per_minute(None, None, clock=ft, sleep=ft.sleep, auto_requests=True,
+                             auto_tokens=True)
+    assert lim.learning
+    lim.observe(120, 60_000)
+    assert not lim.learning
+    assert lim.learned == {"requests/min": 120, "tokens/min": 60_000}
+    times = await admit(lim, ft, [10] * 4)
+    assert times[-1] == pytest.approx(4 * 0.5)  # 2 requests/s
+
+
+def test_observe_never_goes_above_the_flags() -> None:
+    ft = FakeTime()
+    lim = limiter(600, 1000, ft)
+    lim.observe(6000, 500)
+    assert [c.limit for c in lim.counters] == [600, 500]
+    lim.observe(6000, 100_000)
+    assert [c.limit for c in lim.counters] == [600, 1000]
+
+
+async def test_daily_budget_starts_full_and_binds_when_spent() -> None:
+    ft = FakeTime()
+    lim = Limiter.per_minute(6000, None, rpd=5, clock=ft, sleep=ft.sleep)
+    await admit(lim, ft, [1] * 5)
+    assert ft.t < 1.0  # the day's budget was there to spend at the per-minute rate
+    now = ft.t
+    wait = lim.wait_time(1, now)
+    assert wait == pytest.approx(86_400 / 5, rel=1e-3)
+    binding = lim.binding(1, now)
+    assert binding is not None and binding.name == "requests/day"
+
+
+def test_refund_gives_back_unused_tokens_up_to_the_bucket() -> None:
+    ft = FakeTime()
+    lim = limiter(None, 6000, ft)  # 100 tokens/s, bucket 100
+    ft.t = 1.0
+    assert lim.try_acquire(100) == 0.0
+    assert lim.wait_time(100, ft.t) == pytest.approx(1.0)
+    lim.refund(60)
+    assert lim.wait_time(100, ft.t) == pytest.approx(0.4)
+    lim.refund(10_000)
+    assert lim.counters[0].available(ft.t) == pytest.approx(100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +19,8 @@ from processor.errors import (
     ServerError,
 )
 from processor.retry import RetryPolicy, backoff, should_retry
+
+Rng = Callable[[], float]
 
 
 def one() -> float:
@@ -68,7 +71,9 @@ def test_backoff_with_rng_one_is_the_cap_sequence(
     [(zero, 1, 0.0), (zero, 9, 0.0), (half, 1, 0.5), (half, 4, 4.0), (half, 30, 30.0)],
     ids=["zero-a1", "zero-a9", "half-a1", "half-a4", "half-capped"],
 )
-def test_backoff_scales_the_ceiling_by_the_rng(rng, attempt: int, expected: float) -> None:
+def test_backoff_scales_the_ceiling_by_the_rng(
+    rng: Rng, attempt: int, expected: float
+) -> None:
     assert backoff(attempt, rng=rng) == pytest.approx(expected)
 
 
@@ -178,7 +183,7 @@ def test_policy_defaults() -> None:
     ids=["no-jitter", "full-jitter", "half-jitter", "long", "zero", "sub-second"],
 )
 def test_delay_uses_retry_after_plus_at_most_ten_percent(
-    retry_after: float, rng, expected: float
+    retry_after: float, rng: Rng, expected: float
 ) -> None:
     policy = RetryPolicy(rng=rng)
     exc = RateLimited("429", status=429, retry_after=retry_after)
@@ -221,7 +226,7 @@ def test_delay_retry_after_wins_over_backoff_for_any_error_class() -> None:
     ],
 )
 def test_delay_without_retry_after_is_backoff(
-    exc: APIError, attempts: int, rng, expected: float
+    exc: APIError, attempts: int, rng: Rng, expected: float
 ) -> None:
     assert RetryPolicy(rng=rng).delay(exc, attempts) == pytest.approx(expected)
 
@@ -230,3 +235,9 @@ def test_delay_respects_policy_base_and_cap() -> None:
     policy = RetryPolicy(base=0.5, cap=3.0, rng=one)
     delays = [policy.delay(ServerError("x"), n) for n in range(1, 6)]
     assert delays == pytest.approx([0.5, 1.0, 2.0, 3.0, 3.0])
+
+
+def test_backoff_is_a_float_even_with_an_int_rng() -> None:
+    value = backoff(3, rng=lambda: 1)
+    assert type(value) is float
+    assert value == 4.0
