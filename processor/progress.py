@@ -163,7 +163,22 @@ def summary_dict(stats: Stats) -> dict[str, Any]:
         "achieved_tpm": round(stats.tokens_charged / elapsed * 60, 1),
         "failures": dict(stats.failures),
         "stop_reason": stats.stop_reason,
+        "limits": dict(stats.limits),
+        "tokens_charged_answered": stats.tokens_charged_answered,
+        "tokens_used_answered": stats.tokens_used_answered,
+        "estimate_error": _estimate_error(stats),
+        "changed_inputs": stats.changed,
+        "fallbacks": stats.fallbacks,
+        "retired_keys": list(stats.retired_keys),
+        "answered_by_key": dict(stats.answered_by_key),
     }
+
+
+def _estimate_error(stats: Stats) -> float | None:
+    """How far the tokens charged at admission were above (+) the real usage, as a share."""
+    if not stats.tokens_used_answered:
+        return None
+    return round(stats.tokens_charged_answered / stats.tokens_used_answered - 1.0, 4)
 
 
 def format_summary(stats: Stats) -> str:
@@ -177,6 +192,25 @@ def format_summary(stats: Stats) -> str:
         f"achieved {s['achieved_rpm']:,.0f} rpm, {s['achieved_tpm']:,.0f} tpm",
         f"  tokens used: {s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} completion",
     ]
+    if stats.tokens_used_answered:
+        err = _estimate_error(stats) or 0.0
+        prompt = ""
+        if stats.actual_prompt:
+            p = stats.estimated_prompt / stats.actual_prompt - 1.0
+            prompt = f"; prompt estimate {p:+.1%}"
+        lines.append(
+            f"  token estimate: charged {stats.tokens_charged_answered:,} for "
+            f"{stats.tokens_used_answered:,} used ({err:+.1%}, max_tokens budget included"
+            f"{prompt})"
+        )
+    if stats.limits:
+        shown = ", ".join(f"{k} {v:,.0f}" for k, v in stats.limits.items())
+        lines.append(f"  limits: {shown}")
+    if stats.fallbacks:
+        lines.append(f"  {stats.fallbacks:,} requests sent with the fallback model")
+    if stats.answered_by_key:
+        keys = ", ".join(f"${k}: {v:,}" for k, v in stats.answered_by_key.most_common())
+        lines.append(f"  answered by key: {keys}")
     if stats.retried_failed:
         lines.append(f"  retried {stats.retried_failed:,} requests that had failed before")
     if stats.failures:
