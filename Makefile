@@ -22,6 +22,11 @@ lint: venv
 demo: venv
 	bash sample_jobs/demo.sh $(BIN) $(PORT) sample_jobs/chat.jsonl
 
+demo-vision: venv
+	$(BIN)/batchproc estimate sample_jobs/vision.jsonl --rpm 500 --tpm 30000 --offline
+	bash sample_jobs/demo.sh $(BIN) $(PORT) sample_jobs/vision.jsonl
+	$(BIN)/batchproc export demo-out/vision.results.jsonl --input sample_jobs/vision.jsonl
+
 bench: venv
 	$(BIN)/python bench/run.py
 

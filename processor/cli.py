@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL
+from .commands import register
 from .errors import BatchProcError, ConfigError
 from .jobs import DEFAULT_ENDPOINT
 from .progress import LiveReporter, PlainReporter, format_summary
@@ -269,6 +270,42 @@ def mock_server(
     )
     run_mock(config, host, port)
 
+
+@app.command("sort")
+def sort(
+    results: Annotated[Path, typer.Argument(metavar="RESULTS.jsonl", help="A results file.")],
+    input_path: Annotated[Path, typer.Option(
+        "--input", help="The job file whose order to follow.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write (default: <results stem>.sorted.jsonl).")]
+    = None,
+    chunk_size: Annotated[int, typer.Option(
+        min=1000, help="Pairs sorted in memory at a time (memory bound).")] = 100_000,
+) -> None:
+    """Write results in input order, in bounded memory (an external sort on disk)."""
+    from .ordering import sort_results
+
+    for path in (results, input_path):
+        if not path.is_file():
+            raise typer.BadParameter(f"no such file: {path}")
+    if output is None:
+        stem = results.name.removesuffix(".jsonl")
+        output = results.with_name(f"{stem}.sorted.jsonl")
+    try:
+        stats = sort_results(results, input_path, output, chunk=chunk_size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(
+        f"wrote {stats.written:,} results in input order to {output}; "
+        f"{stats.missing:,} input lines have no result"
+        + (f", {stats.unmatched:,} results are not in the input (put last)"
+           if stats.unmatched else "")
+        + (f", {stats.duplicates:,} repeated results left out" if stats.duplicates else ""),
+        err=True,
+    )
+
+
+register(app)
 
 _COMMANDS = {"run", "mock-server", "sort", "estimate", "export", "jobs-from-images"}
 

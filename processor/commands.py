@@ -67,7 +67,11 @@ def _output(path: Path | None) -> Iterator[IO[bytes]]:
         return
     partial = path.with_name(path.name + ".partial")
     try:
-        with open(partial, "wb") as f:
+        f = open(partial, "wb")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with f:
             yield f
         os.replace(partial, path)
     finally:
@@ -227,10 +231,16 @@ def export(
         if sibling.is_file():
             errors = sibling
             typer.echo(f"errors from {sibling}", err=True)
+    sources = {p.resolve() for p in (results, errors, input_path) if p is not None}
+    if output is not None and output.resolve() in sources:
+        raise typer.BadParameter(f"{output} is one of the files being read", param_hint="--output")
     stats = ExportStats()
     rows = iter_rows(results, errors, input_path=input_path, chunk_size=chunk_size, stats=stats)
-    with _output(output) as out:
-        (write_csv if to is Format.csv else write_jsonl)(rows, out)
+    try:
+        with _output(output) as out:
+            (write_csv if to is Format.csv else write_jsonl)(rows, out)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(stats.by_status.items()))
     where = f" to {output}" if output is not None else ""
     typer.echo(f"{stats.rows} rows{where}" + (f" ({counts})" if counts else ""), err=True)

@@ -69,19 +69,32 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def iter_files(folder: Path, *, exclude: frozenset[Path] = frozenset()) -> Iterator[Path]:
+def iter_files(
+    folder: Path,
+    *,
+    exclude: frozenset[Path] = frozenset(),
+    on_error: Callable[[Path, OSError], None] | None = None,
+) -> Iterator[Path]:
     """Every file under ``folder``, depth first, sorted by name at each level.
 
     Hidden entries (``.DS_Store``, ``.git/``) are left out, and directory symlinks are
     not followed (no loops). ``exclude`` holds resolved paths to leave out, such as the
-    output file when it sits inside ``folder``.
+    output file when it sits inside ``folder``. A subfolder that cannot be listed goes
+    to ``on_error`` (and is skipped) if given, else raises.
     """
-    with os.scandir(folder) as it:
-        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")),
+                             key=lambda e: e.name)
+    except OSError as exc:
+        if on_error is None:
+            raise
+        on_error(folder, exc)
+        return
     for entry in entries:
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
-            yield from iter_files(path, exclude=exclude)
+            yield from iter_files(path, exclude=exclude, on_error=on_error)
         elif entry.is_file() and path.resolve() not in exclude:
             yield path
 
@@ -209,7 +222,12 @@ def write_image_jobs(
     if max_side is not None and max_side < 1:
         raise ConfigError(f"--max-side must be at least 1, got {max_side}")
     stats = ImageJobStats()
-    for path in iter_files(folder, exclude=exclude):
+
+    def unlistable(path: Path, exc: OSError) -> None:
+        stats.skipped += 1
+        on_note(f"skipped folder {path.relative_to(folder).as_posix()}: {exc.strerror}")
+
+    for path in iter_files(folder, exclude=exclude, on_error=unlistable):
         custom_id = path.relative_to(folder).as_posix()
         if not custom_id.isprintable() or not _is_utf8(custom_id):
             stats.skipped += 1

@@ -1,0 +1,173 @@
+"""Results in input order, in bounded memory: an external sort-merge join.
+
+Results are written in completion order. To put them in input order without holding
+either file in memory, both files are reduced to ``(custom_id, position)`` pairs,
+sorted on disk in runs of ``chunk`` pairs, merge-joined on the id, re-sorted on disk by
+input line, and finally each result line is read back from its byte offset. Memory is
+bounded by ``chunk`` (plus one open file per run); disk use is a few dozen bytes per
+line.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from .jobs import iter_raw_lines
+
+__all__ = ["SortStats", "in_input_order", "sort_results"]
+
+T = TypeVar("T")
+_NOT_IN_INPUT = 1 << 62  # results whose id is not in the input go last
+
+
+class SortStats:
+    """What a sort did: lines written, input lines without a result, stray results."""
+
+    __slots__ = ("written", "missing", "unmatched", "duplicates")
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.missing = 0
+        self.unmatched = 0
+        self.duplicates = 0
+
+
+def _spill(items: Iterable[T], key: Callable[[T], Any], chunk: int, tmp: Path,
+           prefix: str) -> list[Iterator[T]]:
+    """Sort ``items`` in runs of ``chunk`` written under ``tmp``; return readers of the runs."""
+    runs: list[Path] = []
+    buffer: list[T] = []
+
+    def flush() -> None:
+        buffer.sort(key=key)
+        path = tmp / f"{prefix}-{len(runs)}.run"
+        with open(path, "wb") as f:
+            for item in buffer:
+                f.write(orjson.dumps(item) + b"\n")
+        runs.append(path)
+        buffer.clear()
+
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= chunk:
+            flush()
+    if buffer or not runs:
+        flush()
+    return [_read_run(path) for path in runs]
+
+
+def _read_run(path: Path) -> Iterator[Any]:
+    with open(path, "rb") as f:
+        for line in f:
+            yield tuple(orjson.loads(line))
+
+
+def _input_ids(input_path: Path) -> Iterator[tuple[str, int]]:
+    for number, raw in iter_raw_lines(input_path):
+        custom_id = f"line-{number}"
+        if b'"custom_id"' in raw:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+                custom_id = obj["custom_id"]
+        yield custom_id, number
+
+
+def _result_ids(results: Path) -> Iterator[tuple[str, int]]:
+    offset = 0
+    with open(results, "rb") as f:
+        for raw in f:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+                yield obj["custom_id"], offset
+            offset += len(raw)
+
+
+def in_input_order(
+    results: str | os.PathLike[str],
+    input_path: str | os.PathLike[str],
+    *,
+    chunk: int = 100_000,
+    stats: SortStats | None = None,
+    tmpdir: str | None = None,
+) -> Iterator[bytes]:
+    """Yield the result lines of ``results`` in the order of their requests in ``input_path``.
+
+    Results whose id is not in the input come last, in file order. A second result for
+    the same id is left out (counted in ``stats.duplicates``).
+    """
+    stats = stats or SortStats()
+    results_path, source = Path(results), Path(input_path)
+    with tempfile.TemporaryDirectory(prefix="batchproc-sort-", dir=tmpdir) as tmp_name:
+        tmp = Path(tmp_name)
+        by_id_in = heapq.merge(*_spill(_input_ids(source), _first, chunk, tmp, "in"))
+        by_id_out = heapq.merge(*_spill(_result_ids(results_path), _first, chunk, tmp, "out"))
+        pairs = _join(by_id_in, by_id_out, stats)
+        ordered = heapq.merge(*_spill(pairs, _first, chunk, tmp, "pos"))
+        with open(results_path, "rb") as f:
+            for _, offset in ordered:
+                f.seek(offset)
+                yield f.readline()
+                stats.written += 1
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
+
+
+def _join(inputs: Iterator[tuple[str, int]], outputs: Iterator[tuple[str, int]],
+          stats: SortStats) -> Iterator[tuple[int, int]]:
+    """Merge-join two id-sorted streams into (input line, result offset) pairs."""
+    out = next(outputs, None)
+    last_id: str | None = None
+    for custom_id, line in inputs:
+        # Results for ids that sort before this input id are not in the input.
+        while out is not None and out[0] < custom_id:
+            if out[0] == last_id:
+                stats.duplicates += 1
+            else:
+                stats.unmatched += 1
+                yield _NOT_IN_INPUT + stats.unmatched, out[1]
+            out = next(outputs, None)
+        if out is not None and out[0] == custom_id:
+            yield line, out[1]
+            last_id = custom_id
+            out = next(outputs, None)
+        else:
+            stats.missing += 1
+    while out is not None:
+        if out[0] == last_id:
+            stats.duplicates += 1
+        else:
+            stats.unmatched += 1
+            yield _NOT_IN_INPUT + stats.unmatched, out[1]
+        out = next(outputs, None)
+
+
+def sort_results(
+    results: str | os.PathLike[str],
+    input_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    chunk: int = 100_000,
+) -> SortStats:
+    """Write ``results`` in input order to ``output`` (which may not be ``results``)."""
+    if Path(output).resolve() == Path(results).resolve():
+        raise ValueError("write the sorted results to another file than the results")
+    stats = SortStats()
+    with open(output, "wb") as out:
+        for line in in_input_order(results, input_path, chunk=chunk, stats=stats):
+            out.write(line if line.endswith(b"\n") else line + b"\n")
+    return stats
