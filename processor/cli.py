@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL
-from .commands import register
+from .commands import parse_limit, register
 from .errors import BatchProcError, ConfigError
 from .jobs import DEFAULT_ENDPOINT
 from .progress import LiveReporter, PlainReporter, format_summary
@@ -69,18 +69,6 @@ def _resolve_keys(
                 f"no key in ${', $'.join(missing)}", param_hint="--api-key-env")
         return None, [(n, os.environ[n]) for n in names]
     return (os.environ.get(names[0]) if names else None) or None, []
-
-
-def _parse_limit(value: str | None, name: str) -> float | None:
-    if value is None or value.lower() in ("", "none", "off", "0", "auto"):
-        return None
-    try:
-        number = float(value.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise typer.BadParameter(f"{name} must be a number, got {value!r}") from None
-    if number <= 0:
-        raise typer.BadParameter(f"{name} must be positive, got {value!r}")
-    return number
 
 
 def _parse_headers(values: list[str]) -> dict[str, str]:
@@ -186,9 +174,9 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     auto = rpm.lower() == "auto" or tpm.lower() == "auto"
     config = JobConfig(
-        base_url=base, api_key=key, api_keys=keys, rpm=_parse_limit(rpm, "--rpm"),
-        tpm=_parse_limit(tpm, "--tpm"), rpd=_parse_limit(rpd, "--rpd"),
-        tpd=_parse_limit(tpd, "--tpd"), auto_limits=auto, max_in_flight=max_in_flight,
+        base_url=base, api_key=key, api_keys=keys, rpm=parse_limit(rpm, "--rpm"),
+        tpm=parse_limit(tpm, "--tpm"), rpd=parse_limit(rpd, "--rpd"),
+        tpd=parse_limit(tpd, "--tpd"), auto_limits=auto, max_in_flight=max_in_flight,
         max_attempts=max_attempts, timeout=timeout, endpoint=endpoint,
         default_max_tokens=default_max_tokens,
         encodings_dir=str(encodings_dir) if encodings_dir else None,

@@ -44,9 +44,9 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _limit(value: str | None, name: str) -> float | None:
-    """A --rpm/--tpm value as ``run`` reads it: ``30_000`` and ``30,000`` work, 0 is none."""
-    if value is None or value.lower() in ("", "none", "off", "0"):
+def parse_limit(value: str | None, name: str) -> float | None:
+    """A --rpm/--tpm value: ``30_000`` and ``30,000`` work; 0, off and auto mean none given."""
+    if value is None or value.lower() in ("", "none", "off", "0", "auto"):
         return None
     try:
         number = float(value.replace("_", "").replace(",", ""))
@@ -147,8 +147,8 @@ def estimate(
         raise _fail(str(exc)) from None
     counter = TokenCounter(encodings_dir=encodings_dir, allow_download=not offline,
                            default_max_tokens=default_max_tokens)
-    result = estimate_job(jobs, counter=counter, prices=table, rpm=_limit(rpm, "--rpm"),
-                          tpm=_limit(tpm, "--tpm"), endpoint=endpoint)
+    result = estimate_job(jobs, counter=counter, prices=table, rpm=parse_limit(rpm, "--rpm"),
+                          tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint)
     if json_out:
         if result.min_seconds is not None:
             result.min_seconds = round(result.min_seconds, 3)

@@ -132,28 +132,27 @@ def _join(inputs: Iterator[tuple[str, int]], outputs: Iterator[tuple[str, int]],
     """Merge-join two id-sorted streams into (input line, result offset) pairs."""
     out = next(outputs, None)
     last_id: str | None = None
-    for custom_id, line in inputs:
-        # Results for ids that sort before this input id are not in the input.
-        while out is not None and out[0] < custom_id:
+
+    def strays(bound: str | None) -> Iterator[tuple[int, int]]:
+        """Results sorting before ``bound`` (all, if None): repeats, or not in the input."""
+        nonlocal out
+        while out is not None and (bound is None or out[0] < bound):
             if out[0] == last_id:
                 stats.duplicates += 1
             else:
                 stats.unmatched += 1
                 yield _NOT_IN_INPUT + stats.unmatched, out[1]
             out = next(outputs, None)
+
+    for custom_id, line in inputs:
+        yield from strays(custom_id)
         if out is not None and out[0] == custom_id:
             yield line, out[1]
             last_id = custom_id
             out = next(outputs, None)
         else:
             stats.missing += 1
-    while out is not None:
-        if out[0] == last_id:
-            stats.duplicates += 1
-        else:
-            stats.unmatched += 1
-            yield _NOT_IN_INPUT + stats.unmatched, out[1]
-        out = next(outputs, None)
+    yield from strays(None)
 
 
 def sort_results(
