@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .client import OpenAIClient, RateLimitInfo, Response
-from .engine import Engine, Stats
+from .engine import Engine, Fallback, Lane, Stats
 from .errors import (
     APIError,
     APITimeout,
@@ -38,10 +38,12 @@ __all__ = [
     "ConfigError",
     "Cost",
     "Engine",
+    "Fallback",
     "FatalAPIError",
     "Job",
     "JobConfig",
     "JobFormatError",
+    "Lane",
     "Limiter",
     "OpenAIClient",
     "QuotaExceeded",
