@@ -186,7 +186,8 @@ def run(
         refund_unused=refund_unused,
     )
     console = Console(stderr=True)
-    live = not quiet and not plain and console.is_terminal
+    # The live display only when a person watches: both streams on a terminal.
+    live = not quiet and not plain and console.is_terminal and sys.stdout.isatty()
     _setup_logging(verbose, console if live else None)
     reporter: LiveReporter | PlainReporter | None
     if quiet:

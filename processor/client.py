@@ -35,6 +35,8 @@ __all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "OpenAIClient", "RateLimitIn
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_RETRY_IN_WORDS = re.compile(
+    r"(?:retry after|try again in)\s+(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.I)
 
 
 def parse_duration(text: str) -> float | None:
@@ -224,6 +226,11 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
     body = error_body
     message = f"HTTP {status}: {_error_message(body) or 'no message'}"
     retry_after = parse_retry_after(headers)
+    if retry_after is None and status == 429:
+        # Azure (and some proxies) say it only in words: "Please retry after 6 seconds."
+        hint = _RETRY_IN_WORDS.search(message)
+        if hint:
+            retry_after = float(hint.group(1)) * (0.001 if hint.group(2) == "ms" else 1.0)
     kwargs: dict[str, Any] = {"status": status, "body": body, "request_id": request_id,
                               "retry_after": retry_after,
                               "ratelimit": RateLimitInfo.from_headers(headers)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,3 +75,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def start_cli(job: Path, base_url: str, *extra: str,
+                    max_in_flight: int = 4) -> asyncio.subprocess.Process:
+    """Run ``batchproc JOB`` as a user would, in a subprocess (no key: loopback needs none)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor.cli", str(job), "--base-url", base_url,
+        "--max-in-flight", str(max_in_flight), "--plain", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )

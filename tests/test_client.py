@@ -592,3 +592,26 @@ async def test_a_short_key_is_not_masked_everywhere(mocked: aioresponses) -> Non
     # A one-letter test key would turn every "k" in every answer into "***".
     resp = await post_once(mocked, api_key="k", status=200, payload={"text": "kkk ok"})
     assert resp.body == {"text": "kkk ok"}
+
+
+@pytest.mark.parametrize(
+    ("message", "headers", "expected"),
+    [
+        ("Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
+         "2024-02-01 have exceeded token rate limit of your current OpenAI S0 pricing tier. "
+         "Please retry after 6 seconds.", {}, 6.0),
+        ("Rate limit reached for gpt-4o. Please try again in 1.2s. Visit ...", {}, 1.2),
+        ("Please try again in 20ms.", {}, 0.02),
+        ("Please retry after 6 seconds.", {"retry-after-ms": "250"}, 0.25),
+        ("Too many requests.", {}, None),
+    ],
+    ids=["azure-words", "openai-words", "milliseconds", "header-wins", "no-hint"],
+)
+def test_429_retry_hint_in_words(message: str, headers: dict[str, str],
+                                 expected: float | None) -> None:
+    from processor.client import classify
+
+    body = orjson.dumps({"error": {"code": "429", "message": message}})
+    with pytest.raises(RateLimited) as info:
+        classify(429, body, headers)
+    assert info.value.retry_after == (pytest.approx(expected) if expected else None)

@@ -6,10 +6,8 @@ These run the real CLI in a subprocess against the mock server on loopback.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,18 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from .conftest import chat_line, write_jsonl
+from .conftest import chat_line, start_cli, write_jsonl
 
 pytestmark = pytest.mark.slow
-
-
-async def start_cli(job: Path, base_url: str, *extra: str) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "processor.cli", str(job), "--base-url", base_url,
-        "--max-in-flight", "4", "--plain", *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
 
 
 def valid_lines(path: Path) -> list[dict[str, Any]]:
@@ -100,3 +89,28 @@ async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path
     assert f"{len(first):,} skipped" in err.decode()
     counts = Counter(r["custom_id"] for r in valid_lines(results))
     assert len(counts) == n and max(counts.values()) == 1
+
+
+async def test_second_sigint_exits_at_once_with_valid_files(
+    mock_api: Any, tmp_path: Path
+) -> None:
+    api = await mock_api(latency_ms=3000)  # every answer takes 3 s
+    n = 12
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
+    proc = await start_cli(job, api.base_url, "--grace", "60")
+    for _ in range(300):  # bounded wait until requests are in flight
+        if api.stats.requests >= 4:
+            break
+        await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.3)
+    started = loop.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = await proc.communicate()
+    # It did not sit out the 60 s grace, nor even one 3 s answer.
+    assert loop.time() - started < 2.5
+    assert proc.returncode == 130, err.decode()
+    assert "abandoned" in err.decode()
+    valid_lines(tmp_path / "job.results.jsonl")
+    valid_lines(tmp_path / "job.errors.jsonl")
