@@ -6,12 +6,12 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL
 from .commands import parse_limit, register
@@ -81,7 +81,28 @@ def _parse_headers(values: list[str]) -> dict[str, str]:
     return headers
 
 
-def _setup_logging(verbose: bool, console: Console | None) -> None:
+T = TypeVar("T")
+
+
+def _run_loop(coro: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run ``coro`` on uvloop when asked for or (``auto``) when installed, else asyncio."""
+    if loop not in ("auto", "uvloop", "asyncio"):
+        coro.close()
+        raise typer.BadParameter(f"--loop must be auto, uvloop or asyncio, got {loop!r}")
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                coro.close()
+                raise typer.BadParameter(
+                    "uvloop is not installed: pip install 'batchproc[fast]'") from None
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _setup_logging(verbose: bool, console: Any | None) -> None:
     level = logging.INFO if verbose else logging.WARNING
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -161,6 +182,9 @@ def run(
         help="Plain log lines instead of the live display (the default when not a terminal).")]
     = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log lines.")] = False,
+    loop: Annotated[str, typer.Option(
+        help="Event loop: 'auto' (uvloop when installed, the 'fast' extra), 'uvloop' or "
+        "'asyncio'.")] = "auto",
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     if not input_path.is_file():
@@ -185,25 +209,29 @@ def run(
         fallback_model=fallback_model, fallback_after=fallback_after,
         refund_unused=refund_unused,
     )
-    console = Console(stderr=True)
     # The live display only when a person watches: both streams on a terminal.
-    live = not quiet and not plain and console.is_terminal and sys.stdout.isatty()
-    _setup_logging(verbose, console if live else None)
+    live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
     if quiet:
         reporter = None
+        _setup_logging(verbose, None)
     elif live:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        _setup_logging(verbose, console)
         reporter = LiveReporter(console)
     else:
+        _setup_logging(verbose, None)
         reporter = PlainReporter(sys.stderr)
     try:
         if reporter is None:
-            stats = asyncio.run(run_job(input_path, config, output=output, errors=errors,
-                                        handle_signals=True))
+            stats = _run_loop(run_job(input_path, config, output=output, errors=errors,
+                                      handle_signals=True), loop)
         else:
             with reporter:
-                stats = asyncio.run(run_job(input_path, config, output=output, errors=errors,
-                                            on_progress=reporter, handle_signals=True))
+                stats = _run_loop(run_job(input_path, config, output=output, errors=errors,
+                                          on_progress=reporter, handle_signals=True), loop)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

@@ -13,8 +13,6 @@ from typing import IO, Annotated
 
 import orjson
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from .errors import ConfigError
 from .estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
@@ -172,6 +170,9 @@ def _usd(amount: float) -> str:
 
 
 def _render(est: Estimate) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     rows = [
         ("requests", f"{est.requests:,}"),
         ("bad lines", f"{est.bad_lines:,}" + (

@@ -25,7 +25,7 @@ import orjson
 
 from .client import Response
 from .errors import APIError, AuthError, FatalAPIError, JobFormatError, QuotaExceeded, RateLimited
-from .jobs import BadLine, Job, error_record, result_record
+from .jobs import BadLine, Job, RecordIds, error_record, result_record
 from .limits import Limiter
 from .retry import RetryPolicy
 from .tokens import Cost
@@ -86,7 +86,7 @@ class Fallback:
 class Sink(Protocol):
     """Where records go (a :class:`~processor.jobs.ResultWriter`, or a pipeline's queue)."""
 
-    def write_result(self, record: dict[str, Any], payload: bytes | None = None) -> None: ...
+    def write_result(self, record: dict[str, Any], hashed_line: int | None = None) -> None: ...
 
     def write_error(self, record: dict[str, Any]) -> None: ...
 
@@ -235,6 +235,7 @@ class Engine:
         self._stopped = asyncio.Event()
         self._abort = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._record_id = RecordIds()
 
     # -- control ---------------------------------------------------------------
 
@@ -426,7 +427,8 @@ class Engine:
                 if self.refund_unused and job.tokens > used:
                     lane.limiter.refund(job.tokens - used)
             stats.ok += 1
-            record = result_record(job, response.status, response.request_id, response.body)
+            record = result_record(job, response.status, response.request_id, response.body,
+                                   self._record_id())
             extra: dict[str, Any] = {}
             if len(self.lanes) > 1 and lane.name:
                 extra["key"] = lane.name
@@ -436,7 +438,7 @@ class Engine:
                 extra["fallback_from"] = job.fallback_from
             if extra:
                 record["batchproc"] = extra
-            self.sink.write_result(record, job.payload)
+            self.sink.write_result(record, job.line_hash)
         finally:
             stats.in_flight -= 1
             self._changed.set()
@@ -554,6 +556,7 @@ class Engine:
         self.stats.failed += 1
         self.stats.failures[code] += 1
         self.sink.write_error(error_record(
+            record_id=self._record_id(),
             custom_id=job.custom_id, line=job.line, code=code, message=message,
             status=exc.status if exc else None, request_id=exc.request_id if exc else None,
             body=exc.body if exc else None, attempts=job.attempts, history=job.history,
@@ -565,7 +568,8 @@ class Engine:
         self.stats.bad_lines += 1
         self.stats.failures["invalid_line"] += 1
         self.sink.write_error(error_record(custom_id=custom_id, line=line, code="invalid_line",
-                                           message=reason, metadata=metadata))
+                                           message=reason, metadata=metadata,
+                                           record_id=self._record_id()))
 
     async def _drain(self) -> None:
         """Wait for in-flight attempts; once stopping, at most ``grace`` seconds more."""

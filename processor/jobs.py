@@ -31,7 +31,7 @@ from .idset import IdSet, fingerprint
 __all__ = [
     "DEFAULT_ENDPOINT",
     "BadLine",
-    "body_hash",
+    "line_hash",
     "Job",
     "ResultWriter",
     "count_lines",
@@ -57,6 +57,7 @@ class Job:
         body: the JSON body to send.
         metadata: passed through to the output record, if the line had one.
         payload: ``body`` serialised once, reused on every attempt.
+        line_hash: :func:`line_hash` of the input line, for the ledger.
         tokens: admission cost in tokens (set by the engine).
         attempts: attempts made so far.
         history: one short reason per failed attempt.
@@ -73,6 +74,7 @@ class Job:
     history: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
     prompt_tokens: int = 0
+    line_hash: int = 0
     # Per-attempt bookkeeping (set by the engine).
     lane: Any = None
     sent_at: float = 0.0
@@ -190,17 +192,36 @@ def parse_line(raw: bytes, line: int, default_endpoint: str = DEFAULT_ENDPOINT) 
         body=body,
         metadata=metadata,
         model=model if isinstance(model, str) else None,
+        line_hash=line_hash(raw),
     )
 
 
+class RecordIds:
+    """Record ids like OpenAI's (``batch_req_<32 hex>``): a random per-run prefix and a
+    counter, unique without a uuid4 (and its os.urandom call) per record."""
+
+    __slots__ = ("_prefix", "_next")
+
+    def __init__(self) -> None:
+        self._prefix = "batch_req_" + uuid.uuid4().hex[:20]
+        self._next = 0
+
+    def __call__(self) -> str:
+        self._next += 1
+        return f"{self._prefix}{self._next:012x}"
+
+
 def new_record_id() -> str:
+    """A fresh random record id."""
     return "batch_req_" + uuid.uuid4().hex
 
 
-def result_record(job: Job, status: int, request_id: str | None, body: Any) -> dict[str, Any]:
+def result_record(
+    job: Job, status: int, request_id: str | None, body: Any, record_id: str | None = None
+) -> dict[str, Any]:
     """An output line in the OpenAI Batch output shape."""
     record: dict[str, Any] = {
-        "id": new_record_id(),
+        "id": record_id or new_record_id(),
         "custom_id": job.custom_id,
         "response": {"status_code": status, "request_id": request_id or "", "body": body},
         "error": None,
@@ -222,6 +243,7 @@ def error_record(
     attempts: int = 0,
     history: list[dict[str, Any]] | None = None,
     metadata: Any = None,
+    record_id: str | None = None,
 ) -> dict[str, Any]:
     """An error line: OpenAI's Batch error shape, plus line, attempts and history.
 
@@ -229,7 +251,7 @@ def error_record(
     does); ``error`` says why the request failed for good.
     """
     record: dict[str, Any] = {
-        "id": new_record_id(),
+        "id": record_id or new_record_id(),
         "custom_id": custom_id,
         "response": (
             {"status_code": status, "request_id": request_id or "", "body": body}
@@ -258,18 +280,22 @@ def ledger_path(results_path: Path) -> Path:
     return results_path.with_name(results_path.name + ".ledger")
 
 
-def body_hash(payload: bytes) -> int:
-    """A 64-bit hash of a request body as sent (never 0)."""
-    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little") or 1
+def line_hash(raw: bytes) -> int:
+    """A 64-bit hash of an input line (without its line ending or a BOM; never 0)."""
+    raw = raw.rstrip(b"\r\n")
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") or 1
 
 
-def ledger_entry(custom_id: str, payload: bytes) -> bytes:
-    """16 bytes: the id's fingerprint and the body's hash.
+def ledger_entry(custom_id: str, hashed_line: int) -> bytes:
+    """16 bytes: the id's fingerprint and the :func:`line_hash` of its input line.
 
     The ledger lets a rerun notice that the input changed since a request was
-    answered. It is advisory: the results file stays the record of what is done.
+    answered, by hashing the raw line again (no parsing). It is advisory: the results
+    file stays the record of what is done.
     """
-    return LEDGER_ENTRY.pack(fingerprint(custom_id), body_hash(payload))
+    return LEDGER_ENTRY.pack(fingerprint(custom_id), hashed_line)
 
 
 class ResultWriter:
@@ -306,16 +332,16 @@ class ResultWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "ab", buffering=0)
 
-    def write_result(self, record: dict[str, Any], payload: bytes | None = None) -> None:
-        """Append a result; with ``payload`` (the body sent), note its hash in the ledger."""
+    def write_result(self, record: dict[str, Any], hashed_line: int | None = None) -> None:
+        """Append a result; with ``hashed_line`` (its input line's hash), note it in the ledger."""
         if self._results is None:
             self._results = self._open(self.results_path)
         self._results.write(orjson.dumps(record) + b"\n")
-        if payload is not None:
+        if hashed_line:
             if self._ledger is None:
                 self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
                 self._ledger = open(self.ledger_path, "ab")
-            self._ledger.write(ledger_entry(record["custom_id"], payload))
+            self._ledger.write(ledger_entry(record["custom_id"], hashed_line))
         self._dirty = True
 
     def write_error(self, record: dict[str, Any]) -> None:
@@ -355,8 +381,7 @@ def iter_jobs(
     path: str | os.PathLike[str],
     *,
     default_endpoint: str = DEFAULT_ENDPOINT,
-    skip: Callable[[str], bool] | None = None,
-    on_skip: Callable[[str, int, bytes], None] | None = None,
+    skip: Callable[[str, bytes], bool] | None = None,
 ) -> Iterator[Job | BadLine]:
     """Read ``path`` lazily, yielding a :class:`Job` per good line, a :class:`BadLine` per bad one.
 
@@ -369,18 +394,15 @@ def iter_jobs(
     Args:
         path: the JSONL job file.
         default_endpoint: endpoint for lines that do not name one.
-        skip: ids to leave out (already done in an earlier run).
-        on_skip: called with ``(custom_id, line, raw)`` of each line left out.
+        skip: called with ``(custom_id, raw line)``; True leaves the line out (already
+            done in an earlier run).
     """
     seen = IdSet()
     for number, raw in iter_raw_lines(path):
         if skip is not None and b'"custom_id"' not in raw:
             # Resume fast path: a line without a custom_id is named by its number, so a
             # done one can be skipped without parsing it.
-            auto = f"{_AUTO_ID_PREFIX}{number}"
-            if skip(auto):
-                if on_skip is not None:
-                    on_skip(auto, number, raw)
+            if skip(f"{_AUTO_ID_PREFIX}{number}", raw):
                 continue
         try:
             job = parse_line(raw, number, default_endpoint)
@@ -398,9 +420,7 @@ def iter_jobs(
             yield BadLine(number, f"duplicate custom_id {cid!r}: only its first line is sent",
                           cid)
             continue
-        if skip is not None and skip(cid):
-            if on_skip is not None:
-                on_skip(cid, number, raw)
+        if skip is not None and skip(cid, raw):
             continue
         yield job
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import IO, Any
-
-from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import IO, TYPE_CHECKING, Any
 
 from .engine import Stats
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# rich is imported only by the live display: a run in a pipeline starts faster without it.
 
 __all__ = ["LiveReporter", "PlainReporter", "Rates", "format_summary", "summary_dict"]
 
@@ -98,6 +98,15 @@ class LiveReporter:
     """A rich progress bar with live counts, rates against the limits and an ETA."""
 
     def __init__(self, console: Console) -> None:
+        from rich.live import Live
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.console = console
         self.rates = Rates()
         self.progress = Progress(
@@ -110,11 +119,12 @@ class LiveReporter:
             console=console,
         )
         self.task = self.progress.add_task("run", total=None, total_text="?", eta="?")
-        self.detail = Table.grid(padding=(0, 2))
         self._live = Live(self._render(""), console=console, refresh_per_second=4,
                           transient=False)
 
     def _render(self, detail: str) -> Any:
+        from rich.table import Table
+
         grid = Table.grid()
         grid.add_row(self.progress)
         grid.add_row(detail)

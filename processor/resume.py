@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from .idset import IdSet
-from .jobs import LEDGER_ENTRY, ledger_path
+from .jobs import LEDGER_ENTRY, count_lines, ledger_path
 
 __all__ = ["ResumeState", "load_state", "move_aside", "repair_torn_tail"]
 
@@ -128,7 +128,11 @@ def load_state(results: Path, errors: Path) -> ResumeState:
     the body that was answered, so a rerun can tell when the input changed.
     """
     ledger = ledger_path(results)
-    state = ResumeState(done=IdSet(values=ledger.exists() and results.exists()))
+    with_ledger = ledger.exists() and results.exists()
+    # Sized up front (a fast newline count) so the table never grows: growing briefly
+    # holds the old and the new table at once.
+    expected = count_lines(results) if results.exists() else 0
+    state = ResumeState(done=IdSet(capacity=expected, values=with_ledger))
     for path in (results, errors):
         side = repair_torn_tail(path)
         if side is not None:
@@ -141,7 +145,7 @@ def load_state(results: Path, errors: Path) -> ResumeState:
                     state.invalid_lines += 1
                 else:
                     state.done.add(cid)
-    if ledger.exists() and results.exists():
+    if with_ledger:
         _read_ledger(ledger, state)
     if errors.exists():
         with open(errors, "rb") as f:

@@ -10,21 +10,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
 from .engine import Engine, Fallback, Lane, Stats
-from .errors import ConfigError, JobFormatError
+from .errors import ConfigError
 from .jobs import (
     DEFAULT_ENDPOINT,
     BadLine,
     Job,
     ResultWriter,
-    body_hash,
     count_lines,
     iter_jobs,
     ledger_path,
-    parse_line,
+    line_hash,
 )
 from .limits import Limiter
 from .resume import ResumeState, load_state, move_aside
@@ -147,7 +144,7 @@ async def run_job(
     def cost(job: Job) -> Cost:
         return counter.cost(job.body, job.url)
 
-    skip, on_skip = _resume_filters(state, cfg.retry_failed, stats, cfg.endpoint)
+    skip = _resume_filter(state, cfg.retry_failed, stats)
     azure = cfg.azure if cfg.azure is not None else is_azure_url(cfg.base_url)
 
     def new_limiter() -> Limiter:
@@ -179,8 +176,7 @@ async def run_job(
                         refund_unused=cfg.refund_unused)
         reported = state.bad_lines
         source = (
-            item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                       on_skip=on_skip)
+            item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip)
             if not (isinstance(item, BadLine) and item.line in reported)
         )
         remove = _install_signals(engine) if handle_signals else (lambda: None)
@@ -222,15 +218,27 @@ def _prepare_files(
     return state
 
 
-def _resume_filters(
-    state: ResumeState, retry_failed: bool, stats: Stats, endpoint: str
-) -> tuple[Callable[[str], bool] | None, Callable[[str, int, bytes], None] | None]:
-    if state.empty:
-        return None, None
-    done, failed = state.done, state.failed
+def _resume_filter(
+    state: ResumeState, retry_failed: bool, stats: Stats
+) -> Callable[[str, bytes], bool] | None:
+    """The ``skip`` test for a rerun: done ids (and failed ones unless retried) are left out.
 
-    def skip(custom_id: str) -> bool:
-        if custom_id in done:
+    A done id whose input line hashes differently from the one answered (per the
+    ledger) is counted as changed; its old answer is kept.
+    """
+    if state.empty:
+        return None
+    done, failed = state.done, state.failed
+    check_changes = state.has_ledger
+
+    def skip(custom_id: str, raw: bytes) -> bool:
+        answered = done.get(custom_id)  # one lookup: None, or the line hash (0: unknown)
+        if answered is not None:
+            stats.skipped += 1
+            if check_changes and answered and answered != line_hash(raw):
+                stats.changed += 1
+                if len(stats.changed_examples) < 5:
+                    stats.changed_examples.append(custom_id)
             return True
         if custom_id in failed:
             if retry_failed:
@@ -239,26 +247,12 @@ def _resume_filters(
             return True
         return False
 
-    def on_skip(custom_id: str, line: int, raw: bytes) -> None:
-        stats.skipped += 1
-        answered = done.get(custom_id) if state.has_ledger else None
-        if not answered:
-            return
-        try:
-            job = parse_line(raw, line, endpoint)
-        except JobFormatError:
-            return
-        if body_hash(orjson.dumps(job.body)) != answered:
-            stats.changed += 1
-            if len(stats.changed_examples) < 5:
-                stats.changed_examples.append(custom_id)
-
-    return skip, on_skip
+    return skip
 
 
 def _changed_note(n: int, examples: list[str]) -> str:
     return (
-        f"input changed: {n} request(s) differ from what was answered before "
+        f"input changed: {n} line(s) differ from the ones answered before "
         f"(e.g. {', '.join(examples)}); their old answers are kept. "
         "Use --fresh to start over (old outputs are moved aside)."
     )

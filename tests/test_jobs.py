@@ -17,11 +17,11 @@ from processor.jobs import (
     BadLine,
     Job,
     ResultWriter,
-    body_hash,
     count_lines,
     error_record,
     iter_jobs,
     iter_raw_lines,
+    line_hash,
     parse_line,
     result_record,
 )
@@ -299,20 +299,26 @@ def test_iter_jobs_skip_callback(tmp_path: Path) -> None:
         {"custom_id": "b", "body": CHAT},
     ])
     done = {"b", "line-3"}
-    skipped: list[tuple[str, int, bytes]] = []
-    items = list(iter_jobs(path, skip=done.__contains__,
-                           on_skip=lambda *args: skipped.append(args)))
+    skipped: list[tuple[str, bytes]] = []
+
+    def skip(cid: str, raw: bytes) -> bool:
+        if cid in done:
+            skipped.append((cid, raw))
+            return True
+        return False
+
+    items = list(iter_jobs(path, skip=skip))
     assert [(type(i).__name__, i.custom_id) for i in items] == [
         ("Job", "a"),
         ("BadLine", "b"),  # still a duplicate of the skipped line 2
     ]
     raw = path.read_bytes().splitlines(keepends=True)
-    assert skipped == [("b", 2, raw[1]), ("line-3", 3, raw[2])]
+    assert skipped == [("b", raw[1]), ("line-3", raw[2])]
 
 
-def test_iter_jobs_skip_without_on_skip(tmp_path: Path) -> None:
+def test_iter_jobs_skip_by_line_name(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [CHAT, CHAT, CHAT])
-    items = list(iter_jobs(path, skip=lambda cid: cid == "line-2"))
+    items = list(iter_jobs(path, skip=lambda cid, raw: cid == "line-2"))
     assert [i.custom_id for i in items] == ["line-1", "line-3"]
 
 
@@ -580,24 +586,31 @@ def test_writer_ledger_only_with_payload(tmp_path: Path) -> None:
     assert w.ledger_path == tmp_path / "r.jsonl.ledger"
 
 
-def test_writer_ledger_records_id_fingerprint_and_body_hash(tmp_path: Path) -> None:
+def test_writer_ledger_records_id_fingerprint_and_line_hash(tmp_path: Path) -> None:
     w = ResultWriter(tmp_path / "r.jsonl", tmp_path / "e.jsonl")
-    w.write_result({"custom_id": "a"}, payload=b'{"x":1}')
+    w.write_result({"custom_id": "a"}, line_hash(b'{"x":1}'))
     w.write_result({"custom_id": "b"})
-    w.write_result({"custom_id": "c"}, payload=b'{"x":2}')
+    w.write_result({"custom_id": "c"}, line_hash(b'{"x":2}'))
     w.close()
     entries = list(LEDGER_ENTRY.iter_unpack(w.ledger_path.read_bytes()))
     assert entries == [
-        (fingerprint("a"), body_hash(b'{"x":1}')),
-        (fingerprint("c"), body_hash(b'{"x":2}')),
+        (fingerprint("a"), line_hash(b'{"x":1}')),
+        (fingerprint("c"), line_hash(b'{"x":2}')),
     ]
 
 
 @pytest.mark.parametrize(
     ("a", "b", "same"),
-    [(b"{}", b"{}", True), (b'{"x":1}', b'{"x":2}', False), (b"", b" ", False)],
-    ids=["equal", "different", "empty-vs-space"],
+    [(b"{}", b"{}", True), (b'{"x":1}', b'{"x":2}', False), (b"", b" ", False),
+     (b'{"x":1}\n', b'{"x":1}', True), (b'{"x":1}\r\n', b'{"x":1}', True),
+     (b'\xef\xbb\xbf{"x":1}', b'{"x":1}', True)],
+    ids=["equal", "different", "empty-vs-space", "newline", "crlf", "bom"],
 )
-def test_body_hash(a: bytes, b: bytes, same: bool) -> None:
-    assert (body_hash(a) == body_hash(b)) is same
-    assert 0 < body_hash(a) < 2**64
+def test_line_hash(a: bytes, b: bytes, same: bool) -> None:
+    assert (line_hash(a) == line_hash(b)) is same
+    assert 0 < line_hash(a) < 2**64
+
+
+def test_parsed_job_carries_its_line_hash() -> None:
+    raw = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}\n'
+    assert parse_line(raw, 1).line_hash == line_hash(raw)

@@ -13,8 +13,8 @@ from processor.jobs import (
     DEFAULT_ENDPOINT,
     Job,
     ResultWriter,
-    body_hash,
     error_record,
+    line_hash,
     result_record,
 )
 from processor.resume import load_state, move_aside, repair_torn_tail
@@ -188,16 +188,16 @@ def test_load_state_many_results(tmp_path: Path) -> None:
 def test_load_state_reads_the_ledger(tmp_path: Path) -> None:
     results, errors = tmp_path / "results.jsonl", tmp_path / "errors.jsonl"
     w = ResultWriter(results, errors)
-    w.write_result(orjson.loads(result_line("a")), payload=b'{"a":1}')
+    w.write_result(orjson.loads(result_line("a")), line_hash(b'{"a":1}'))
     w.write_result(orjson.loads(result_line("b")))
-    w.write_result(orjson.loads(result_line("gone")), payload=b'{"g":1}')
+    w.write_result(orjson.loads(result_line("gone")), line_hash(b'{"g":1}'))
     w.close()
     # The last result line is lost (torn off), but its ledger entry is there.
     data = results.read_bytes()
     results.write_bytes(data[: data.rindex(b'{"id"')] + b'{"id":"batch_')
     state = load_state(results, errors)
     assert state.has_ledger
-    assert state.done.get("a") == body_hash(b'{"a":1}')
+    assert state.done.get("a") == line_hash(b'{"a":1}')
     assert state.done.get("b") == 0  # answered, but no hash was recorded
     assert state.done.get("gone") is None  # the ledger alone does not make it done
     assert len(state.done) == 2
