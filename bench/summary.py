@@ -22,6 +22,9 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "steady": [("efficiency", ">=", 0.97), ("n_429", "==", 0)],
     "tight-tpm": [("efficiency", ">=", 0.97), ("n_429", "==", 0)],
     "server-lower": [("wall_over_server_bound", "<=", 1.15)],
+    # Ours, not the issue's: the same bound when the server does not say it is shared.
+    "server-shared": [("wall_over_share_bound", "<=", 1.15)],
+    "steady-short": [("n_429", "==", 0)],
     "faults": [("n_missing", "==", 0), ("n_duplicates", "==", 0)],
     "ceiling": [("ceiling_ratio", ">=", 0.6)],
     "big": [("peak_rss_mb", "<=", 100.0), ("rss_ratio", "<=", 1.10)],

@@ -139,7 +139,7 @@ async def run_job(
                                     count_total)
 
     counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
-                           default_max_tokens=cfg.default_max_tokens)
+                           default_max_tokens=cfg.default_max_tokens, background=True)
 
     def cost(job: Job) -> Cost:
         return counter.cost(job.body, job.url)
@@ -190,6 +190,7 @@ async def run_job(
         log.warning("%s", stats.notes[-1])
     stats.notes.append(f"results: {out_path}")
     stats.notes.append(f"errors:  {err_path}")
+    counter.wait_loaded(timeout=1.0)
     if counter.mode != "exact":
         stats.notes.append(f"token counts: {counter.mode}")
     return stats

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,10 +328,15 @@ class TokenCounter:
         default_max_tokens: completion budget when a body states none.
         logger: where the warnings go; ``processor.tokens`` by default.
         remote_image_size: the size assumed for images given by URL (never fetched).
+        background: load encodings in a background thread and price with the estimate
+            until they are ready, instead of blocking the first request on a file read
+            or a download (the engine sets this: the first requests go out at once).
     """
 
     __slots__ = (
         "_allow_download",
+        "_background",
+        "_loading",
         "_by_model",
         "_default_max_tokens",
         "_dir",
@@ -349,7 +355,10 @@ class TokenCounter:
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         logger: logging.Logger | None = None,
         remote_image_size: tuple[int, int] = REMOTE_IMAGE_SIZE,
+        background: bool = False,
     ) -> None:
+        self._background = background
+        self._loading: dict[str, threading.Thread] = {}
         self._dir = Path(encodings_dir) if encodings_dir is not None else None
         self._allow_download = allow_download
         self._default_max_tokens = default_max_tokens
@@ -456,6 +465,11 @@ class TokenCounter:
         estimate = _estimate(body, endpoint, self._default_max_tokens, self._remote)
         return self._exact(body, endpoint, estimate.image_tokens)
 
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        """Wait for encodings being loaded in the background (``background=True``)."""
+        for thread in list(self._loading.values()):
+            thread.join(timeout)
+
     def _exact(self, body: Mapping[str, Any], endpoint: str, images: int) -> int | None:
         model = body.get("model")
         if not isinstance(model, str):
@@ -463,7 +477,15 @@ class TokenCounter:
         try:
             encode = self._by_model[model]
         except KeyError:
-            encoding = self.get_encoding(encoding_name_for_model(model))
+            name = encoding_name_for_model(model)
+            if self._background and name not in self._encodings:
+                if name not in self._loading:
+                    thread = threading.Thread(target=self.get_encoding, args=(name,),
+                                              name=f"tiktoken-{name}", daemon=True)
+                    self._loading[name] = thread
+                    thread.start()
+                return None  # the estimate until the encoding is ready
+            encoding = self.get_encoding(name)
             encode = encoding.encode_ordinary if encoding is not None else None
             if len(self._by_model) > 1024:  # bound the cache against junk model names
                 self._by_model.clear()

@@ -512,3 +512,18 @@ def test_remote_image_size_is_configurable() -> None:
     assert TokenCounter(allow_download=False).cost(body, CHAT).image_tokens == 765
     small = TokenCounter(allow_download=False, remote_image_size=(512, 512))
     assert small.cost(body, CHAT).image_tokens == 255
+
+
+def test_background_loading_prices_with_the_estimate_until_ready() -> None:
+    # A long text of rare symbols: many more tokens than characters / 4, so the exact
+    # count is visibly larger than the estimate.
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "€∂ƒ©˙∆˚¬" * 50}],
+            "max_tokens": 1}
+    counter = TokenCounter(allow_download=False, background=True)
+    first = counter.cost(body, CHAT)
+    assert first == estimate_request_cost(body, CHAT)  # no waiting on the encoding
+    counter.wait_loaded(timeout=30)
+    later = counter.cost(body, CHAT)
+    assert later.prompt_tokens > first.prompt_tokens
+    assert later == TokenCounter(allow_download=False).cost(body, CHAT)
+    assert counter.mode == "exact"
