@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .client import OpenAIClient, RateLimitInfo, Response
-from .engine import Engine, Fallback, Lane, Stats
+from .engine import Engine, Lane
 from .errors import (
     APIError,
     APITimeout,
@@ -21,8 +21,9 @@ from .errors import (
 )
 from .jobs import BadLine, Job, ResultWriter, iter_jobs, parse_line
 from .limits import Capacity, Limiter
-from .retry import RetryPolicy, backoff, should_retry
+from .retry import Fallback, RetryPolicy, backoff, should_retry
 from .runner import JobConfig, run_job
+from .stats import Stats
 from .tokens import Cost, TokenCounter, estimate_request_cost
 
 __version__ = "0.1.0"

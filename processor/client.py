@@ -235,6 +235,7 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
                               "retry_after": retry_after,
                               "ratelimit": RateLimitInfo.from_headers(headers)}
     code = _error_code(body)
+    kwargs["code"] = code
     if status == 429:
         if code == "insufficient_quota":
             raise QuotaExceeded(message, **kwargs)

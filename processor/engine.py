@@ -16,9 +16,8 @@ import heapq
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -27,10 +26,11 @@ from .client import Response
 from .errors import APIError, AuthError, FatalAPIError, JobFormatError, QuotaExceeded, RateLimited
 from .jobs import BadLine, Job, RecordIds, error_record, result_record
 from .limits import Limiter
-from .retry import RetryPolicy
+from .retry import Fallback, RetryPolicy, is_daily_limit
+from .stats import Stats, clock_at, human_duration
 from .tokens import Cost
 
-__all__ = ["Engine", "Fallback", "Lane", "Sender", "Sink", "Stats"]
+__all__ = ["Engine", "Lane", "Sender", "Sink"]
 
 #: while learning limits (``auto``), at most this many requests in flight.
 PROBE_IN_FLIGHT = 4
@@ -75,14 +75,6 @@ class Lane:
     answered: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Fallback:
-    """Send a request with ``model`` once its own model was refused ``after`` times (429/404)."""
-
-    model: str
-    after: int = 3
-
-
 class Sink(Protocol):
     """Where records go (a :class:`~processor.jobs.ResultWriter`, or a pipeline's queue)."""
 
@@ -91,77 +83,6 @@ class Sink(Protocol):
     def write_error(self, record: dict[str, Any]) -> None: ...
 
     def maybe_sync(self) -> None: ...
-
-
-@dataclass(slots=True)
-class Stats:
-    """Live counters of a run; the progress display reads them.
-
-    Attributes:
-        total: requests expected (from a line count), or None when unknown.
-        ok: requests answered and written to the results file.
-        failed: requests that failed for good (not counting bad lines).
-        bad_lines: input lines that could not be parsed or validated.
-        skipped: requests skipped because a previous run already answered them.
-        in_flight: attempts on the wire now.
-        retrying: requests waiting in the requeue.
-        attempts: HTTP attempts made (retries included).
-        n_429: responses with HTTP 429.
-        prompt_tokens / completion_tokens: from the responses' ``usage``.
-        tokens_charged: tokens charged at admission (estimates).
-        failures: final failures by reason.
-        stop_reason: why the run stopped early, if it did.
-    """
-
-    total: int | None = None
-    ok: int = 0
-    failed: int = 0
-    bad_lines: int = 0
-    skipped: int = 0
-    retried_failed: int = 0
-    changed: int = 0
-    changed_examples: list[str] = field(default_factory=list)
-    in_flight: int = 0
-    retrying: int = 0
-    attempts: int = 0
-    retries: int = 0
-    n_429: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    tokens_charged: int = 0
-    estimated_prompt: int = 0
-    actual_prompt: int = 0
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-    failures: Counter[str] = field(default_factory=Counter)
-    stop_reason: str | None = None
-    limits: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    tokens_charged_answered: int = 0
-    tokens_used_answered: int = 0
-    fallbacks: int = 0
-    retired_keys: list[str] = field(default_factory=list)
-    answered_by_key: Counter[str] = field(default_factory=Counter)
-    resume_at: float | None = None
-
-    @property
-    def done(self) -> int:
-        """Requests finished this run, one way or another."""
-        return self.ok + self.failed + self.bad_lines
-
-    @property
-    def elapsed(self) -> float:
-        end = self.finished if self.finished is not None else time.monotonic()
-        return end - self.started
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        out["failures"] = dict(self.failures)
-        out["answered_by_key"] = dict(self.answered_by_key)
-        out["elapsed_s"] = round(self.elapsed, 3)
-        out.pop("started")
-        out.pop("finished")
-        return out
 
 
 def _usage(body: Any) -> tuple[int, int]:
@@ -358,8 +279,8 @@ class Engine:
         self.stop(
             f"daily budget spent ({counter.name} {counter.limit:g}"
             f"{' for key ' + lane.name if lane.name and len(self.lanes) > 1 else ''}): "
-            f"the next request fits in {_duration(wait)} (at {_clock_at(wait)}), the whole "
-            f"budget is back in {_duration(full)}; rerun the same command then to resume"
+            f"the next request fits in {human_duration(wait)} (at {clock_at(wait)}), the whole "
+            f"budget is back in {human_duration(full)}; rerun the same command then to resume"
         )
         return True
 
@@ -482,7 +403,7 @@ class Engine:
             self._learn(job, exc.ratelimit, force=True, refused=isinstance(exc, RateLimited))
         if isinstance(exc, RateLimited):
             stats.n_429 += 1
-            if _is_daily(exc):
+            if is_daily_limit(exc):
                 self._server_daily_limit(job, exc)
                 return
             lane.limiter.rate_limited(exc.retry_after)
@@ -527,7 +448,7 @@ class Engine:
     def _maybe_fallback(self, job: Job, exc: APIError) -> bool:
         """Switch ``job`` to the fallback model after repeated 429s / model-not-found."""
         fb = self.fallback
-        model_missing = exc.status == 404 and _error_code(exc.body) == "model_not_found"
+        model_missing = exc.status == 404 and exc.code == "model_not_found"
         if fb is None or job.fallback_from is not None or job.model == fb.model or not (
             isinstance(exc, RateLimited) or model_missing
         ):
@@ -546,7 +467,7 @@ class Engine:
     def _server_daily_limit(self, job: Job, exc: APIError) -> None:
         """The server says a daily limit is spent: stop cleanly (the job stays unanswered)."""
         wait = exc.retry_after if exc.retry_after is not None else None
-        when = f" in {_duration(wait)} (at {_clock_at(wait)})" if wait else ""
+        when = f" in {human_duration(wait)} (at {clock_at(wait)})" if wait else ""
         if wait:
             self.stats.resume_at = time.time() + wait
         self.stop(f"daily limit reached on the server: {exc.message}; it allows more{when}; "
@@ -609,32 +530,3 @@ class Engine:
             if self.on_progress is not None:
                 self.on_progress(self.stats)
             self.sink.maybe_sync()
-
-
-
-def _error_code(body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        code = body["error"].get("code")
-        return code if isinstance(code, str) else None
-    return None
-
-
-def _is_daily(exc: APIError) -> bool:
-    """A 429 about a per-day limit (OpenAI says "requests per day (RPD)" / "tokens per day")."""
-    text = exc.message.lower()
-    return "per day" in text or "(rpd)" in text or "(tpd)" in text
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    secs = int(math.ceil(seconds))
-    h, rem = divmod(secs, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def _clock_at(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + seconds))

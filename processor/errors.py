@@ -67,6 +67,7 @@ class APIError(BatchProcError):
         request_id: the server's ``x-request-id``, if any.
         retry_after: seconds the server asked us to wait, if it said.
         ratelimit: the response's parsed ``x-ratelimit-*`` headers, if any.
+        code: the error body's ``code`` (else ``type``), e.g. ``model_not_found``.
     """
 
     kind = "api_error"
@@ -80,9 +81,11 @@ class APIError(BatchProcError):
         request_id: str | None = None,
         retry_after: float | None = None,
         ratelimit: Any = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.ratelimit = ratelimit
+        self.code = code
         self.message = message
         self.status = status
         self.body = body

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import IO, TYPE_CHECKING, Any
 
-from .engine import Stats
+from .stats import Stats
 
 if TYPE_CHECKING:
     from rich.console import Console

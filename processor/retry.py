@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .errors import APIError, RateLimited, RetryableAPIError
 
-__all__ = ["RetryPolicy", "backoff", "should_retry"]
+__all__ = ["Fallback", "RetryPolicy", "backoff", "is_daily_limit", "should_retry"]
 
 
 def should_retry(exc: BaseException) -> bool:
@@ -69,3 +69,20 @@ class RetryPolicy:
             # A 429 without a hint: at least a second, the usual refill step.
             return max(1.0, backoff(attempts, base=self.base, cap=self.cap, rng=self.rng))
         return backoff(attempts, base=self.base, cap=self.cap, rng=self.rng)
+
+
+def is_daily_limit(exc: APIError) -> bool:
+    """A 429 about a per-day limit (OpenAI says "requests per day (RPD)" / "tokens per day").
+
+    Waiting it out inside a run would mean hours of idling: the engine stops instead.
+    """
+    text = exc.message.lower()
+    return "per day" in text or "(rpd)" in text or "(tpd)" in text
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Send a request with ``model`` once its own model was refused ``after`` times (429/404)."""
+
+    model: str
+    after: int = 3

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
-from .engine import Engine, Fallback, Lane, Stats
+from .engine import Engine, Lane
 from .errors import ConfigError
 from .jobs import (
     DEFAULT_ENDPOINT,
@@ -25,7 +25,8 @@ from .jobs import (
 )
 from .limits import Limiter
 from .resume import ResumeState, load_state, move_aside
-from .retry import RetryPolicy
+from .retry import Fallback, RetryPolicy
+from .stats import Stats
 from .tokens import DEFAULT_MAX_TOKENS, Cost, TokenCounter
 
 __all__ = ["JobConfig", "default_paths", "run_job"]

@@ -1,0 +1,100 @@
+"""The live counters of a run, shared by the engine (which updates them) and the
+progress display and summary (which read them)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Stats", "clock_at", "human_duration"]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Live counters of a run; the progress display reads them.
+
+    Attributes:
+        total: requests expected (from a line count), or None when unknown.
+        ok: requests answered and written to the results file.
+        failed: requests that failed for good (not counting bad lines).
+        bad_lines: input lines that could not be parsed or validated.
+        skipped: requests skipped because a previous run already answered them.
+        in_flight: attempts on the wire now.
+        retrying: requests waiting in the requeue.
+        attempts: HTTP attempts made (retries included).
+        n_429: responses with HTTP 429.
+        prompt_tokens / completion_tokens: from the responses' ``usage``.
+        tokens_charged: tokens charged at admission (estimates).
+        failures: final failures by reason.
+        stop_reason: why the run stopped early, if it did.
+    """
+
+    total: int | None = None
+    ok: int = 0
+    failed: int = 0
+    bad_lines: int = 0
+    skipped: int = 0
+    retried_failed: int = 0
+    changed: int = 0
+    changed_examples: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    retrying: int = 0
+    attempts: int = 0
+    retries: int = 0
+    n_429: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_charged: int = 0
+    estimated_prompt: int = 0
+    actual_prompt: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    failures: Counter[str] = field(default_factory=Counter)
+    stop_reason: str | None = None
+    limits: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    tokens_charged_answered: int = 0
+    tokens_used_answered: int = 0
+    fallbacks: int = 0
+    retired_keys: list[str] = field(default_factory=list)
+    answered_by_key: Counter[str] = field(default_factory=Counter)
+    resume_at: float | None = None
+
+    @property
+    def done(self) -> int:
+        """Requests finished this run, one way or another."""
+        return self.ok + self.failed + self.bad_lines
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished if self.finished is not None else time.monotonic()
+        return end - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["failures"] = dict(self.failures)
+        out["answered_by_key"] = dict(self.answered_by_key)
+        out["elapsed_s"] = round(self.elapsed, 3)
+        out.pop("started")
+        out.pop("finished")
+        return out
+
+
+def human_duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h10m``."""
+    if seconds is None:
+        return "?"
+    secs = int(math.ceil(seconds))
+    h, rem = divmod(secs, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def clock_at(seconds: float | None) -> str:
+    """The local wall-clock time ``seconds`` from now, for "resumes at ..." messages."""
+    if seconds is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + seconds))
