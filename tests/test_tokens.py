@@ -14,7 +14,7 @@ import pytest
 import tiktoken
 import tiktoken_ext  # type: ignore[import-untyped]
 
-from processor import tokens
+from processor import encodings
 from processor.images import ImageFormatError
 from processor.tokens import (
     Cost,
@@ -453,7 +453,7 @@ def test_pattern_table_matches_tiktoken(name: str, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})
     spec = openai_public.ENCODING_CONSTRUCTORS[name]()
-    pat_str, special_tokens, _ = tokens._ENCODINGS[name]
+    pat_str, special_tokens, _ = encodings._ENCODINGS[name]
     assert (pat_str, special_tokens) == (spec["pat_str"], spec["special_tokens"])
 
 
