@@ -20,6 +20,7 @@ from array import array
 __all__ = ["IdSet", "fingerprint"]
 
 _EMPTY = 0
+_MASK32 = 0xFFFFFFFF
 
 
 def fingerprint(custom_id: str) -> int:
@@ -33,8 +34,9 @@ class IdSet:
 
     Args:
         capacity: ids expected (the table grows as needed).
-        values: also keep one 64-bit value per id (e.g. a hash of the request body,
-            to notice an input that changed between runs); doubles the memory.
+        values: also keep one 32-bit value per id (e.g. a hash of its input line, to
+            notice an input that changed between runs): 4 more bytes per slot. Values
+            are stored modulo 2**32.
     """
 
     __slots__ = ("_table", "_values", "_mask", "_count")
@@ -44,7 +46,7 @@ class IdSet:
         while size * 2 < capacity * 3:
             size *= 2
         self._table = array("Q", bytes(8 * size))
-        self._values: array[int] | None = array("Q", bytes(8 * size)) if values else None
+        self._values: array[int] | None = array("I", bytes(4 * size)) if values else None
         self._mask = size - 1
         self._count = 0
 
@@ -78,7 +80,7 @@ class IdSet:
         """Add a fingerprint made by :func:`fingerprint` (e.g. read back from a ledger)."""
         i = self._find(fp)
         if self._values is not None:
-            self._values[i] = value
+            self._values[i] = value & _MASK32
         if self._table[i] == fp:
             return False
         self._table[i] = fp
@@ -92,7 +94,7 @@ class IdSet:
         i = self._find(fp)
         if self._table[i] != fp or self._values is None:
             return False
-        self._values[i] = value
+        self._values[i] = value & _MASK32
         return True
 
     def get(self, custom_id: str) -> int | None:
@@ -107,7 +109,7 @@ class IdSet:
         old, old_values = self._table, self._values
         size = len(old) * 2
         self._table = array("Q", bytes(8 * size))
-        self._values = array("Q", bytes(8 * size)) if old_values is not None else None
+        self._values = array("I", bytes(4 * size)) if old_values is not None else None
         self._mask = size - 1
         self._count = 0
         for i, fp in enumerate(old):
@@ -119,5 +121,5 @@ class IdSet:
         """Memory held by the table, in bytes."""
         total = self._table.itemsize * len(self._table)
         if self._values is not None:
-            total *= 2
+            total += self._values.itemsize * len(self._values)
         return total

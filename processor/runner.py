@@ -234,10 +234,11 @@ def _resume_filter(
     check_changes = state.has_ledger
 
     def skip(custom_id: str, raw: bytes) -> bool:
-        answered = done.get(custom_id)  # one lookup: None, or the line hash (0: unknown)
+        # One lookup: None, or the low 32 bits of the answered line's hash (0: unknown).
+        answered = done.get(custom_id)
         if answered is not None:
             stats.skipped += 1
-            if check_changes and answered and answered != line_hash(raw):
+            if check_changes and answered and answered != line_hash(raw) & 0xFFFFFFFF:
                 stats.changed += 1
                 if len(stats.changed_examples) < 5:
                     stats.changed_examples.append(custom_id)

@@ -164,5 +164,13 @@ def test_add_fingerprint_is_add() -> None:
     assert s.add("a") is False
 
 
-def test_values_double_the_memory() -> None:
-    assert IdSet(values=True).nbytes == 2 * IdSet().nbytes
+def test_values_add_half_the_memory() -> None:
+    assert IdSet(values=True).nbytes == IdSet().nbytes * 3 // 2
+
+
+def test_values_are_kept_modulo_2_32() -> None:
+    s = IdSet(values=True)
+    s.add("a", 2**40 + 5)
+    assert s.get("a") == 5
+    s.update_fingerprint(fingerprint("a"), 2**33 + 7)
+    assert s.get("a") == 7
