@@ -150,14 +150,21 @@ def _http_date(offset: float) -> str:
         ({"retry-after": "0.5"}, 0.5, 0.5),
         ({"retry-after": "-4"}, 0.0, 0.0),
         ({"retry-after-ms": "-10"}, 0.0, 0.0),
-        ({"retry-after": _http_date(30)}, 28.0, 31.0),
-        ({"retry-after": _http_date(-3600)}, 0.0, 0.0),
     ],
     ids=["ms", "ms-wins", "bad-ms-falls-back", "seconds", "fraction", "negative-seconds",
-         "negative-ms", "http-date", "http-date-past"],
+         "negative-ms"],
 )
 def test_parse_retry_after(headers: dict[str, str], low: float, high: float) -> None:
     value = parse_retry_after(headers)
+    assert value is not None
+    assert low - 1e-9 <= value <= high + 1e-9
+
+
+@pytest.mark.parametrize(("offset", "low", "high"), [(30, 28.0, 31.0), (-3600, 0.0, 0.0)],
+                         ids=["future", "past"])
+def test_parse_retry_after_http_date(offset: int, low: float, high: float) -> None:
+    # The date is made here, not at collection: a long suite would age it.
+    value = parse_retry_after({"retry-after": _http_date(offset)})
     assert value is not None
     assert low - 1e-9 <= value <= high + 1e-9
 
