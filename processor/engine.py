@@ -387,6 +387,7 @@ class Engine:
             short = "rpm" if name.startswith("requests") else "tpm"
             if self.stats.limits.get(short) != value:
                 self.stats.limits[short] = value
+                self.stats.learned.add(short)
                 if was_learning or short not in self.stats.limits:
                     log.info("learned %s = %g from the server's headers", short, value)
         if was_learning and not limiter.learning:

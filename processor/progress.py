@@ -53,10 +53,13 @@ def _eta(stats: Stats, per_s: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _rate(value: float, limit: float | None) -> str:
-    if limit:
-        return f"{value:,.0f}/{limit:,.0f}"
-    return f"{value:,.0f}"
+def _rate(value: float, stats: Stats, name: str) -> str:
+    """``1,234/3,000`` against the limit; ``(learned)`` when the server told us it."""
+    limit = stats.limits.get(name)
+    if not limit:
+        return f"{value:,.0f}"
+    learned = " (learned)" if name in stats.learned else ""
+    return f"{value:,.0f}/{limit:,.0f}{learned}"
 
 
 def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
@@ -65,8 +68,8 @@ def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
     return (
         f"done {stats.done + stats.skipped:,}/{total} ok {stats.ok:,} failed "
         f"{stats.failed + stats.bad_lines:,} retrying {stats.retrying:,} in-flight "
-        f"{stats.in_flight:,} 429s {stats.n_429:,} | rpm {_rate(rpm, stats.limits.get('rpm'))} "
-        f"tpm {_rate(tpm, stats.limits.get('tpm'))} | eta {_eta(stats, per_s)}"
+        f"{stats.in_flight:,} 429s {stats.n_429:,} | rpm {_rate(rpm, stats, 'rpm')} "
+        f"tpm {_rate(tpm, stats, 'tpm')} | eta {_eta(stats, per_s)}"
     )
 
 
@@ -141,7 +144,7 @@ class LiveReporter:
             f"[green]ok {stats.ok:,}[/]  [red]failed {stats.failed + stats.bad_lines:,}[/]  "
             f"[yellow]retrying {stats.retrying:,}[/]  in-flight {stats.in_flight:,}  "
             f"429s {stats.n_429:,}  skipped {stats.skipped:,}\n"
-            f"rpm {_rate(rpm, stats.limits.get('rpm'))}  tpm {_rate(tpm, stats.limits.get('tpm'))}"
+            f"rpm {_rate(rpm, stats, 'rpm')}  tpm {_rate(tpm, stats, 'tpm')}"
         )
         self._live.update(self._render(detail))
 

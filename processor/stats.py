@@ -55,6 +55,7 @@ class Stats:
     failures: Counter[str] = field(default_factory=Counter)
     stop_reason: str | None = None
     limits: dict[str, float] = field(default_factory=dict)
+    learned: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     tokens_charged_answered: int = 0
     tokens_used_answered: int = 0
@@ -76,6 +77,7 @@ class Stats:
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["failures"] = dict(self.failures)
+        out["learned"] = sorted(self.learned)
         out["answered_by_key"] = dict(self.answered_by_key)
         out["elapsed_s"] = round(self.elapsed, 3)
         out.pop("started")
