@@ -32,6 +32,7 @@ app = typer.Typer(
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EXIT_SIGHUP = 129
 #: stopped on a spent daily budget: rerun later (sysexits' EX_TEMPFAIL).
 EXIT_LATER = 75
 
@@ -46,7 +47,7 @@ def _resolve_keys(
 ) -> tuple[str | None, list[tuple[str, str]]]:
     """One key, or several named keys (``--api-key-env A,B`` or ``--keys-file``)."""
     if api_key:
-        return api_key, []
+        return _clean_key(api_key, "--api-key"), []
     names = [n.strip() for n in api_key_env.split(",") if n.strip()]
     keys: list[tuple[str, str]] = []
     if keys_file is not None:
@@ -59,16 +60,26 @@ def _resolve_keys(
             if not line or line.startswith("#"):
                 continue
             name, sep, value = line.partition("=")
-            keys.append((name.strip(), value.strip()) if sep else (f"{keys_file.name}:{number}",
-                                                                   line))
+            label = name.strip() if sep else f"{keys_file.name}:{number}"
+            keys.append((label, _clean_key(value if sep else line, label)))
         return None, keys
     if len(names) > 1:
         missing = [n for n in names if not os.environ.get(n)]
         if missing:
             raise typer.BadParameter(
                 f"no key in ${', $'.join(missing)}", param_hint="--api-key-env")
-        return None, [(n, os.environ[n]) for n in names]
-    return (os.environ.get(names[0]) if names else None) or None, []
+        return None, [(n, _clean_key(os.environ[n], f"${n}")) for n in names]
+    found = os.environ.get(names[0]) if names else None
+    return (_clean_key(found, f"${names[0]}") if found else None), []
+
+
+def _clean_key(value: str, where: str) -> str:
+    """A key without surrounding whitespace (a trailing newline from a file, say);
+    refused if it holds other control characters. The message never shows the key."""
+    key = value.strip()
+    if not key or any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise typer.BadParameter(f"the API key in {where} is empty or holds control characters")
+    return key
 
 
 def _parse_headers(values: list[str]) -> dict[str, str]:
@@ -196,11 +207,11 @@ def run(
             f"error: no API key: set ${api_key_env} (or --api-key-env NAME) for {base}", err=True
         )
         raise typer.Exit(EXIT_USAGE)
-    auto = rpm.lower() == "auto" or tpm.lower() == "auto"
     config = JobConfig(
         base_url=base, api_key=key, api_keys=keys, rpm=parse_limit(rpm, "--rpm"),
         tpm=parse_limit(tpm, "--tpm"), rpd=parse_limit(rpd, "--rpd"),
-        tpd=parse_limit(tpd, "--tpd"), auto_limits=auto, max_in_flight=max_in_flight,
+        tpd=parse_limit(tpd, "--tpd"), auto_rpm=rpm.lower() == "auto",
+        auto_tpm=tpm.lower() == "auto", max_in_flight=max_in_flight,
         max_attempts=max_attempts, timeout=timeout, endpoint=endpoint,
         default_max_tokens=default_max_tokens,
         encodings_dir=str(encodings_dir) if encodings_dir else None,
@@ -244,9 +255,11 @@ def run(
         raise typer.Exit(EXIT_SIGINT)
     if reason.startswith("SIGTERM") or reason.startswith("second SIGTERM"):
         raise typer.Exit(EXIT_SIGTERM)
-    if stats.resume_at is not None:
+    if reason.startswith("SIGHUP") or reason.startswith("second SIGHUP"):
+        raise typer.Exit(EXIT_SIGHUP)
+    if stats.rerun_later:
         raise typer.Exit(EXIT_LATER)
-    if stats.failed or stats.bad_lines or stats.stop_reason:
+    if stats.failed or stats.bad_lines or stats.stop_reason or stats.skipped_failed:
         raise typer.Exit(EXIT_FAILED)
 
 

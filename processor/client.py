@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -36,7 +36,8 @@ __all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "OpenAIClient", "RateLimitIn
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _RETRY_IN_WORDS = re.compile(
-    r"(?:retry after|try again in)\s+(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.I)
+    r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+|\d+(?:\.\d+)?)"
+    r"(?:\s*(ms|s|sec|seconds?)\b)?", re.I)
 
 
 def parse_duration(text: str) -> float | None:
@@ -67,16 +68,21 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            seconds = float(ms) / 1000.0
         except ValueError:
             pass
+        else:
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -107,9 +113,11 @@ class RateLimitInfo:
             if value is None:
                 return None
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 return None
+            # Nonsense (negative, inf, nan) is as good as no header.
+            return number if math.isfinite(number) and number >= 0 else None
 
         def dur(key: str) -> float | None:
             value = headers.get(key)
@@ -167,22 +175,33 @@ def azure_url(base_url: str, endpoint: str, model: str | None, api_version: str)
 
     ``https://R.openai.azure.com`` + ``/v1/chat/completions`` + model ``gpt-4o`` gives
     ``https://R.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=V``.
-    A base URL that already names a deployment keeps it; Azure's v1 API
-    (``.../openai/v1``) takes OpenAI's paths as they are.
+    A base URL that already names a deployment keeps it (and its own ``api-version``, if
+    it has one); a portal "Target URI" that ends in the endpoint is cut back to the
+    deployment; Azure's v1 API (``.../openai/v1``) takes OpenAI's paths as they are.
     """
-    base = base_url.rstrip("/")
+    parts = urlsplit(base_url)
+    base = parts.path.rstrip("/")
     path = "/" + endpoint.lstrip("/")
     if path.startswith("/v1/"):
         path = path[3:]
+    for tail in ("/chat/completions", "/completions", "/embeddings", "/responses"):
+        if base.endswith(tail):
+            base = base[: -len(tail)]
+            break
+    query = parse_qsl(parts.query, keep_blank_values=True)
     if base.endswith("/openai/v1"):
-        return base + path
-    if "/openai/deployments/" not in base:
-        if not model:
-            raise BadRequest("Azure needs a deployment: give the request a 'model' "
-                             "(the deployment name) or put the deployment in --base-url")
-        base = f"{base}/openai/deployments/{quote(model, safe='')}"
-    sep = "&" if "?" in base else "?"
-    return f"{base}{path}{sep}api-version={quote(api_version, safe='')}"
+        full = base + path
+    else:
+        if "/openai/deployments/" not in base:
+            if not model:
+                raise BadRequest("Azure needs a deployment: give the request a 'model' "
+                                 "(the deployment name) or put the deployment in --base-url")
+            root = base.removesuffix("/openai")
+            base = f"{root}/openai/deployments/{quote(model, safe='')}"
+        full = base + path
+        if not any(k == "api-version" for k, _ in query):
+            query.append(("api-version", api_version))
+    return urlunsplit((parts.scheme, parts.netloc, full, urlencode(query), ""))
 
 
 def _error_message(body: Any) -> str:
@@ -217,6 +236,13 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
                 f"HTTP {status} with a body that is not valid JSON ({len(raw)} bytes, truncated?)",
                 status=status, request_id=request_id,
             ) from None
+        if isinstance(body, dict) and isinstance(body.get("error"), (dict, str)) and not (
+            "choices" in body or "data" in body or "output" in body
+        ):
+            # Some proxies answer 200 with an error body; a Responses object's
+            # "error": null is not one.
+            raise ServerError(f"HTTP {status} with an error body: {_error_message(body)}",
+                              status=status, body=body, request_id=request_id)
         return Response(status, body, request_id, RateLimitInfo.from_headers(headers))
     error_body: Any
     try:
@@ -230,7 +256,10 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
         # Azure (and some proxies) say it only in words: "Please retry after 6 seconds."
         hint = _RETRY_IN_WORDS.search(message)
         if hint:
-            retry_after = float(hint.group(1)) * (0.001 if hint.group(2) == "ms" else 1.0)
+            # "6 seconds", "1.2s", "20ms", "8m38.4s" (OpenAI's per-day messages)
+            retry_after = parse_duration(hint.group(1))
+            if retry_after is not None and hint.group(2) and hint.group(2).lower() == "ms":
+                retry_after /= 1000.0
     kwargs: dict[str, Any] = {"status": status, "body": body, "request_id": request_id,
                               "retry_after": retry_after,
                               "ratelimit": RateLimitInfo.from_headers(headers)}
@@ -239,6 +268,10 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
     if status == 429:
         if code == "insufficient_quota":
             raise QuotaExceeded(message, **kwargs)
+        if "request too large" in message.lower():
+            # Larger than the whole limit: waiting will not help.
+            kwargs["code"] = "request_too_large"
+            raise BadRequest(message, **kwargs)
         raise RateLimited(message, **kwargs)
     if status in (408, 409) or status >= 500:
         raise ServerError(message, **kwargs)

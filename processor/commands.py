@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from enum import Enum
@@ -50,8 +51,8 @@ def parse_limit(value: str | None, name: str) -> float | None:
         number = float(value.replace("_", "").replace(",", ""))
     except ValueError:
         raise typer.BadParameter(f"{name} must be a number, got {value!r}") from None
-    if number <= 0:
-        raise typer.BadParameter(f"{name} must be positive, got {value!r}")
+    if not math.isfinite(number) or number <= 0:
+        raise typer.BadParameter(f"{name} must be a positive number, got {value!r}")
     return number
 
 

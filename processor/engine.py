@@ -23,7 +23,15 @@ from typing import Any, Protocol
 import orjson
 
 from .client import Response
-from .errors import APIError, AuthError, FatalAPIError, JobFormatError, QuotaExceeded, RateLimited
+from .errors import (
+    APIError,
+    AuthError,
+    FatalAPIError,
+    JobFormatError,
+    QuotaExceeded,
+    RateLimited,
+    ServerError,
+)
 from .jobs import BadLine, Job, RecordIds, error_record, result_record
 from .limits import Limiter
 from .retry import Fallback, RetryPolicy, is_daily_limit
@@ -40,6 +48,8 @@ PROBE_ANSWERS = 3
 #: admission wait longer than DAILY_STOP_WAIT seconds, the run stops (resumable).
 DAILY_PERIOD = 3600.0
 DAILY_STOP_WAIT = 60.0
+#: a server-requested pause longer than this stops the run (resumable) instead.
+LONG_PAUSE = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -184,26 +194,35 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         ticker = asyncio.create_task(self._tick())
         try:
-            await self._admit(iter(source))
-            await self._drain()
+            try:
+                await self._admit(iter(source))
+            except BaseException:
+                # Even on a bug or a cancellation, what is in flight is finished (or
+                # abandoned after the grace period) before the session goes away.
+                self.stop("stopped by an error")
+                raise
+            finally:
+                await self._drain()
         finally:
             ticker.cancel()
             self.stats.finished = time.monotonic()
             self.stats.retrying = len(self._requeue)
             if self.on_progress:
-                self.on_progress(self.stats)
+                try:
+                    self.on_progress(self.stats)
+                except Exception:  # noqa: BLE001 - the summary still follows
+                    log.warning("progress display failed at the end")
         return self.stats
 
     async def _admit(self, source: Any) -> None:
         stats = self.stats
-        limiter = self.limiter
         requeue = self._requeue
         loop = self._loop
         assert loop is not None
         exhausted = False
         while not self._stopping:
             cap = self.max_in_flight
-            if limiter.learning:
+            if any(lane.limiter.learning for lane in self.lanes if not lane.retired):
                 cap = min(cap, PROBE_IN_FLIGHT)
             if stats.in_flight >= cap:
                 await self._wait_change(None)
@@ -251,7 +270,7 @@ class Engine:
         while not self._stopping:
             lanes = [lane for lane in self.lanes if not lane.retired]
             if not lanes:
-                self.stop("every API key was refused (401/403)")
+                self.stop("every API key was refused (401/403) or has no quota left")
                 return None
             best: Lane | None = None
             shortest = math.inf
@@ -259,30 +278,45 @@ class Engine:
                 wait = lane.limiter.try_acquire(job.tokens)
                 if wait <= 0:
                     return lane
-                if wait < shortest:
+                if best is None or wait < shortest:  # inf waits too: a spent budget
                     best, shortest = lane, wait
             assert best is not None
-            if shortest > DAILY_STOP_WAIT and self._daily_spent(best, job, shortest):
+            if shortest > DAILY_STOP_WAIT and self._too_long(best, job, shortest):
                 return None
             # Sleep exactly as long as the counters need; only a stop cuts it short.
             await self._sleep_unless_stopped(shortest)
         return None
 
-    def _daily_spent(self, lane: Lane, job: Job, wait: float) -> bool:
-        """Stop the run if a daily budget is what holds ``job`` back."""
+    def _too_long(self, lane: Lane, job: Job, wait: float) -> bool:
+        """Stop the run (to be resumed later) rather than idle for hours.
+
+        A spent daily budget (``--rpd`` / ``--tpd``) never comes back within the run; a
+        server that asks for a pause of over an hour (a per-day limit, say) is not
+        worth waiting on either.
+        """
         limiter = lane.limiter
-        counter = limiter.binding(job.tokens, limiter.now())
-        if counter is None or counter.period < DAILY_PERIOD:
-            return False
-        full = (counter.capacity - counter.available(limiter.now())) / counter.rate
-        self.stats.resume_at = time.time() + wait
-        self.stop(
-            f"daily budget spent ({counter.name} {counter.limit:g}"
-            f"{' for key ' + lane.name if lane.name and len(self.lanes) > 1 else ''}): "
-            f"the next request fits in {human_duration(wait)} (at {clock_at(wait)}), the whole "
-            f"budget is back in {human_duration(full)}; rerun the same command then to resume"
-        )
-        return True
+        now = limiter.now()
+        key = f" for key ${lane.name}" if lane.name and len(self.lanes) > 1 else ""
+        counter = limiter.binding(job.tokens, now)
+        if counter is not None and counter.period >= DAILY_PERIOD:
+            self.stats.rerun_later = True
+            if math.isfinite(wait):
+                self.stats.resume_at = time.time() + wait
+                when = f"the next request fits in {human_duration(wait)} (at {clock_at(wait)})"
+            else:
+                when = "it does not refill within a run"
+            self.stop(f"daily budget spent ({counter.name} {counter.limit:g}{key}): {when}; "
+                      "rerun the same command when the day's limit has reset to resume")
+            return True
+        pause = limiter.paused_until - now
+        if pause > LONG_PAUSE:
+            self.stats.rerun_later = True
+            self.stats.resume_at = time.time() + pause if math.isfinite(pause) else None
+            until = f" (until {clock_at(pause)})" if math.isfinite(pause) else ""
+            self.stop(f"the server asked to pause for {human_duration(pause)}{until}{key}; "
+                      "rerun the same command then to resume")
+            return True
+        return False
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
@@ -330,39 +364,58 @@ class Engine:
         assert lane is not None
         job.attempts += 1
         try:
-            response = await self.client.post(job.url, job.payload, headers=lane.headers,
-                                              model=job.model)
-        except APIError as exc:
-            self._failed_attempt(job, exc)
-        else:
-            self._learn(job, response.ratelimit, force=False)
-            prompt, completion = _usage(response.body)
-            stats.prompt_tokens += prompt
-            stats.completion_tokens += completion
-            if prompt or completion:
-                used = prompt + completion
-                stats.estimated_prompt += job.prompt_tokens
-                stats.actual_prompt += prompt
-                stats.tokens_charged_answered += job.tokens
-                stats.tokens_used_answered += used
-                if self.refund_unused and job.tokens > used:
-                    lane.limiter.refund(job.tokens - used)
-            stats.ok += 1
-            record = result_record(job, response.status, response.request_id, response.body,
-                                   self._record_id())
-            extra: dict[str, Any] = {}
-            if len(self.lanes) > 1 and lane.name:
-                extra["key"] = lane.name
-                stats.answered_by_key[lane.name] += 1
-            if job.fallback_from is not None:
-                extra["model"] = job.model
-                extra["fallback_from"] = job.fallback_from
-            if extra:
-                record["batchproc"] = extra
-            self.sink.write_result(record, job.line_hash)
+            try:
+                response = await self.client.post(job.url, job.payload, headers=lane.headers,
+                                                  model=job.model)
+            except APIError as exc:
+                self._failed_attempt(job, exc)
+            except Exception as exc:  # noqa: BLE001 - never lose a request to a surprise
+                # Only the type: the message of an unexpected error might quote a header.
+                log.error("unexpected %s sending %s; treated as a server error",
+                          type(exc).__name__, job.custom_id, exc_info=log.isEnabledFor(10))
+                self._failed_attempt(job, ServerError(f"unexpected {type(exc).__name__}"))
+            else:
+                self._answered(job, lane, response)
+        except OSError as exc:
+            # The disk is full or the file went away: stop before paying for answers
+            # that cannot be kept. What was not written is sent again on the next run.
+            self.stop(f"cannot write the output files: {exc}")
         finally:
             stats.in_flight -= 1
             self._changed.set()
+
+    def _answered(self, job: Job, lane: Lane, response: Response) -> None:
+        stats = self.stats
+        try:
+            self._learn(job, response.ratelimit, force=False)
+        except ValueError as exc:  # nonsense rate-limit headers must not cost the answer
+            log.warning("ignored rate-limit headers: %s", exc)
+        prompt, completion = _usage(response.body)
+        record = result_record(job, response.status, response.request_id, response.body,
+                               self._record_id())
+        extra: dict[str, Any] = {}
+        if len(self.lanes) > 1 and lane.name:
+            extra["key"] = lane.name
+        if job.fallback_from is not None:
+            extra["model"] = job.model
+            extra["fallback_from"] = job.fallback_from
+        if extra:
+            record["batchproc"] = extra
+        self.sink.write_result(record, job.line_hash)
+        # Counted once written: a result that could not be written is not done.
+        stats.ok += 1
+        if "key" in extra:
+            stats.answered_by_key[extra["key"]] += 1
+        stats.prompt_tokens += prompt
+        stats.completion_tokens += completion
+        if prompt or completion:
+            used = prompt + completion
+            stats.estimated_prompt += job.prompt_tokens
+            stats.actual_prompt += prompt
+            stats.tokens_charged_answered += job.tokens
+            stats.tokens_used_answered += used
+            if self.refund_unused and job.tokens > used:
+                lane.limiter.refund(job.tokens - used)
 
     def _learn(self, job: Job, info: Any, *, force: bool, refused: bool = False) -> None:
         """Feed one answer's rate-limit headers to the key's limiter."""
@@ -408,20 +461,26 @@ class Engine:
                 self._server_daily_limit(job, exc)
                 return
             lane.limiter.rate_limited(exc.retry_after)
-        if isinstance(exc, AuthError) and len([x for x in self.lanes if not x.retired]) > 1:
-            self._retire(lane, exc)
-            job.attempts -= 1  # not the request's fault: try it on another key
-            self._requeue_at(job, 0.0)
+        if isinstance(exc, (AuthError, QuotaExceeded)):
+            # The key, not the request, is at fault: the request is never written as
+            # failed, so a rerun with a working key sends it.
+            job.attempts -= 1
+            if len(self.lanes) > 1:
+                if not lane.retired:
+                    self._retire(lane, exc)
+                if any(not x.retired for x in self.lanes):
+                    self._requeue_at(job, 0.0)  # on another key
+                else:
+                    self.stop("every API key was refused (401/403) or has no quota left")
+                return
+            name = f" (${lane.name})" if lane.name else ""
+            what = "has no quota left" if isinstance(exc, QuotaExceeded) else "was refused"
+            self.stop(f"{exc.kind}: the API key{name} {what}: {exc.message}")
             return
         if self._maybe_fallback(job, exc):
             return
         if isinstance(exc, FatalAPIError):
             self._fail(job, exc.kind, exc.message, exc)
-            if isinstance(exc, QuotaExceeded):
-                self.stop(f"{exc.kind}: {exc.message}")
-            elif isinstance(exc, AuthError):
-                name = f" (${lane.name})" if lane.name else ""
-                self.stop(f"{exc.kind}: the API key{name} was refused: {exc.message}")
             return
         if not self.policy.should_retry(exc, job.attempts) or self._stopping:
             if self._stopping:
@@ -469,6 +528,7 @@ class Engine:
         """The server says a daily limit is spent: stop cleanly (the job stays unanswered)."""
         wait = exc.retry_after if exc.retry_after is not None else None
         when = f" in {human_duration(wait)} (at {clock_at(wait)})" if wait else ""
+        self.stats.rerun_later = True
         if wait:
             self.stats.resume_at = time.time() + wait
         self.stop(f"daily limit reached on the server: {exc.message}; it allows more{when}; "
@@ -529,5 +589,13 @@ class Engine:
             await asyncio.sleep(self.progress_interval)
             self.stats.retrying = len(self._requeue)
             if self.on_progress is not None:
-                self.on_progress(self.stats)
-            self.sink.maybe_sync()
+                try:
+                    self.on_progress(self.stats)
+                except Exception as exc:  # noqa: BLE001 - a broken display must not stop
+                    log.warning("progress display failed (%s); continuing without it",
+                                type(exc).__name__)
+                    self.on_progress = None
+            try:
+                self.sink.maybe_sync()
+            except OSError as exc:
+                self.stop(f"cannot write the output files: {exc}")

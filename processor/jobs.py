@@ -275,6 +275,16 @@ def error_record(
 LEDGER_ENTRY = struct.Struct("<QQ")
 
 
+def _write_all(f: IO[bytes], data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (a raw write may be short)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(f"could not write to {getattr(f, 'name', 'a file')}")
+        view = view[n:]
+
+
 def ledger_path(results_path: Path) -> Path:
     """The ledger beside a results file: ``<results>.ledger``."""
     return results_path.with_name(results_path.name + ".ledger")
@@ -336,7 +346,7 @@ class ResultWriter:
         """Append a result; with ``hashed_line`` (its input line's hash), note it in the ledger."""
         if self._results is None:
             self._results = self._open(self.results_path)
-        self._results.write(orjson.dumps(record) + b"\n")
+        _write_all(self._results, orjson.dumps(record) + b"\n")
         if hashed_line:
             if self._ledger is None:
                 self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +357,7 @@ class ResultWriter:
     def write_error(self, record: dict[str, Any]) -> None:
         if self._errors is None:
             self._errors = self._open(self.errors_path)
-        self._errors.write(orjson.dumps(record) + b"\n")
+        _write_all(self._errors, orjson.dumps(record) + b"\n")
         self._dirty = True
 
     def sync(self) -> None:
@@ -399,11 +409,13 @@ def iter_jobs(
     """
     seen = IdSet()
     for number, raw in iter_raw_lines(path):
+        asked = False
         if skip is not None and b'"custom_id"' not in raw:
             # Resume fast path: a line without a custom_id is named by its number, so a
             # done one can be skipped without parsing it.
             if skip(f"{_AUTO_ID_PREFIX}{number}", raw):
                 continue
+            asked = True
         try:
             job = parse_line(raw, number, default_endpoint)
         except JobFormatError as exc:
@@ -420,7 +432,7 @@ def iter_jobs(
             yield BadLine(number, f"duplicate custom_id {cid!r}: only its first line is sent",
                           cid)
             continue
-        if skip is not None and skip(cid, raw):
+        if skip is not None and not asked and skip(cid, raw):
             continue
         yield job
 

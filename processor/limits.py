@@ -37,10 +37,12 @@ class Capacity:
         now: the clock's current time; None to start the clock at first use.
         initial: starting credit, in units (0: start empty).
         unit_cost: True for counters charged one unit per request.
+        refill: False for a budget (``--rpd`` / ``--tpd``): it starts full, is only spent,
+            and once short the wait is infinite.
     """
 
     __slots__ = ("name", "limit", "period", "rate", "capacity", "level", "_last", "unit_cost",
-                 "_burst", "scale", "ceiling")
+                 "_burst", "scale", "ceiling", "refill")
 
     def __init__(
         self,
@@ -52,11 +54,13 @@ class Capacity:
         now: float | None = None,
         initial: float = 0.0,
         unit_cost: bool = False,
+        refill: bool = True,
     ) -> None:
         if not limit > 0 or not period > 0:
             raise ValueError(f"{name}: limit and period must be positive, got {limit}/{period}")
         self.name = name
         self.unit_cost = unit_cost
+        self.refill = refill
         self.period = period
         self._burst = burst_seconds
         self.limit = limit
@@ -88,7 +92,7 @@ class Capacity:
         self.level = min(self.level, self.capacity)
 
     def _refill(self, now: float) -> None:
-        if self._last is None:
+        if self._last is None or not self.refill:
             self._last = now
             return
         elapsed = now - self._last
@@ -105,6 +109,8 @@ class Capacity:
         # that cannot advance that little would never end.
         if self.level >= need - 1e-9:
             return 0.0
+        if not self.refill:
+            return math.inf
         return (need - self.level) / self.rate
 
     def spend(self, amount: float, now: float) -> None:
@@ -143,22 +149,25 @@ class _Mirror:
         self.foreign = 0.0
         self._synced_at = now
 
-    def sync(self, limit: float, level: float, now: float, min_interval: float) -> None:
+    def sync(self, limit: float, level: float, now: float, min_interval: float,
+             force: bool = False) -> None:
         bucket = self.bucket
         dt = now - self._synced_at
-        if dt < min_interval:
+        if dt < min_interval and not force:
             return
         if abs(limit - bucket.limit) > 1e-9:
             bucket.set_limit(limit, now)
             bucket.capacity = limit  # a full minute, like the server's own bucket
         predicted = bucket.available(now)
         full_rate = bucket.limit / bucket.period
-        # Integral control: each missed prediction nudges the foreign-spend estimate.
-        error = (predicted - level) / max(dt, 1e-3)
+        # Integral control: each missed prediction nudges the foreign-spend estimate. The
+        # miss is spread over at least ``min_interval``: a burst of forced syncs (429s)
+        # milliseconds apart must not blow a small miss up into a huge rate.
+        error = (predicted - level) / max(dt, min_interval)
         self.foreign = min(0.95 * full_rate, max(0.0, self.foreign + 0.5 * error))
-        bucket.level = min(level, bucket.capacity)
         bucket.set_scale(max(0.05, 1.0 - self.foreign / full_rate), now)
         self._synced_at = now
+        bucket.level = min(level, bucket.capacity)
 
 
 class Limiter:
@@ -240,8 +249,9 @@ class Limiter:
     ) -> Limiter:
         """A limiter for the usual flags (None means no limit).
 
-        Daily counters (``rpd``, ``tpd``) start full: the day's budget is there to
-        spend, at no more than the per-minute rates.
+        Daily counters (``rpd``, ``tpd``) are budgets for the run: they start full, are
+        spent at no more than the per-minute rates, and never refill within the run
+        (the server's day does not restart when we do; rerun when it has).
         """
         now = clock() if clock else None
         counters = []
@@ -253,10 +263,10 @@ class Limiter:
             counters.append(Capacity("tokens/min", tpm, burst_seconds=burst_seconds, now=now))
         if rpd:
             counters.append(Capacity("requests/day", rpd, period=DAY, burst_seconds=DAY, now=now,
-                                     initial=rpd, unit_cost=True))
+                                     initial=rpd, unit_cost=True, refill=False))
         if tpd:
             counters.append(Capacity("tokens/day", tpd, period=DAY, burst_seconds=DAY, now=now,
-                                     initial=tpd))
+                                     initial=tpd, refill=False))
         return cls(counters, clock=clock, sleep=sleep, auto_requests=auto_requests,
                    auto_tokens=auto_tokens, burst_seconds=burst_seconds)
 
@@ -294,7 +304,8 @@ class Limiter:
         self.scale = scale
         self._scaled_at = now
         for c in self.counters:
-            c.set_scale(scale, now)
+            if c.refill:  # a budget is not a rate: back-off does not shrink it
+                c.set_scale(scale, now)
 
     def wait_time(self, tokens: int, now: float) -> float:
         """Seconds until a request of ``tokens`` may go."""
@@ -369,7 +380,8 @@ class Limiter:
         now = self.now()
         self.paused_until = max(self.paused_until, now + seconds)
         for c in self.counters:
-            c.drain(now)
+            if c.refill:  # saved-up credit, not a day's budget
+                c.drain(now)
 
     def observe(self, limit_requests: float | None, limit_tokens: float | None) -> None:
         """Adopt the server's per-minute limits where they are lower than ours.
@@ -378,8 +390,14 @@ class Limiter:
         mode a missing per-minute counter is created from the server's limit.
         """
         now: float | None = None
+        if limit_requests or limit_tokens:
+            # The server sends limit headers: a kind it leaves out has nothing to learn.
+            if not limit_requests:
+                self.auto_requests = False
+            if not limit_tokens:
+                self.auto_tokens = False
         for kind, server in (("requests/min", limit_requests), ("tokens/min", limit_tokens)):
-            if not server or server <= 0:
+            if not server or server <= 0 or not math.isfinite(server):
                 continue
             auto = self.auto_requests if kind == "requests/min" else self.auto_tokens
             counter = next((c for c in self.counters if c.name == kind), None)
@@ -425,7 +443,6 @@ class Limiter:
         """
         self.observe(limit_requests, limit_tokens)
         now = self.now()
-        interval = 0.0 if force else self.sync_interval
         changed = False
         for kind, limit, remaining, spent in (
             ("requests/min", limit_requests, remaining_requests, self.cum_requests - cum_requests),
@@ -442,7 +459,7 @@ class Limiter:
                 self._mirrors[kind] = _Mirror(f"{kind} (server)", limit, level, now)
                 changed = True
             else:
-                mirror.sync(limit, level, now, interval)
+                mirror.sync(limit, level, now, self.sync_interval, force)
         if changed:
             self._split()
 

@@ -172,6 +172,12 @@ def load_state(results: Path, errors: Path) -> ResumeState:
 
 def _read_ledger(path: Path, state: ResumeState) -> None:
     size = LEDGER_ENTRY.size
+    length = path.stat().st_size
+    if length % size:
+        # A torn last entry (a crash or a full disk mid-write): cut it, or every later
+        # entry would be read out of step.
+        with open(path, "rb+") as f:
+            f.truncate(length - length % size)
     with open(path, "rb") as f:
         while chunk := f.read(size * 4096):
             whole = len(chunk) - len(chunk) % size

@@ -15,7 +15,6 @@ from .engine import Engine, Lane
 from .errors import ConfigError
 from .jobs import (
     DEFAULT_ENDPOINT,
-    BadLine,
     Job,
     ResultWriter,
     count_lines,
@@ -62,7 +61,7 @@ class JobConfig:
         api_keys: several ``(name, key)`` pairs, each with its own counters (instead of
             ``api_key``); a key the server refuses is retired and the run goes on.
         rpd / tpd: daily budgets; when spent, the run stops cleanly (resumable).
-        auto_limits: learn RPM / TPM from the server's headers where not given.
+        auto_rpm / auto_tpm: learn RPM / TPM from the server's headers where not given.
         fallback_model / fallback_after: switch a request to this model after that
             many 429s (or at once on model-not-found).
         refund_unused: give back unused tokens after each answer (servers that count
@@ -88,7 +87,8 @@ class JobConfig:
     api_keys: list[tuple[str, str]] = field(default_factory=list)
     rpd: float | None = None
     tpd: float | None = None
-    auto_limits: bool = True
+    auto_rpm: bool = True
+    auto_tpm: bool = True
     fallback_model: str | None = None
     fallback_after: int = 3
     refund_unused: bool = False
@@ -151,8 +151,8 @@ async def run_job(
     def new_limiter() -> Limiter:
         return Limiter.per_minute(
             cfg.rpm, cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd, burst_seconds=cfg.burst_seconds,
-            auto_requests=cfg.auto_limits and not cfg.rpm,
-            auto_tokens=cfg.auto_limits and not cfg.tpm,
+            auto_requests=cfg.auto_rpm and not cfg.rpm,
+            auto_tokens=cfg.auto_tpm and not cfg.tpm,
         )
 
     if cfg.api_keys:
@@ -178,7 +178,9 @@ async def run_job(
         reported = state.bad_lines
         source = (
             item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip)
-            if not (isinstance(item, BadLine) and item.line in reported)
+            # Lines reported bad before (unparsable, or a request that cannot be
+            # costed) are not reported again.
+            if not (reported and item.line in reported)
         )
         remove = _install_signals(engine) if handle_signals else (lambda: None)
         try:
@@ -186,6 +188,10 @@ async def run_job(
         finally:
             remove()
             writer.close()
+    if stats.skipped_failed:
+        stats.notes.append(
+            f"{stats.skipped_failed:,} requests failed for good in an earlier run and were "
+            "not sent again (--retry-failed sends them)")
     if stats.changed:
         stats.notes.append(_changed_note(stats.changed, stats.changed_examples))
         log.warning("%s", stats.notes[-1])
@@ -247,6 +253,7 @@ def _resume_filter(
             if retry_failed:
                 stats.retried_failed += 1
                 return False
+            stats.skipped_failed += 1
             return True
         return False
 
@@ -277,7 +284,9 @@ def _install_signals(engine: Engine) -> Callable[[], None]:
             engine.kick()
 
     installed = []
-    for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+    # SIGHUP too: a dropped ssh session ends the run like a SIGTERM, with a summary.
+    for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"),
+                      (signal.SIGHUP, "SIGHUP")):
         try:
             loop.add_signal_handler(sig, handler, name)
             installed.append(sig)

@@ -63,6 +63,8 @@ class Stats:
     retired_keys: list[str] = field(default_factory=list)
     answered_by_key: Counter[str] = field(default_factory=Counter)
     resume_at: float | None = None
+    rerun_later: bool = False
+    skipped_failed: int = 0
 
     @property
     def done(self) -> int:

@@ -93,8 +93,12 @@ def test_bad_lines_exit_1(server_url: str, tmp_path: Path) -> None:
         (["run", "{job}", "--api-key-env", "KEY_A,KEY_B", "--base-url", "https://x.test/v1"],
          {"KEY_A": "sk-aaaaaaaaaa"}, "KEY_B"),
         (["run", "{job}", "--header", "no-colon"], {"OPENAI_API_KEY": SECRET}, "Name: value"),
+        (["run", "{job}", "--rpm", "nan"], {"OPENAI_API_KEY": SECRET}, "positive number"),
+        (["run", "{job}", "--base-url", "https://x.test/v1"], {"OPENAI_API_KEY": "sk-a\x01b"},
+         "holds control"),
     ],
-    ids=["missing-file", "no-key-for-remote-url", "bad-rpm", "missing-second-key", "bad-header"],
+    ids=["missing-file", "no-key-for-remote-url", "bad-rpm", "missing-second-key", "bad-header",
+         "nan-rpm", "control-char-key"],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], env: dict[str, str],
                              message: str) -> None:
@@ -117,3 +121,11 @@ def test_keys_file_and_plain_progress(server_url: str, tmp_path: Path) -> None:
     assert "sk-one" not in out and "sk-two" not in out
     results = read_jsonl(tmp_path / "job.results.jsonl")
     assert {r["batchproc"]["key"] for r in results} <= {"KEY_ONE", "KEY_TWO"}
+
+
+def test_a_key_with_a_trailing_newline_is_stripped(server_url: str, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(0)])
+    code, out = invoke("run", str(job), "--base-url", server_url, "-q",
+                       env={"OPENAI_API_KEY": SECRET + "\n"})
+    assert code == 0, out
+    assert len(read_jsonl(tmp_path / "job.results.jsonl")) == 1

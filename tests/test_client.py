@@ -518,8 +518,15 @@ async def test_azure_sends_api_key_header_to_the_deployment(mocked: aioresponses
          f"{AZURE}/openai/deployments/mine/chat/completions?api-version=V"),
         (f"{AZURE}/openai/v1", "/v1/chat/completions", "gpt-4o",
          f"{AZURE}/openai/v1/chat/completions"),
+        (f"{AZURE}/openai/deployments/d?api-version=X", "/v1/chat/completions", "m",
+         f"{AZURE}/openai/deployments/d/chat/completions?api-version=X"),
+        (f"{AZURE}/openai/deployments/d/chat/completions?api-version=X", "/v1/chat/completions",
+         "m", f"{AZURE}/openai/deployments/d/chat/completions?api-version=X"),
+        (f"{AZURE}/openai", "/v1/chat/completions", "m",
+         f"{AZURE}/openai/deployments/m/chat/completions?api-version=V"),
     ],
-    ids=["deployment-from-model", "quoted-deployment", "deployment-in-base", "azure-v1-api"],
+    ids=["deployment-from-model", "quoted-deployment", "deployment-in-base", "azure-v1-api",
+         "base-with-query", "portal-target-uri", "base-ends-in-openai"],
 )
 def test_azure_url(base: str, endpoint: str, model: str, expected: str) -> None:
     version = "2024-10-21" if expected == AZURE_URL else "V"
@@ -609,10 +616,13 @@ async def test_a_short_key_is_not_masked_everywhere(mocked: aioresponses) -> Non
          "Please retry after 6 seconds.", {}, 6.0),
         ("Rate limit reached for gpt-4o. Please try again in 1.2s. Visit ...", {}, 1.2),
         ("Please try again in 20ms.", {}, 0.02),
+        ("Rate limit reached for gpt-4o on requests per day (RPD): Limit 10000, Used 10000, "
+         "Requested 1. Please try again in 8m38.4s. Visit ...", {}, 518.4),
         ("Please retry after 6 seconds.", {"retry-after-ms": "250"}, 0.25),
         ("Too many requests.", {}, None),
     ],
-    ids=["azure-words", "openai-words", "milliseconds", "header-wins", "no-hint"],
+    ids=["azure-words", "openai-words", "milliseconds", "per-day-duration", "header-wins",
+         "no-hint"],
 )
 def test_429_retry_hint_in_words(message: str, headers: dict[str, str],
                                  expected: float | None) -> None:
@@ -622,3 +632,30 @@ def test_429_retry_hint_in_words(message: str, headers: dict[str, str],
     with pytest.raises(RateLimited) as info:
         classify(429, body, headers)
     assert info.value.retry_after == (pytest.approx(expected) if expected else None)
+
+
+def test_request_too_large_429_is_not_retried() -> None:
+    from processor.client import classify
+
+    body = orjson.dumps({"error": {"message": "Request too large for gpt-4o on tokens per min "
+                                   "(TPM): Limit 30000, Requested 50000.", "code": None}})
+    with pytest.raises(BadRequest) as info:
+        classify(429, body, {"retry-after": "1"})
+    assert info.value.code == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [({"error": {"message": "upstream failed"}}, True), ({"error": "boom"}, True),
+     ({"object": "response", "error": None, "output": []}, False),
+     ({"object": "list", "data": [], "error": {"message": "partial"}}, False)],
+    ids=["error-object", "error-string", "responses-null-error", "data-wins"],
+)
+def test_2xx_with_an_error_body(body: Any, error: bool) -> None:
+    from processor.client import classify
+
+    if error:
+        with pytest.raises(ServerError):
+            classify(200, orjson.dumps(body), {})
+    else:
+        assert classify(200, orjson.dumps(body), {}).body == body

@@ -185,9 +185,16 @@ async def test_wrong_key_stops_the_run(mock_api: Any, tmp_path: Path) -> None:
     assert stats.stop_reason is not None and "auth_error" in stats.stop_reason
     # It stopped early instead of sending all 50 to fail one by one.
     assert api.stats.requests < 10
-    assert errors and errors[0]["error"]["status"] == 401
+    assert "refused" in stats.stop_reason and "HTTP 401" in stats.stop_reason
+    # The key was at fault, not the requests: none is written off as failed, so the
+    # same command with the right key does the whole job.
+    assert errors == [] and stats.failed == 0
     for path in tmp_path.iterdir():
         assert KEY.encode() not in path.read_bytes()
+    fixed = await run_job(job, JobConfig(base_url=api.base_url, api_key="sk-the-right-one",
+                                         allow_download=False))
+    assert fixed.ok == 50 and fixed.skipped == 0
+    assert_exactly_once(outputs(job)[0], [f"req-{i}" for i in range(50)])
 
 
 async def test_insufficient_quota_stops_cleanly(mock_api: Any, tmp_path: Path) -> None:

@@ -677,10 +677,22 @@ async def test_daily_budget_starts_full_and_binds_when_spent() -> None:
     await admit(lim, ft, [1] * 5)
     assert ft.t < 1.0  # the day's budget was there to spend at the per-minute rate
     now = ft.t
-    wait = lim.wait_time(1, now)
-    assert wait == pytest.approx(86_400 / 5, rel=1e-3)
+    assert lim.wait_time(1, now) == math.inf  # a budget does not refill within the run
+    assert lim.wait_time(1, now + 86_400) == math.inf
     binding = lim.binding(1, now)
     assert binding is not None and binding.name == "requests/day"
+
+
+def test_429_back_off_leaves_the_daily_budget_alone() -> None:
+    ft = FakeTime()
+    lim = Limiter.per_minute(6000, 60_000, rpd=100, tpd=1_000_000, clock=ft, sleep=ft.sleep)
+    ft.t = 1.0
+    assert lim.try_acquire(100) == 0.0
+    lim.rate_limited(2.0)
+    daily = {c.name: c for c in lim.counters if not c.refill}
+    assert daily["requests/day"].available(ft.t) == 99
+    assert daily["tokens/day"].available(ft.t) == 1_000_000 - 100
+    assert daily["requests/day"].scale == 1.0 and lim.scale < 1.0
 
 
 def test_refund_gives_back_unused_tokens_up_to_the_bucket() -> None:

@@ -74,7 +74,7 @@ async def test_flag_daily_budget_stops_cleanly_and_resumes(
     assert stats.ok == 8 and stats.failed == 0
     assert stats.stop_reason is not None and "daily budget spent" in stats.stop_reason
     assert "requests/day 8" in stats.stop_reason and "rerun" in stats.stop_reason
-    assert stats.resume_at is not None
+    assert stats.rerun_later  # exit code 75: rerun later
     # The next day (a fresh budget), the same command finishes the job.
     again = await run_job(job, config(api, rpd=8))
     assert again.skipped == 8 and again.ok == 4 and again.stop_reason is None
