@@ -21,6 +21,7 @@ from .errors import (
 )
 from .jobs import BadLine, Job, ResultWriter, iter_jobs, parse_line
 from .limits import Capacity, Limiter
+from .pipeline import stream_results
 from .retry import Fallback, RetryPolicy, backoff, should_retry
 from .runner import JobConfig, run_job
 from .stats import Stats
@@ -65,4 +66,5 @@ __all__ = [
     "parse_line",
     "run_job",
     "should_retry",
+    "stream_results",
 ]

@@ -16,7 +16,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -123,6 +123,9 @@ class Engine:
         fallback: a model to switch to after repeated 429s / 404s on a request's model.
         refund_unused: give back to the token counters what an answer did not use
             (for servers that count real usage; OpenAI counts max_tokens up front).
+        before_admit: awaited before each new request is taken from the source: a
+            consumer's back-pressure (the pipeline API waits there while its reader
+            lags behind).
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class Engine:
         lanes: list[Lane] | None = None,
         fallback: Fallback | None = None,
         refund_unused: bool = False,
+        before_admit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -149,6 +153,7 @@ class Engine:
         self.limiter = self.lanes[0].limiter
         self.fallback = fallback
         self.refund_unused = refund_unused
+        self.before_admit = before_admit
         self._answers_without_headers = 0
         self.sink = sink
         self.cost = cost
@@ -232,6 +237,10 @@ class Engine:
                 job = heapq.heappop(requeue)[2]
                 stats.retrying = len(requeue)
             elif not exhausted:
+                if self.before_admit is not None:
+                    await self.before_admit()
+                    if self._stopping:
+                        return
                 item = next(source, None)
                 if item is None:
                     exhausted = True

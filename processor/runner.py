@@ -6,12 +6,12 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
-from .engine import Engine, Lane
+from .engine import Engine, Lane, Sink
 from .errors import ConfigError
 from .jobs import (
     DEFAULT_ENDPOINT,
@@ -28,7 +28,7 @@ from .retry import Fallback, RetryPolicy
 from .stats import Stats
 from .tokens import DEFAULT_MAX_TOKENS, Cost, TokenCounter
 
-__all__ = ["JobConfig", "default_paths", "run_job"]
+__all__ = ["JobConfig", "Parts", "build_parts", "default_paths", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -139,42 +139,12 @@ async def run_job(
     state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
                                     count_total)
 
-    counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
-                           default_max_tokens=cfg.default_max_tokens, background=True)
-
-    def cost(job: Job) -> Cost:
-        return counter.cost(job.body, job.url)
-
+    parts = build_parts(cfg)
+    counter = parts.counter
     skip = _resume_filter(state, cfg.retry_failed, stats)
-    azure = cfg.azure if cfg.azure is not None else is_azure_url(cfg.base_url)
-
-    def new_limiter() -> Limiter:
-        return Limiter.per_minute(
-            cfg.rpm, cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd, burst_seconds=cfg.burst_seconds,
-            auto_requests=cfg.auto_rpm and not cfg.rpm,
-            auto_tokens=cfg.auto_tpm and not cfg.tpm,
-        )
-
-    if cfg.api_keys:
-        header = "api-key" if azure else "Authorization"
-        lanes = [Lane(name, new_limiter(), {header: key if azure else f"Bearer {key}"})
-                 for name, key in cfg.api_keys]
-        default_key = None
-    else:
-        lanes = [Lane(None, new_limiter())]
-        default_key = cfg.api_key
     writer = ResultWriter(out_path, err_path)
-    policy = RetryPolicy(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
-    fallback = Fallback(cfg.fallback_model, cfg.fallback_after) if cfg.fallback_model else None
-    secrets = [key for _, key in cfg.api_keys]
-    async with OpenAIClient(cfg.base_url, default_key, timeout=cfg.timeout,
-                            max_connections=cfg.max_in_flight, headers=cfg.headers,
-                            azure=azure, api_version=cfg.api_version,
-                            secrets=secrets) as client:
-        engine = Engine(client, lanes[0].limiter, writer, cost=cost, policy=policy,
-                        max_in_flight=cfg.max_in_flight, on_progress=on_progress,
-                        grace=cfg.grace, stats=stats, lanes=lanes, fallback=fallback,
-                        refund_unused=cfg.refund_unused)
+    async with parts.client() as client:
+        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         reported = state.bad_lines
         source = (
             item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip)
@@ -201,6 +171,61 @@ async def run_job(
     if counter.mode != "exact":
         stats.notes.append(f"token counts: {counter.mode}")
     return stats
+
+
+@dataclass(slots=True)
+class Parts:
+    """What a run is made of, built from a :class:`JobConfig` (shared by the entry points)."""
+
+    cfg: JobConfig
+    counter: TokenCounter
+    lanes: list[Lane]
+    default_key: str | None
+    azure: bool
+
+    def cost(self, job: Job) -> Cost:
+        return self.counter.cost(job.body, job.url)
+
+    def client(self) -> OpenAIClient:
+        cfg = self.cfg
+        return OpenAIClient(cfg.base_url, self.default_key, timeout=cfg.timeout,
+                            max_connections=cfg.max_in_flight, headers=cfg.headers,
+                            azure=self.azure, api_version=cfg.api_version,
+                            secrets=[key for _, key in cfg.api_keys])
+
+    def engine(self, client: OpenAIClient, sink: Sink, *,
+               on_progress: Callable[[Stats], None] | None = None,
+               stats: Stats | None = None,
+               before_admit: Callable[[], Awaitable[None]] | None = None) -> Engine:
+        cfg = self.cfg
+        fallback = Fallback(cfg.fallback_model, cfg.fallback_after) if cfg.fallback_model else None
+        return Engine(client, self.lanes[0].limiter, sink, cost=self.cost,
+                      policy=RetryPolicy(cfg.max_attempts, base=cfg.backoff_base,
+                                         cap=cfg.backoff_cap),
+                      max_in_flight=cfg.max_in_flight, on_progress=on_progress,
+                      grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
+                      refund_unused=cfg.refund_unused, before_admit=before_admit)
+
+
+def build_parts(cfg: JobConfig) -> Parts:
+    """Token counter, one limiter per key, client and engine settings for ``cfg``."""
+    counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
+                           default_max_tokens=cfg.default_max_tokens, background=True)
+    azure = cfg.azure if cfg.azure is not None else is_azure_url(cfg.base_url)
+
+    def new_limiter() -> Limiter:
+        return Limiter.per_minute(
+            cfg.rpm, cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd, burst_seconds=cfg.burst_seconds,
+            auto_requests=cfg.auto_rpm and not cfg.rpm,
+            auto_tokens=cfg.auto_tpm and not cfg.tpm,
+        )
+
+    if cfg.api_keys:
+        header = "api-key" if azure else "Authorization"
+        lanes = [Lane(name, new_limiter(), {header: key if azure else f"Bearer {key}"})
+                 for name, key in cfg.api_keys]
+        return Parts(cfg, counter, lanes, None, azure)
+    return Parts(cfg, counter, [Lane(None, new_limiter())], cfg.api_key, azure)
 
 
 def _prepare_files(
