@@ -252,11 +252,15 @@ def server_shared(ctx: Ctx) -> Row:
     m = measure(ctx, "server-shared", job, rpm=rpm, tpm=tpm, server=server,
                 before=start_other, after=stop_other)
     row = m.row
-    share = rpm - other_rpm
-    bound = job.n / share * 60.0
     row["other_rpm"] = other_rpm
-    row["share_lower_bound_s"] = round(bound, 3)
-    row["wall_over_share_bound"] = round(row["wall_s"] / bound, 4)
+    return _against(row, job.n, rpm - other_rpm, "share")
+
+
+def _against(row: Row, n: int, rpm: float, name: str) -> Row:
+    """Add the bound of ``n`` requests at ``rpm`` and the wall time's ratio to it."""
+    bound = n / rpm * 60.0
+    row[f"{name}_lower_bound_s"] = round(bound, 3)
+    row[f"wall_over_{name}_bound"] = round(row["wall_s"] / bound, 4)
     return row
 
 
@@ -280,11 +284,8 @@ def server_lower(ctx: Ctx) -> Row:
     server = MockServer(ctx.workdir / "lower.server.log", rpm=server_rpm, tpm=tpm,
                         latency_ms=50, initial_fill=0)
     row = measure(ctx, "server-lower", job, rpm=rpm, tpm=tpm, server=server).row
-    bound = job.n / server_rpm * 60.0
     row["server_rpm"] = server_rpm
-    row["server_lower_bound_s"] = round(bound, 3)
-    row["wall_over_server_bound"] = round(row["wall_s"] / bound, 4)
-    return row
+    return _against(row, job.n, server_rpm, "server")
 
 
 def faults(ctx: Ctx) -> Row:
