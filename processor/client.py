@@ -313,10 +313,9 @@ class OpenAIClient:
         self.base_url = base_url
         self.azure = azure
         self.api_version = api_version
-        self._key = api_key
         # Short test keys ("k") would mask every "k"; real keys are long.
         self._secrets = [k for k in [api_key, *(secrets or [])] if k and len(k) >= 8]
-        self._key_bytes = b"" if not self._secrets else self._secrets[0].encode()
+        self._secret_bytes = [k.encode() for k in self._secrets]  # encoded once, not per answer
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         h = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -408,9 +407,8 @@ class OpenAIClient:
             async with session.post(self.url_for(endpoint, model), data=payload,
                                     headers=headers) as resp:
                 raw = await resp.read()
-                for secret in self._secrets:
+                for key in self._secret_bytes:
                     # A proxy or mock that echoes a key must not put it in our files.
-                    key = secret.encode()
                     if key in raw:
                         raw = raw.replace(key, b"***")
                 return classify(resp.status, raw, resp.headers)
