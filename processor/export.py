@@ -30,6 +30,7 @@ from typing import IO, Any
 import orjson
 
 from .jobs import iter_raw_lines
+from .ordering import sorted_runs
 
 __all__ = ["CHUNK_SIZE", "COLUMNS", "ExportStats", "error_row", "iter_rows", "result_row",
            "write_csv", "write_jsonl"]
@@ -37,7 +38,6 @@ __all__ = ["CHUNK_SIZE", "COLUMNS", "ExportStats", "error_row", "iter_rows", "re
 COLUMNS = ("custom_id", "model", "status", "answer", "finish_reason", "prompt_tokens",
            "completion_tokens", "total_tokens", "error")
 CHUNK_SIZE = 50_000
-_MAX_OPEN_RUNS = 256  # beyond this many spill files, merge them in groups first
 _UNKNOWN = sys.maxsize  # sort key of rows whose id is not in the input: after all lines
 _LINE_ID = re.compile(r"line-([1-9][0-9]*)")
 
@@ -240,45 +240,9 @@ def _in_input_order(
 
     items = ((key(row, hint), seq, row) for seq, (row, hint) in enumerate(records))
     with tempfile.TemporaryDirectory(prefix="batchproc-export-") as tmp:
-        merged = heapq.merge(*_sorted_runs(items, max(1, chunk_size), Path(tmp)))
+        # (line, seq) is unique: rows themselves are never compared.
+        merged = heapq.merge(*sorted_runs(items, chunk_size, Path(tmp)))
         yield from _join(merged, input_path)
-
-
-def _sorted_runs(items: Iterable[_Item], chunk_size: int, tmp: Path) -> list[Iterator[_Item]]:
-    """Sort ``items`` in chunks; spill each to a file unless everything fits in one."""
-    runs: list[Path] = []
-    counter = itertools.count()
-
-    def spill(sorted_items: Iterable[_Item]) -> Path:
-        path = tmp / f"run-{next(counter)}.jsonl"
-        with open(path, "wb") as f:
-            f.writelines(orjson.dumps(item) + b"\n" for item in sorted_items)
-        return path
-
-    chunk: list[_Item] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= chunk_size:
-            runs.append(spill(sorted(chunk)))
-            chunk = []
-    chunk.sort()  # (line, seq) is unique: rows themselves are never compared
-    if not runs:
-        return [iter(chunk)]
-    if chunk:
-        runs.append(spill(chunk))
-    while len(runs) > _MAX_OPEN_RUNS:  # keep open files bounded: merge a group into one
-        group, runs = runs[:_MAX_OPEN_RUNS], runs[_MAX_OPEN_RUNS:]
-        runs.append(spill(heapq.merge(*map(_read_run, group))))
-        for path in group:
-            path.unlink()
-    return [_read_run(path) for path in runs]
-
-
-def _read_run(path: Path) -> Iterator[_Item]:
-    with open(path, "rb") as f:
-        for raw in f:
-            line, seq, row = orjson.loads(raw)
-            yield line, seq, row
 
 
 def _join(merged: Iterator[_Item], input_path: Path) -> Iterator[Row]:

@@ -11,9 +11,10 @@ line.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,10 +22,11 @@ import orjson
 
 from .jobs import iter_raw_lines
 
-__all__ = ["SortStats", "in_input_order", "sort_results"]
+__all__ = ["SortStats", "in_input_order", "sort_results", "sorted_runs"]
 
 T = TypeVar("T")
 _NOT_IN_INPUT = 1 << 62  # results whose id is not in the input go last
+_MAX_OPEN_RUNS = 256  # beyond this many spill files, merge them in groups first
 
 
 class SortStats:
@@ -39,27 +41,42 @@ class SortStats:
         self.duplicates = 0
 
 
-def _spill(items: Iterable[T], key: Callable[[T], Any], chunk: int, tmp: Path,
-           prefix: str) -> list[Iterator[T]]:
-    """Sort ``items`` in runs of ``chunk`` written under ``tmp``; return readers of the runs."""
+def sorted_runs(items: Iterable[T], chunk: int, tmp: Path, prefix: str = "run"
+                ) -> list[Iterator[T]]:
+    """Sort ``items`` (tuples, in their natural order) in runs of ``chunk`` on disk.
+
+    Returns readers of the runs, for ``heapq.merge``. Everything fitting in one chunk
+    stays in memory; beyond ``_MAX_OPEN_RUNS`` runs, groups are merged first so that
+    the number of open files stays bounded. Items read back from disk are tuples of
+    JSON values (lists stay lists).
+    """
+    chunk = max(1, chunk)
     runs: list[Path] = []
-    buffer: list[T] = []
+    names = itertools.count()
 
-    def flush() -> None:
-        buffer.sort(key=key)
-        path = tmp / f"{prefix}-{len(runs)}.run"
+    def spill(sorted_items: Iterable[Any]) -> Path:
+        path = tmp / f"{prefix}-{next(names)}.run"
         with open(path, "wb") as f:
-            for item in buffer:
-                f.write(orjson.dumps(item) + b"\n")
-        runs.append(path)
-        buffer.clear()
+            f.writelines(orjson.dumps(item) + b"\n" for item in sorted_items)
+        return path
 
+    buffer: list[T] = []
     for item in items:
         buffer.append(item)
         if len(buffer) >= chunk:
-            flush()
-    if buffer or not runs:
-        flush()
+            buffer.sort()
+            runs.append(spill(buffer))
+            buffer = []
+    buffer.sort()
+    if not runs:
+        return [iter(buffer)]
+    if buffer:
+        runs.append(spill(buffer))
+    while len(runs) > _MAX_OPEN_RUNS:
+        group, runs = runs[:_MAX_OPEN_RUNS], runs[_MAX_OPEN_RUNS:]
+        runs.append(spill(heapq.merge(*map(_read_run, group))))
+        for path in group:
+            path.unlink()
     return [_read_run(path) for path in runs]
 
 
@@ -112,19 +129,15 @@ def in_input_order(
     results_path, source = Path(results), Path(input_path)
     with tempfile.TemporaryDirectory(prefix="batchproc-sort-", dir=tmpdir) as tmp_name:
         tmp = Path(tmp_name)
-        by_id_in = heapq.merge(*_spill(_input_ids(source), _first, chunk, tmp, "in"))
-        by_id_out = heapq.merge(*_spill(_result_ids(results_path), _first, chunk, tmp, "out"))
+        by_id_in = heapq.merge(*sorted_runs(_input_ids(source), chunk, tmp, "in"))
+        by_id_out = heapq.merge(*sorted_runs(_result_ids(results_path), chunk, tmp, "out"))
         pairs = _join(by_id_in, by_id_out, stats)
-        ordered = heapq.merge(*_spill(pairs, _first, chunk, tmp, "pos"))
+        ordered = heapq.merge(*sorted_runs(pairs, chunk, tmp, "pos"))
         with open(results_path, "rb") as f:
             for _, offset in ordered:
                 f.seek(offset)
                 yield f.readline()
                 stats.written += 1
-
-
-def _first(item: tuple[Any, ...]) -> Any:
-    return item[0]
 
 
 def _join(inputs: Iterator[tuple[str, int]], outputs: Iterator[tuple[str, int]],

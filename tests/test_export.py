@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from processor import export
+from processor import ordering
 from processor.commands import register
 from processor.export import COLUMNS, error_row, iter_rows, result_row
 from processor.jobs import Job, error_record, result_record
@@ -195,7 +195,7 @@ def test_input_order_with_errors_missing_and_strangers(tmp_path: Path) -> None:
                          ids=["in memory", "spilled runs", "runs merged in groups"])
 def test_shuffled_results_come_back_in_input_order(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_size: int, max_open: int) -> None:
-    monkeypatch.setattr(export, "_MAX_OPEN_RUNS", max_open)
+    monkeypatch.setattr(ordering, "_MAX_OPEN_RUNS", max_open)  # the shared external sort
     n = 1000
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     done = [i for i in range(n) if i % 10]  # every tenth request has no outcome
