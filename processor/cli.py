@@ -18,7 +18,7 @@ from .commands import parse_limit, register
 from .errors import BatchProcError, ConfigError, JobLocked, OutputError
 from .jobs import DEFAULT_ENDPOINT
 from .keys import read_keys_file
-from .paths import check_input
+from .paths import check_distinct, check_input, check_output
 from .progress import LiveReporter, PlainReporter, format_summary
 from .runner import JobConfig, run_job
 from .tokens import DEFAULT_MAX_TOKENS
@@ -327,6 +327,12 @@ def sort(
     if output is None:
         stem = results.name.removesuffix(".jsonl")
         output = results.with_name(f"{stem}.sorted.jsonl")
+    try:
+        check_output(output, "--output", "give a file")
+        check_distinct([("RESULTS.jsonl", results), ("--input", input_path)],
+                       [("--output", output)])
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--output") from None
     try:
         stats = sort_results(results, input_path, output, chunk=chunk_size)
     except ValueError as exc:

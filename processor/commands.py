@@ -20,6 +20,7 @@ from .estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
 from .export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from .imagejobs import write_image_jobs
 from .jobs import DEFAULT_ENDPOINT
+from .paths import check_distinct, check_output
 from .tokens import DEFAULT_MAX_TOKENS, TokenCounter
 
 __all__ = ["register"]
@@ -41,6 +42,23 @@ class Format(str, Enum):
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def check_output_paths(output: Path, reads: list[tuple[str, Path]]) -> None:
+    """``--output`` (written as ``<output>.partial``, then renamed) must be a file or new,
+    and none of the files read.
+
+    Raises:
+        typer.BadParameter: with the reason (a usage error, exit 2).
+    """
+    partial = output.with_name(output.name + ".partial")
+    try:
+        hint = "give a file, or leave out --output to write to stdout"
+        check_output(output, "--output", hint)
+        check_output(partial, "--output's temporary file", hint)
+        check_distinct(reads, [("--output", output), ("--output's temporary file", partial)])
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--output") from None
 
 
 def parse_limit(value: str | None, name: str) -> float | None:
@@ -97,6 +115,7 @@ def jobs_from_images(
         raise typer.BadParameter(f"not a folder: {folder}", param_hint="FOLDER")
     exclude: frozenset[Path] = frozenset()
     if output is not None:  # the output may sit inside FOLDER: never read it back
+        check_output_paths(output, [])
         partial = output.with_name(output.name + ".partial")
         exclude = frozenset({output.resolve(), partial.resolve()})
     try:
@@ -233,9 +252,9 @@ def export(
         if sibling.is_file():
             errors = sibling
             typer.echo(f"errors from {sibling}", err=True)
-    sources = {p.resolve() for p in (results, errors, input_path) if p is not None}
-    if output is not None and output.resolve() in sources:
-        raise typer.BadParameter(f"{output} is one of the files being read", param_hint="--output")
+    if output is not None:
+        check_output_paths(output, [(hint, p) for p, hint in ((results, "RESULTS.jsonl"),
+                                    (errors, "--errors"), (input_path, "--input")) if p])
     stats = ExportStats()
     rows = iter_rows(results, errors, input_path=input_path, chunk_size=chunk_size, stats=stats)
     try:

@@ -113,15 +113,22 @@ def check_input(path: Path, what: str = "input") -> None:
             "resume), so it must be a regular file; save it to a file first")
 
 
-def check_output(path: Path, what: str) -> None:
+_RUN_HINT = "outputs are appended to and read back on resume; give a file"
+
+
+def check_output(path: Path, what: str, hint: str = _RUN_HINT) -> None:
     """An output must be a regular file, or not exist yet in a folder that can hold it.
+
+    Args:
+        path: the output.
+        what: its role in messages, e.g. ``--output``.
+        hint: what the user should do instead, for a stream or a non-file.
 
     Raises:
         ConfigError: naming ``what`` (e.g. ``--output``) and the reason.
     """
     if _STREAM.match(os.path.abspath(path)):
-        raise ConfigError(f"{what} {path} is a process's stream, not a file: outputs are "
-                          "appended to and read back on resume; give a file")
+        raise ConfigError(f"{what} {path} is a process's stream, not a file: {hint}")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -135,8 +142,7 @@ def check_output(path: Path, what: str) -> None:
         raise ConfigError(f"cannot use {what} {path}: {exc.strerror}") from None
     kind = _kind(st.st_mode)
     if kind is not None:
-        raise ConfigError(f"{what} {path} is {kind}, not a file: outputs are appended to "
-                          "and read back on resume; give a file")
+        raise ConfigError(f"{what} {path} is {kind}, not a file: {hint}")
     stream = _std_streams().get(("inode", st.st_dev, st.st_ino))
     if stream is not None:
         raise ConfigError(f"{what} {path} is this process's {stream}; give another file")
