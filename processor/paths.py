@@ -21,7 +21,8 @@ from pathlib import Path
 from .errors import ConfigError
 from .jobs import ledger_path
 
-__all__ = ["check_input", "check_job_paths", "check_output", "check_distinct", "lock_path"]
+__all__ = ["check_distinct", "check_input", "check_job_paths", "check_output", "identity",
+           "job_locks", "lock_path"]
 
 Identity = tuple[object, ...]
 
@@ -94,6 +95,10 @@ def check_input(path: Path, what: str = "input") -> None:
     Raises:
         ConfigError: with an accurate reason (missing, folder, pipe, ...).
     """
+    if _STREAM.match(os.path.abspath(path)):
+        raise ConfigError(f"the {what} {path} is a process's stream: a job is read more than "
+                          "once (count, run, resume), so it must be a regular file; save it to "
+                          "a file first")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -195,6 +200,12 @@ def check_distinct(reads: Sequence[tuple[str, Path]], writes: Sequence[tuple[str
         seen[key] = (role, path, False)
 
 
+def job_locks(results: Path, errors: Path) -> list[Path]:
+    """The lock files of a run: one per file it writes (results, errors, ledger), so two
+    runs that share any of them never run at once."""
+    return [lock_path(results), lock_path(errors), lock_path(ledger_path(results))]
+
+
 def check_job_paths(src: Path, results: Path, errors: Path) -> None:
     """Every check for a run, before anything is read or written.
 
@@ -205,7 +216,8 @@ def check_job_paths(src: Path, results: Path, errors: Path) -> None:
     check_input(src)
     writes = [("results (--output)", results), ("errors (--errors)", errors),
               ("the ledger", ledger_path(results)), ("the results lock", lock_path(results)),
-              ("the errors lock", lock_path(errors))]
+              ("the errors lock", lock_path(errors)),
+              ("the ledger lock", lock_path(ledger_path(results)))]
     for role, path in writes:
         check_output(path, role)
     check_distinct([("the input", src)], writes)

@@ -24,7 +24,7 @@ from .jobs import (
 )
 from .limits import Limiter
 from .lock import JobLock
-from .paths import check_job_paths, lock_path
+from .paths import check_job_paths, job_locks
 from .resume import ResumeState, load_state, move_aside
 from .retry import Fallback, RetryPolicy
 from .stats import Stats
@@ -140,7 +140,7 @@ async def run_job(
     # Before anything is read or written: paths that would destroy data, then the
     # lock, held across the resume scan and the torn-line repair to the last write.
     check_job_paths(src, out_path, err_path)
-    with JobLock([lock_path(out_path), lock_path(err_path)]):
+    with JobLock(job_locks(out_path, err_path)):
         return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
                           count_total)
 

@@ -87,6 +87,8 @@ def test_input_that_is_not_a_file(tmp_path: Path) -> None:
         check_input(Path("-"))
     with pytest.raises(ConfigError, match="no such file"):
         check_input(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError, match="stream"):  # outputs would go to /dev
+        check_input(Path("/dev/stdin"))
 
 
 @pytest.mark.parametrize("name, reason", [
