@@ -192,7 +192,7 @@ def check_distinct(reads: Sequence[tuple[str, Path]], writes: Sequence[tuple[str
         other = seen.get(key)
         if other is not None:
             o_role, o_path, o_read = other
-            why = ("it would be overwritten or appended to while it is read"
+            why = ("it is being read, and writing it would destroy it"
                    if o_read else "both would be written into one file")
             same = f"{path}" if str(path) == str(o_path) else f"{path} and {o_path}"
             raise ConfigError(f"{role} and {o_role} are the same file ({same}): {why}; "

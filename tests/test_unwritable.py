@@ -231,3 +231,22 @@ def test_torn_side_file_never_overwrites(tmp_path: Path, monkeypatch: pytest.Mon
     side = repair_torn_tail(path)
     assert side is not None and side != taken
     assert taken.read_bytes() == b"earlier" and side.read_bytes() == b'{"b":'
+
+
+async def test_full_disk_while_reporting_bad_lines(tmp_path: Path) -> None:
+    """Bad lines are written at admission, outside any request: the same clean stop."""
+    job = write_jsonl(tmp_path / "job.jsonl", [b'{"not": "a request %d"}\n' % i
+                                               for i in range(60)])
+    errors = tmp_path / "job.errors.jsonl"
+    proc = await start_limited(job, "http://127.0.0.1:9/v1", 3000)
+    _, err = await proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 74, text
+    assert "Traceback" not in text and "Stopped in" in text
+    assert f"cannot write the output files: {errors}: File too large" in text
+    assert 0 < len(whole_lines(errors)) < 60
+    proc = await start_limited(job, "http://127.0.0.1:9/v1", None)
+    _, err = await proc.communicate()
+    assert proc.returncode == 1, err.decode()  # bad lines: exit 1, each reported once
+    lines = Counter(r["error"]["line"] for r in whole_lines(errors))
+    assert lines == Counter(range(1, 61))
