@@ -9,7 +9,9 @@ locked is still the one at the path, so a removal never lets two runs in).
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -20,6 +22,10 @@ from types import TracebackType
 from .errors import JobLocked, OutputError
 
 __all__ = ["JobLock"]
+
+log = logging.getLogger(__name__)
+
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 class JobLock:
@@ -80,8 +86,12 @@ def _lock_one(path: Path) -> int:
             os.close(fd)
             raise JobLocked(str(path), *holder) from None
         except OSError as exc:
-            os.close(fd)
-            raise OutputError(path, exc, "cannot lock") from exc
+            if exc.errno not in _NO_LOCKS:
+                os.close(fd)
+                raise OutputError(path, exc, "cannot lock") from exc
+            # A file system without locks: run unguarded rather than not at all.
+            log.warning("%s: this file system cannot lock files (%s); make sure no other "
+                        "run of this job is going on", path, exc.strerror)
         # The run that held it may have removed the file between our open and flock:
         # then we hold a lock nobody else will look at; try again with the new file.
         try:

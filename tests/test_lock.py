@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import os
 import signal
 import socket
@@ -49,6 +51,18 @@ def test_all_or_nothing(tmp_path: Path) -> None:
         # ``a`` was let go when ``b`` was refused.
         with JobLock([a]):
             pass
+
+
+def test_file_system_without_locks_runs_unguarded(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    path = tmp_path / "r.jsonl.lock"
+    with JobLock([path]):
+        assert path.exists()
+    assert not path.exists()
 
 
 def test_lock_path_is_shared_by_every_name_of_the_file(tmp_path: Path) -> None:

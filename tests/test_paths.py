@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,13 +95,16 @@ def test_input_that_is_not_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name, reason", [
     ("/dev/stdout", "stream"), ("/dev/stderr", "stream"), ("/proc/self/fd/1", "stream"),
     ("/dev/fd/2", "stream"), ("/dev/null", "character device"),
-    ("{tmp}/fifo", "pipe"), ("{tmp}/d", "folder"), ("{tmp}/afile/out.jsonl", "is a file, not"),
+    ("{tmp}/fifo", "pipe"), ("{tmp}/d", "folder"), ("{tmp}/sock", "socket"),
+    ("{tmp}/afile/out.jsonl", "is a file, not"),
     ("{tmp}/afile/deeper/out.jsonl", "is a file, not"),
 ])
 def test_outputs_that_are_not_files(tmp_path: Path, name: str, reason: str) -> None:
     (tmp_path / "d").mkdir()
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "afile").write_text("x")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
     with pytest.raises(ConfigError, match=reason):
         check_output(Path(name.format(tmp=tmp_path)), "--output")
     check_output(tmp_path / "new" / "deep" / "out.jsonl", "--output")  # created later
