@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import typer
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL
-from .commands import parse_limit, register
+from .commands import io_failure, parse_limit, register
 from .errors import BatchProcError, ConfigError, JobLocked, OutputError
 from .jobs import DEFAULT_ENDPOINT
 from .keys import read_keys_file
@@ -333,10 +333,17 @@ def sort(
                        [("--output", output)])
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--output") from None
+    before = _stamp(output)
     try:
         stats = sort_results(results, input_path, output, chunk=chunk_size)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    except OSError as exc:
+        written = _stamp(output) not in (None, before)
+        if written:  # a cut-off copy would look complete (an untouched old one is kept)
+            output.unlink(missing_ok=True)
+        raise io_failure(exc, output, " (the partial output was removed)" if written else ""
+                         ) from None
     typer.echo(
         f"wrote {stats.written:,} results in input order to {output}; "
         f"{stats.missing:,} input lines have no result"
@@ -345,6 +352,14 @@ def sort(
         + (f", {stats.duplicates:,} repeated results left out" if stats.duplicates else ""),
         err=True,
     )
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 register(app)

@@ -26,6 +26,8 @@ from .tokens import DEFAULT_MAX_TOKENS, TokenCounter
 __all__ = ["register"]
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+#: a file could not be read or written (disk full, I/O error): sysexits' EX_IOERR.
+EXIT_IOERR = 74
 
 
 class Detail(str, Enum):
@@ -37,6 +39,12 @@ class Detail(str, Enum):
 class Format(str, Enum):
     csv = "csv"
     jsonl = "jsonl"
+
+
+def io_failure(exc: OSError, output: Path | None, done: str = "") -> typer.Exit:
+    """Exit 74 with one line naming the file (the output unless the error names another)."""
+    name = exc.filename or (output if output is not None else "stdout")
+    return _fail(f"{name}: {exc.strerror or exc}{done}", EXIT_IOERR)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -127,6 +135,8 @@ def jobs_from_images(
             )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise io_failure(exc, output, _NOT_WRITTEN if output is not None else "") from None
     resized = f", {stats.resized} resized" if stats.resized else ""
     where = f" to {output}" if output is not None else ""
     typer.echo(f"{stats.written} images written{where}, {stats.skipped} skipped{resized}",
@@ -262,12 +272,17 @@ def export(
             (write_csv if to is Format.csv else write_jsonl)(rows, out)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise io_failure(exc, output, _NOT_WRITTEN if output is not None else "") from None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(stats.by_status.items()))
     where = f" to {output}" if output is not None else ""
     typer.echo(f"{stats.rows} rows{where}" + (f" ({counts})" if counts else ""), err=True)
     if stats.unreadable:
         typer.echo(f"warning: skipped {stats.unreadable} lines that are not JSON records",
                    err=True)
+
+
+_NOT_WRITTEN = " (the output was not written; its temporary file was removed)"
 
 
 def register(app: typer.Typer) -> None:

@@ -250,3 +250,30 @@ async def test_full_disk_while_reporting_bad_lines(tmp_path: Path) -> None:
     assert proc.returncode == 1, err.decode()  # bad lines: exit 1, each reported once
     lines = Counter(r["error"]["line"] for r in whole_lines(errors))
     assert lines == Counter(range(1, 61))
+
+
+@pytest.mark.parametrize("command", ["export", "sort"])
+def test_other_commands_on_a_full_disk(tmp_path: Path, command: str) -> None:
+    """export / sort: one line naming the file, exit 74, and no cut-off output left."""
+    import subprocess
+
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(200)])
+    results = write_jsonl(tmp_path / "job.results.jsonl", [
+        {"id": f"batch_req_{i}", "custom_id": f"req-{i}", "response": {
+            "status_code": 200, "body": {"choices": [{"message": {"content": "x" * 50}}]}}}
+        for i in reversed(range(200))])
+    out = tmp_path / "out.file"
+    argv = [command, str(results), "--input", str(job), "-o", str(out)]
+
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    proc = subprocess.run([sys.executable, "-m", "processor.cli", *argv], capture_output=True,
+                          preexec_fn=preexec, timeout=60)
+    text = proc.stderr.decode()
+    assert proc.returncode == 74, text
+    assert "Traceback" not in text
+    assert "File too large" in text and str(out) in text
+    assert not out.exists()
+    assert not list(tmp_path.glob("out.file*"))  # nor its temporary file
