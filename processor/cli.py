@@ -149,7 +149,8 @@ def run(
         help="Environment variable holding the API key; several, comma-separated "
         "(A,B,C), to use several keys, each with its own limits.")] = "OPENAI_API_KEY",
     keys_file: Annotated[Path | None, typer.Option(
-        help="A file of API keys, one per line as NAME=KEY (or a bare key).")] = None,
+        help="A file of API keys, one per line: NAME=KEY (NAME of letters, digits and _), "
+        "or a bare key (named <file>:<line>).")] = None,
     api_key: Annotated[str | None, typer.Option(
         help="The API key itself (prefer --api-key-env: flags show up in `ps`).")] = None,
     max_in_flight: Annotated[int, typer.Option(min=1, help="Most requests on the wire at once.")]
