@@ -14,9 +14,11 @@ from urllib.parse import urlsplit
 import typer
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL
-from .commands import parse_limit, register
-from .errors import BatchProcError, ConfigError
+from .commands import io_failure, parse_limit, register
+from .errors import BatchProcError, ConfigError, JobLocked, OutputError
 from .jobs import DEFAULT_ENDPOINT
+from .keys import read_keys_file
+from .paths import check_distinct, check_input, check_output
 from .progress import LiveReporter, PlainReporter, format_summary
 from .runner import JobConfig, run_job
 from .tokens import DEFAULT_MAX_TOKENS
@@ -33,8 +35,11 @@ app = typer.Typer(
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 EXIT_SIGHUP = 129
-#: stopped on a spent daily budget: rerun later (sysexits' EX_TEMPFAIL).
+#: stopped on a spent daily budget, or another run holds the job: rerun later
+#: (sysexits' EX_TEMPFAIL).
 EXIT_LATER = 75
+#: an output file could not be written (disk full, read-only, I/O error): sysexits' EX_IOERR.
+EXIT_IOERR = 74
 
 
 def _is_local(url: str) -> bool:
@@ -49,20 +54,11 @@ def _resolve_keys(
     if api_key:
         return _clean_key(api_key, "--api-key"), []
     names = [n.strip() for n in api_key_env.split(",") if n.strip()]
-    keys: list[tuple[str, str]] = []
     if keys_file is not None:
         try:
-            lines = keys_file.read_text().splitlines()
-        except OSError as exc:
-            raise typer.BadParameter(f"cannot read {keys_file}: {exc.strerror}") from None
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, value = line.partition("=")
-            label = name.strip() if sep else f"{keys_file.name}:{number}"
-            keys.append((label, _clean_key(value if sep else line, label)))
-        return None, keys
+            return None, read_keys_file(keys_file)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--keys-file") from None
     if len(names) > 1:
         missing = [n for n in names if not os.environ.get(n)]
         if missing:
@@ -153,7 +149,8 @@ def run(
         help="Environment variable holding the API key; several, comma-separated "
         "(A,B,C), to use several keys, each with its own limits.")] = "OPENAI_API_KEY",
     keys_file: Annotated[Path | None, typer.Option(
-        help="A file of API keys, one per line as NAME=KEY (or a bare key).")] = None,
+        help="A file of API keys, one per line: NAME=KEY (NAME of letters, digits and _), "
+        "or a bare key (named <file>:<line>).")] = None,
     api_key: Annotated[str | None, typer.Option(
         help="The API key itself (prefer --api-key-env: flags show up in `ps`).")] = None,
     max_in_flight: Annotated[int, typer.Option(min=1, help="Most requests on the wire at once.")]
@@ -198,8 +195,10 @@ def run(
         "'asyncio'.")] = "auto",
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
-    if not input_path.is_file():
-        raise typer.BadParameter(f"no such file: {input_path}", param_hint="JOBS.jsonl")
+    try:
+        check_input(input_path)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="JOBS.jsonl") from None
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     key, keys = _resolve_keys(api_key, api_key_env, keys_file)
     if key is None and not keys and not _is_local(base):
@@ -243,13 +242,21 @@ def run(
             with reporter:
                 stats = _run_loop(run_job(input_path, config, output=output, errors=errors,
                                           on_progress=reporter, handle_signals=True), loop)
+    except JobLocked as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_LATER) from None
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    except OutputError as exc:
+        typer.echo(f"error: cannot write the output files: {exc}; nothing was sent", err=True)
+        raise typer.Exit(EXIT_IOERR) from None
     except BatchProcError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     typer.echo(format_summary(stats), err=True)
+    if stats.output_error:
+        raise typer.Exit(EXIT_IOERR)
     reason = stats.stop_reason or ""
     if reason.startswith("SIGINT") or reason.startswith("second SIGINT"):
         raise typer.Exit(EXIT_SIGINT)
@@ -322,9 +329,22 @@ def sort(
         stem = results.name.removesuffix(".jsonl")
         output = results.with_name(f"{stem}.sorted.jsonl")
     try:
+        check_output(output, "--output", "give a file")
+        check_distinct([("RESULTS.jsonl", results), ("--input", input_path)],
+                       [("--output", output)])
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--output") from None
+    before = _stamp(output)
+    try:
         stats = sort_results(results, input_path, output, chunk=chunk_size)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    except OSError as exc:
+        written = _stamp(output) not in (None, before)
+        if written:  # a cut-off copy would look complete (an untouched old one is kept)
+            output.unlink(missing_ok=True)
+        raise io_failure(exc, output, " (the partial output was removed)" if written else ""
+                         ) from None
     typer.echo(
         f"wrote {stats.written:,} results in input order to {output}; "
         f"{stats.missing:,} input lines have no result"
@@ -333,6 +353,14 @@ def sort(
         + (f", {stats.duplicates:,} repeated results left out" if stats.duplicates else ""),
         err=True,
     )
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 register(app)

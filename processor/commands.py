@@ -20,11 +20,14 @@ from .estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
 from .export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from .imagejobs import write_image_jobs
 from .jobs import DEFAULT_ENDPOINT
+from .paths import check_distinct, check_output
 from .tokens import DEFAULT_MAX_TOKENS, TokenCounter
 
 __all__ = ["register"]
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+#: a file could not be read or written (disk full, I/O error): sysexits' EX_IOERR.
+EXIT_IOERR = 74
 
 
 class Detail(str, Enum):
@@ -38,9 +41,32 @@ class Format(str, Enum):
     jsonl = "jsonl"
 
 
+def io_failure(exc: OSError, output: Path | None, done: str = "") -> typer.Exit:
+    """Exit 74 with one line naming the file (the output unless the error names another)."""
+    name = exc.filename or (output if output is not None else "stdout")
+    return _fail(f"{name}: {exc.strerror or exc}{done}", EXIT_IOERR)
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def check_output_paths(output: Path, reads: list[tuple[str, Path]]) -> None:
+    """``--output`` (written as ``<output>.partial``, then renamed) must be a file or new,
+    and none of the files read.
+
+    Raises:
+        typer.BadParameter: with the reason (a usage error, exit 2).
+    """
+    partial = output.with_name(output.name + ".partial")
+    try:
+        hint = "give a file, or leave out --output to write to stdout"
+        check_output(output, "--output", hint)
+        check_output(partial, "--output's temporary file", hint)
+        check_distinct(reads, [("--output", output), ("--output's temporary file", partial)])
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--output") from None
 
 
 def parse_limit(value: str | None, name: str) -> float | None:
@@ -97,6 +123,7 @@ def jobs_from_images(
         raise typer.BadParameter(f"not a folder: {folder}", param_hint="FOLDER")
     exclude: frozenset[Path] = frozenset()
     if output is not None:  # the output may sit inside FOLDER: never read it back
+        check_output_paths(output, [])
         partial = output.with_name(output.name + ".partial")
         exclude = frozenset({output.resolve(), partial.resolve()})
     try:
@@ -108,6 +135,8 @@ def jobs_from_images(
             )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise io_failure(exc, output, _NOT_WRITTEN if output is not None else "") from None
     resized = f", {stats.resized} resized" if stats.resized else ""
     where = f" to {output}" if output is not None else ""
     typer.echo(f"{stats.written} images written{where}, {stats.skipped} skipped{resized}",
@@ -233,9 +262,9 @@ def export(
         if sibling.is_file():
             errors = sibling
             typer.echo(f"errors from {sibling}", err=True)
-    sources = {p.resolve() for p in (results, errors, input_path) if p is not None}
-    if output is not None and output.resolve() in sources:
-        raise typer.BadParameter(f"{output} is one of the files being read", param_hint="--output")
+    if output is not None:
+        check_output_paths(output, [(hint, p) for p, hint in ((results, "RESULTS.jsonl"),
+                                    (errors, "--errors"), (input_path, "--input")) if p])
     stats = ExportStats()
     rows = iter_rows(results, errors, input_path=input_path, chunk_size=chunk_size, stats=stats)
     try:
@@ -243,12 +272,17 @@ def export(
             (write_csv if to is Format.csv else write_jsonl)(rows, out)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise io_failure(exc, output, _NOT_WRITTEN if output is not None else "") from None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(stats.by_status.items()))
     where = f" to {output}" if output is not None else ""
     typer.echo(f"{stats.rows} rows{where}" + (f" ({counts})" if counts else ""), err=True)
     if stats.unreadable:
         typer.echo(f"warning: skipped {stats.unreadable} lines that are not JSON records",
                    err=True)
+
+
+_NOT_WRITTEN = " (the output was not written; its temporary file was removed)"
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,8 @@ The tree::
     BatchProcError
      ├── JobFormatError          a bad input line (carries its line number)
      ├── ConfigError             bad options, missing key, unknown model file, ...
+     │    └── JobLocked          another run holds the job's lock (names its PID)
+     ├── OutputError             an output file cannot be written (also an OSError)
      ├── APIError                one attempt at one request went wrong
      │    ├── RetryableAPIError  worth another attempt
      │    │    ├── RateLimited   HTTP 429 (carries the server's Retry-After)
@@ -21,6 +23,7 @@ Only :mod:`processor.client` turns aiohttp exceptions into these (``raise ... fr
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = [
@@ -32,6 +35,8 @@ __all__ = [
     "ConfigError",
     "FatalAPIError",
     "JobFormatError",
+    "JobLocked",
+    "OutputError",
     "QuotaExceeded",
     "RateLimited",
     "RetriesExhausted",
@@ -55,6 +60,52 @@ class JobFormatError(BatchProcError):
 
 class ConfigError(BatchProcError):
     """Options that cannot work together, or a missing API key."""
+
+
+class JobLocked(ConfigError):
+    """Another run holds the job (its results or errors file); rerun when it is done.
+
+    Attributes:
+        lock: the lock file.
+        pid / host / since: who holds it, as its lock file says (None when unreadable).
+    """
+
+    def __init__(self, lock: str, pid: int | None = None, host: str | None = None,
+                 since: str | None = None) -> None:
+        who = f"PID {pid} on {host}" if pid is not None else "another process"
+        when = f" since {since}" if since else ""
+        super().__init__(
+            f"another batchproc run ({who}{when}) is working on this job (lock {lock}); "
+            "wait for it to finish, or stop it, then rerun")
+        self.lock = lock
+        self.pid = pid
+        self.host = host
+        self.since = since
+
+
+class OutputError(BatchProcError, OSError):
+    """An output file (results, errors, ledger, side file, lock) cannot be written.
+
+    Also an :class:`OSError`, so code that stops on a failed write stops on this too.
+    Its message names the file and the cause, e.g. ``/d/r.jsonl: No space left on device``.
+
+    Args:
+        path: the file.
+        cause: the underlying error (its ``strerror`` is quoted).
+        what: what was being done, when not a plain write.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], cause: BaseException | str,
+                 what: str = "") -> None:
+        reason = cause if isinstance(cause, str) else (
+            getattr(cause, "strerror", None) or str(cause) or type(cause).__name__)
+        message = f"{os.fspath(path)}: {reason}" + (f" ({what})" if what else "")
+        super().__init__(message)
+        self.path = os.fspath(path)
+        self.errno = getattr(cause, "errno", None)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class APIError(BatchProcError):

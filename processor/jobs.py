@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import orjson
 
-from .errors import JobFormatError
+from .errors import JobFormatError, OutputError
 from .idset import IdSet, fingerprint
 
 __all__ = [
@@ -316,10 +316,14 @@ class ResultWriter:
     every ``fsync_interval`` seconds (from :meth:`maybe_sync`) and at :meth:`close`:
     flushing hands the bytes to the OS, which survives a killed process; fsync makes
     them survive a power cut, at a cost of milliseconds each, hence the timer.
+
+    A write that fails (disk full, file too large, I/O error) is cut back off the
+    file, so the files stay whole lines, and raises :class:`OutputError` naming the
+    file; the first such error is kept in :attr:`failure`.
     """
 
     __slots__ = ("results_path", "errors_path", "ledger_path", "_results", "_errors", "_ledger",
-                 "_last_sync", "_interval", "_dirty")
+                 "_pending", "_last_sync", "_interval", "_dirty", "failure")
 
     def __init__(
         self,
@@ -331,42 +335,78 @@ class ResultWriter:
         self.results_path = Path(results_path)
         self.errors_path = Path(errors_path)
         self.ledger_path = ledger_path(self.results_path)
-        self._results: IO[bytes] | None = None
-        self._errors: IO[bytes] | None = None
-        self._ledger: IO[bytes] | None = None
+        self._results: _Appender | None = None
+        self._errors: _Appender | None = None
+        self._ledger: _Appender | None = None
+        self._pending = bytearray()  # ledger entries not yet written
         self._interval = fsync_interval
         self._last_sync = time.monotonic()
         self._dirty = False
+        self.failure: OutputError | None = None
 
     def _open(self, path: Path) -> IO[bytes]:
+        """Open ``path`` for appending, unbuffered (creating its folder)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "ab", buffering=0)
 
+    def _appender(self, path: Path) -> _Appender:
+        try:
+            return _Appender(path, self._open(path))
+        except OSError as exc:
+            raise OutputError(path, exc) from exc
+
+    def _fail(self, exc: OutputError) -> OutputError:
+        if self.failure is None:
+            self.failure = exc
+        return exc
+
     def write_result(self, record: dict[str, Any], hashed_line: int | None = None) -> None:
         """Append a result; with ``hashed_line`` (its input line's hash), note it in the ledger."""
-        if self._results is None:
-            self._results = self._open(self.results_path)
-        _write_all(self._results, orjson.dumps(record) + b"\n")
-        if hashed_line:
-            if self._ledger is None:
-                self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-                self._ledger = open(self.ledger_path, "ab")
-            self._ledger.write(ledger_entry(record["custom_id"], hashed_line))
+        try:
+            if self._results is None:
+                self._results = self._appender(self.results_path)
+            self._results.write(orjson.dumps(record) + b"\n")
+        except OutputError as exc:
+            raise self._fail(exc) from exc.__cause__
         self._dirty = True
+        if hashed_line:
+            self._pending += ledger_entry(record["custom_id"], hashed_line)
+            if len(self._pending) >= _LEDGER_BUFFER:
+                try:
+                    self._flush_ledger()
+                except OutputError as exc:
+                    # The result is written, so this write succeeded; the failure is kept
+                    # and the next sync raises it (the disk is failing: stop soon).
+                    self._fail(exc)
 
     def write_error(self, record: dict[str, Any]) -> None:
-        if self._errors is None:
-            self._errors = self._open(self.errors_path)
-        _write_all(self._errors, orjson.dumps(record) + b"\n")
+        try:
+            if self._errors is None:
+                self._errors = self._appender(self.errors_path)
+            self._errors.write(orjson.dumps(record) + b"\n")
+        except OutputError as exc:
+            raise self._fail(exc) from exc.__cause__
         self._dirty = True
+
+    def _flush_ledger(self) -> None:
+        if not self._pending:
+            return
+        data = bytes(self._pending)
+        # Dropped even if the write fails: a missing entry only means "hash unknown".
+        self._pending.clear()
+        if self._ledger is None:
+            self._ledger = self._appender(self.ledger_path)
+        self._ledger.write(data)
 
     def sync(self) -> None:
         """fsync the files now."""
-        if self._ledger is not None:
-            self._ledger.flush()
-        for f in (self._results, self._errors, self._ledger):
-            if f is not None:
-                os.fsync(f.fileno())
+        try:
+            self._flush_ledger()
+            for f in (self._results, self._errors, self._ledger):
+                if f is not None:
+                    f.sync()
+        except OutputError as exc:
+            raise self._fail(exc) from exc.__cause__
         self._last_sync = time.monotonic()
         self._dirty = False
 
@@ -376,12 +416,56 @@ class ResultWriter:
             self.sync()
 
     def close(self) -> None:
-        if self._dirty:
-            self.sync()
-        for f in (self._results, self._errors, self._ledger):
-            if f is not None:
-                f.close()
-        self._results = self._errors = self._ledger = None
+        """Sync and close every file (all of them, even when one fails).
+
+        Raises:
+            OutputError: the final sync failed (the files stay whole lines).
+        """
+        try:
+            if self._dirty or self._pending:
+                self.sync()
+        finally:
+            for f in (self._results, self._errors, self._ledger):
+                if f is not None:
+                    f.close()
+            self._results = self._errors = self._ledger = None
+
+
+_LEDGER_BUFFER = 1 << 13
+
+
+class _Appender:
+    """One output file opened for appending, unbuffered; a failed write is cut back off."""
+
+    __slots__ = ("path", "_f", "_size")
+
+    def __init__(self, path: Path, f: IO[bytes]) -> None:
+        self.path = path
+        self._f = f
+        self._size = os.fstat(f.fileno()).st_size
+
+    def write(self, data: bytes) -> None:
+        try:
+            _write_all(self._f, data)
+        except OSError as exc:
+            try:  # a short write left part of a line: cut it (needs no space)
+                os.ftruncate(self._f.fileno(), self._size)
+            except OSError:
+                pass
+            raise OutputError(self.path, exc) from exc
+        self._size += len(data)
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self._f.fileno())
+        except OSError as exc:
+            raise OutputError(self.path, exc, "fsync") from exc
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError:
+            pass
 
 
 _AUTO_ID_PREFIX = "line-"

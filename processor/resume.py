@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from .errors import OutputError
 from .idset import IdSet
 from .jobs import LEDGER_ENTRY, count_lines, ledger_path
 
@@ -59,8 +60,14 @@ class ResumeState:
 def repair_torn_tail(path: Path) -> Path | None:
     """Cut a partial last line off ``path``, saving its bytes beside it.
 
+    The side file is written in full and fsynced before the file is cut, so the bytes
+    are never lost; if it cannot be written, it is removed and nothing is cut.
+
     Returns:
         The side file holding the cut bytes, or None if the file was whole.
+
+    Raises:
+        OutputError: the side file could not be written, or the file not cut.
     """
     try:
         size = path.stat().st_size
@@ -88,17 +95,44 @@ def repair_torn_tail(path: Path) -> Path | None:
         f.seek(cut)
         tail = f.read()
         stamp = f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        side = path.with_name(stamp)
-        n = 1
-        while side.exists():  # never overwrite an earlier torn piece
-            side = path.with_name(f"{stamp}.{n}")
-            n += 1
-        side.write_bytes(tail)
-        f.truncate(cut)
-        f.flush()
-        os.fsync(f.fileno())
+        side = _save_new(path, stamp, tail)
+        try:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputError(path, exc, f"cutting its torn last line, saved in {side}"
+                              ) from exc
     log.warning("%s ended in a partial line (%d bytes, a crash mid-write); moved it to %s",
                 path, len(tail), side)
+    return side
+
+
+def _save_new(beside: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` to a new file ``name`` (``name.1``, ... if taken) beside ``beside``,
+    fsynced; never overwrites. On failure the partial file is removed."""
+    side = beside.with_name(name)
+    n = 1
+    while True:
+        try:
+            f = open(side, "xb")
+        except FileExistsError:  # never overwrite an earlier torn piece
+            side = beside.with_name(f"{name}.{n}")
+            n += 1
+            continue
+        except OSError as exc:
+            raise OutputError(side, exc, f"saving the torn last line of {beside}; "
+                              "nothing was cut") from exc
+        break
+    try:
+        with f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        side.unlink(missing_ok=True)
+        raise OutputError(side, exc, f"saving the torn last line of {beside}; the partial "
+                          "copy was removed and nothing was cut") from exc
     return side
 
 
@@ -191,13 +225,21 @@ def _read_ledger(path: Path, state: ResumeState) -> None:
 
 
 def move_aside(path: Path) -> Path | None:
-    """Rename ``path`` to ``<name>.<timestamp>.bak`` (for ``--fresh``); never delete it."""
+    """Rename ``path`` to ``<name>.<timestamp>.bak`` (for ``--fresh``); never delete it.
+
+    Raises:
+        OutputError: the rename failed (the file is left where it was).
+    """
     if not path.exists():
         return None
-    target = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    target = path.with_name(f"{path.name}.{stamp}.bak")
     n = 1
     while target.exists():
-        target = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{n}.bak")
+        target = path.with_name(f"{path.name}.{stamp}.{n}.bak")
         n += 1
-    path.rename(target)
+    try:
+        path.rename(target)
+    except OSError as exc:
+        raise OutputError(path, exc, f"moving it aside to {target.name}") from exc
     return target

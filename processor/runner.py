@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
 from .engine import Engine, Lane, Sink
-from .errors import ConfigError
+from .errors import OutputError
 from .jobs import (
     DEFAULT_ENDPOINT,
     Job,
@@ -23,6 +23,8 @@ from .jobs import (
     line_hash,
 )
 from .limits import Limiter
+from .lock import JobLock
+from .paths import check_job_paths, job_locks
 from .resume import ResumeState, load_state, move_aside
 from .retry import Fallback, RetryPolicy
 from .stats import Stats
@@ -123,13 +125,30 @@ async def run_job(
         count_total: count the input's lines first, for progress and ETA.
 
     Raises:
-        ConfigError: the input is missing or the options cannot work.
+        ConfigError: the input is missing or not a file, an output path cannot be a file
+            or is another of the files, or the options cannot work.
+        JobLocked: another run holds this job's results or errors file (a ConfigError).
+        OutputError: an output file cannot be created, or a torn line not repaired. A
+            write that fails during the run does not raise: it stops the run, and the
+            returned stats say so in ``output_error``.
     """
     cfg = config or JobConfig()
     src = Path(input_path)
     default_out, default_err = default_paths(src)
     out_path = Path(output) if output else default_out
     err_path = Path(errors) if errors else default_err
+    # Before anything is read or written: paths that would destroy data, then the
+    # lock, held across the resume scan and the torn-line repair to the last write.
+    check_job_paths(src, out_path, err_path)
+    with JobLock(job_locks(out_path, err_path)):
+        return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
+                          count_total)
+
+
+async def _run(
+    cfg: JobConfig, src: Path, out_path: Path, err_path: Path,
+    on_progress: Callable[[Stats], None] | None, handle_signals: bool, count_total: bool,
+) -> Stats:
     stats = Stats()
     for name, value in (("rpm", cfg.rpm), ("tpm", cfg.tpm), ("rpd", cfg.rpd), ("tpd", cfg.tpd)):
         if value:
@@ -155,9 +174,24 @@ async def run_job(
         remove = _install_signals(engine) if handle_signals else (lambda: None)
         try:
             await engine.run(source)
+        except OutputError:
+            pass  # a write outside an attempt (a bad line's record): noted below
         finally:
             remove()
-            writer.close()
+            try:
+                writer.close()
+            except OutputError:
+                pass  # kept in writer.failure
+    if writer.failure is not None:
+        stats.output_error = str(writer.failure)
+        message = (f"cannot write the output files: {writer.failure}; what was written is "
+                   "whole lines: fix the cause (free space) and rerun the same command to "
+                   "resume")
+        reason = stats.stop_reason
+        if reason is None or reason.startswith(("cannot write", "stopped by an error")):
+            stats.stop_reason = message
+        else:
+            stats.notes.append(message)
     if stats.skipped_failed:
         stats.notes.append(
             f"{stats.skipped_failed:,} requests failed for good in an earlier run and were "
@@ -232,8 +266,6 @@ def _prepare_files(
     cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool
 ) -> ResumeState:
     """Check the input, move or repair old outputs, read what they hold, count lines."""
-    if not src.is_file():
-        raise ConfigError(f"input file not found: {src}")
     if cfg.fresh:
         for p in (out_path, err_path, ledger_path(out_path)):
             moved = move_aside(p)

@@ -30,6 +30,7 @@ class Stats:
         tokens_charged: tokens charged at admission (estimates).
         failures: final failures by reason.
         stop_reason: why the run stopped early, if it did.
+        output_error: the first output file that could not be written, and why.
     """
 
     total: int | None = None
@@ -65,6 +66,7 @@ class Stats:
     resume_at: float | None = None
     rerun_later: bool = False
     skipped_failed: int = 0
+    output_error: str | None = None
 
     @property
     def done(self) -> int:
