@@ -11,13 +11,16 @@ import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from typer.testing import CliRunner
 
+from processor.cli import app
 from processor.mockserver import (
     STATS_KEY,
     MockConfig,
@@ -27,6 +30,8 @@ from processor.mockserver import (
     format_duration,
     serve,
 )
+
+from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
 KEY = "sk-test-0123456789"
@@ -525,3 +530,125 @@ async def test_run_announces_and_stops_quietly_on_ctrl_c() -> None:
         rest = await asyncio.wait_for(proc.stderr.read(), 10)
         await proc.wait()
     assert proc.returncode == 0 and rest == b""
+
+
+async def status_of(client: TestClient[Any, Any]) -> int:
+    """The status of one chat request (whatever the body: JSON or a proxy's HTML)."""
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    resp.release()
+    return resp.status
+
+
+async def test_outage_window_answers_502_html(make_client: MakeClient, clock: FakeClock) -> None:
+    client = await make_client(outage_at=10, outage_for=5)
+    assert await status_of(client) == 200
+    clock.now += 10
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    text = await resp.text()
+    assert resp.status == 502 and resp.content_type == "text/html"
+    assert "<title>502 Bad Gateway</title>" in text and "x-request-id" not in resp.headers
+    models = await client.get("/v1/models")
+    assert models.status == 502
+    clock.now += 4.999
+    assert await status_of(client) == 502
+    clock.now += 0.001
+    assert await status_of(client) == 200
+    stats = await (await client.get("/stats")).json()  # /stats itself is not behind it
+    # API requests only, like "requests" (GET /v1/models is not counted)
+    assert stats["outage"] == 2 and stats["by_status"] == {"200": 2, "502": 2}
+    assert stats["requests"] == 4 and stats["n_5xx"] == 2
+
+
+async def test_outage_is_not_charged(make_client: MakeClient, clock: FakeClock) -> None:
+    client = await make_client(rpm=2, outage_at=0, outage_for=1)
+    for _ in range(5):
+        assert await status_of(client) == 502
+    clock.now += 1
+    statuses = [await status_of(client) for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the full bucket of 2 was still there
+
+
+async def test_outage_reset_mode(make_client: MakeClient) -> None:
+    client = await make_client(outage_at=0, outage_for=3600, outage_mode="reset")
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.post("/v1/chat/completions", json=CHAT)
+    stats = await (await client.get("/stats")).json()
+    assert stats["outage"] == 1 and stats["resets"] == 0 and stats["by_status"] == {}
+
+
+async def test_outage_mixed_mode_gives_both(make_client: MakeClient) -> None:
+    client = await make_client(outage_at=0, outage_for=3600, outage_mode="mixed", seed=3)
+    seen = set()
+    for _ in range(20):
+        try:
+            seen.add((await client.post("/v1/chat/completions", json=CHAT)).status)
+        except aiohttp.ClientConnectionError:
+            seen.add("reset")
+    assert seen == {502, "reset"}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"outage_at": -1, "outage_for": 5}, {"outage_at": 0, "outage_for": -1},
+     {"outage_mode": "down"}],
+    ids=["at", "for", "mode"],
+)
+def test_config_rejects_bad_outage(config: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        MockConfig(**config)
+
+
+def test_cli_outage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[MockConfig] = []
+    monkeypatch.setattr("processor.mockserver.run", lambda config, host, port: seen.append(config))
+    args = ["mock-server", "--port", "0", "--outage-at", "30", "--outage-for", "5",
+            "--outage-mode", "reset", "--truncate", "0.1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert (config.outage_at, config.outage_for, config.outage_mode) == (30, 5, "reset")
+    assert config.truncate == 0.1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--outage-mode", "down"], "--outage-mode"), (["--outage-at", "-1"], "--outage-at"),
+     (["--fail-500", "2"], "fault probabilities")],
+    ids=["mode", "negative", "probability"],
+)
+def test_cli_refuses_bad_mock_options(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                      message: str) -> None:
+    monkeypatch.setattr("processor.mockserver.run", lambda *a: pytest.fail("server started"))
+    result = CliRunner().invoke(app, ["mock-server", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+async def _cli_run(api: Any, tmp_path: Path, n: int) -> tuple[int, str, Path]:
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
+    proc = await start_cli(job, api.base_url, "--max-attempts", "8", max_in_flight=8)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode(), job
+
+
+@pytest.mark.slow
+async def test_cli_survives_cut_streams(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(truncate=0.1, seed=11)
+    code, err, job = await _cli_run(api, tmp_path, 30)
+    assert code == 0, err
+    results = read_jsonl(tmp_path / "job.results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"req-{i}" for i in range(30))
+    assert all(r["response"]["status_code"] == 200 for r in results)
+    assert api.stats.truncated > 0 and api.stats.ok == 30
+
+
+@pytest.mark.slow
+async def test_cli_rides_out_a_short_outage(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(outage_at=0, outage_for=0.5, outage_mode="mixed", seed=2)
+    code, err, job = await _cli_run(api, tmp_path, 20)
+    assert code == 0, err
+    results = read_jsonl(tmp_path / "job.results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"req-{i}" for i in range(20))
+    assert api.stats.outage > 0 and api.stats.ok == 20
+    assert not (tmp_path / "job.errors.jsonl").exists() or not read_jsonl(
+        tmp_path / "job.errors.jsonl")

@@ -78,15 +78,21 @@ class _Server:
             return None
         return error_body(bodies.BAD_KEY, "invalid_request_error", "invalid_api_key")
 
-    def _outage(self, request: web.Request, now: float) -> web.Response | None:
-        """During the outage: the load balancer's 502, or a reset; else ``None``."""
+    def _outage(self, request: web.Request, now: float, count: bool = True
+                ) -> web.Response | None:
+        """During the outage: the load balancer's 502, or a reset; else ``None``.
+
+        ``count``: count it in the stats (API requests; not ``GET /v1/models``).
+        """
         action = self.faults.outage_action(now)
         if action is None:
             return None
-        self.stats.outage += 1
+        if count:
+            self.stats.outage += 1
+            if action is OutageMode.BAD_GATEWAY:
+                self.stats.count_status(502)
         if action is OutageMode.RESET:
             return abort(request)
-        self.stats.count_status(502)
         return web.Response(status=502, body=bodies.BAD_GATEWAY_HTML,
                             content_type="text/html", charset="utf-8")
 
@@ -178,7 +184,7 @@ class _Server:
         return handle
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        down = self._outage(request, self.clock())
+        down = self._outage(request, self.clock(), count=False)
         if down is not None:
             return down
         problem = self._auth(request, False)
