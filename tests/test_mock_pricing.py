@@ -165,3 +165,67 @@ def test_the_server_prices_on_its_own() -> None:
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not set(alias.name.split(".")) & banned, path.name
+
+
+# -- the client against the server's own charge ------------------------------------------
+
+_DESCRIPTION = "Look up a product in the catalogue by its name and return all its fields. "
+_BIG_TOOLS = [{"type": "function", "function": {
+    "name": f"lookup_{k}", "description": _DESCRIPTION * 3,
+    "parameters": {"type": "object", "properties": {"name": {"type": "string"}}}}}
+    for k in range(4)]
+_CLIENT_IGNORES = "client bug (reported): the character estimate leaves out "
+
+AGREEMENT: list[Any] = [
+    pytest.param("/v1/chat/completions", lambda i: chat(f"Question number {i}?", max_tokens=20,
+                                                        model="gpt-4o-mini"), id="chat"),
+    pytest.param("/v1/chat/completions", lambda i: chat(
+        [{"type": "text", "text": f"Describe {i}"}, image(png(150 + i, 150))], max_tokens=20),
+        id="chat-image"),
+    pytest.param("/v1/embeddings", lambda i: {"model": "text-embedding-3-small",
+                                              "input": [f"doc {i}", "another"]}, id="embeddings"),
+    pytest.param("/v1/completions", lambda i: {"model": "gpt-3.5-turbo-instruct",
+                                               "prompt": f"Say {i}", "max_tokens": 20},
+                 id="completions"),
+    pytest.param("/v1/responses", lambda i: {"model": "gpt-4o-mini", "input": f"Question {i}?",
+                                             "instructions": "be brief",
+                                             "max_output_tokens": 20}, id="responses"),
+    pytest.param("/v1/chat/completions", lambda i: chat(
+        f"Question {i}?", max_tokens=10, tools=_BIG_TOOLS, model="gpt-4o-mini"),
+        id="chat-tools", marks=pytest.mark.xfail(
+            strict=True, reason=_CLIENT_IGNORES + "tools")),
+    pytest.param("/v1/responses", lambda i: {"model": "gpt-4o-mini", "input": f"Question {i}?",
+                                             "max_output_tokens": 10, "tools": _BIG_TOOLS},
+                 id="responses-tools", marks=pytest.mark.xfail(
+                     strict=True, reason=_CLIENT_IGNORES + "tools")),
+    pytest.param("/v1/completions", lambda i: {"model": "gpt-3.5-turbo-instruct",
+                                               "prompt": [f"p{i}-{j}" for j in range(8)],
+                                               "max_tokens": 20},
+                 id="completions-batch", marks=pytest.mark.xfail(
+                     strict=True, reason="client bug (reported): max_tokens is charged once, "
+                     "not once per prompt of a batch")),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "make"), AGREEMENT)
+async def test_client_within_the_servers_limit_gets_no_429(
+    mock_api: Any, tmp_path: Path, endpoint: str, make: Any
+) -> None:
+    # Both sides told the same TPM, the server's bucket empty at start: a client that
+    # charges each request at least what the server charges never meets a 429.
+    from processor import JobConfig, run_job
+
+    from .conftest import write_jsonl
+
+    n = 20
+    bodies = [make(i) for i in range(n)]
+    tpm = max(cost_of(b, endpoint) for b in bodies) * 60 * 40  # about 40 requests a second
+    api = await mock_api(tpm=tpm, initial_fill=0.0)
+    job = write_jsonl(tmp_path / "job.jsonl", [
+        {"custom_id": f"r{i}", "method": "POST", "url": endpoint, "body": b}
+        for i, b in enumerate(bodies)])
+    stats = await run_job(job, JobConfig(
+        base_url=api.base_url, tpm=tpm, rpm=None, auto_rpm=False, auto_tpm=False,
+        allow_download=False, max_attempts=30, backoff_base=0.01, backoff_cap=0.05))
+    assert stats.ok == n
+    assert api.stats.n_429 == 0
