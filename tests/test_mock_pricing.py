@@ -229,3 +229,15 @@ async def test_client_within_the_servers_limit_gets_no_429(
         allow_download=False, max_attempts=30, backoff_base=0.01, backoff_cap=0.05))
     assert stats.ok == n
     assert api.stats.n_429 == 0
+
+
+def test_hostile_shapes_are_priced_not_crashed() -> None:
+    deep: Any = "x"
+    for _ in range(900):  # deeper than orjson writes, within what it reads
+        deep = [deep]
+    assert price(chat("hi", tools=deep), "chat").prompt >= 1
+    assert price({"model": "m", "input": deep}, "embeddings").prompt >= 1
+    thin = price(chat([image(png(1, 100_000))], model="gpt-4.1-mini"), "chat").prompt
+    assert thin == 2489  # a 1 px wide strip: capped at 1536 patches (x 1.62), never 0
+    odd = {"model": 7, "n": "2", "max_tokens": True, "messages": [None, 3, {"content": 5}]}
+    assert price(odd, "chat").completion == 0

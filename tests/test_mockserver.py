@@ -357,6 +357,17 @@ async def test_400(make_client: MakeClient, body: Any, param: str | None) -> Non
     assert data["error"]["param"] == param
 
 
+async def test_unreadable_image_is_400(make_client: MakeClient) -> None:
+    client = await make_client(tpm=1_000_000)
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]}
+    resp, data = await post(client, body)
+    assert resp.status == 400
+    assert_openai_error(data, "invalid_request_error", "invalid_image_format")
+    stats = await (await client.get("/stats")).json()
+    assert stats["tokens_charged"] == 0
+
+
 async def test_404_unknown_model(make_client: MakeClient) -> None:
     client = await make_client(models=frozenset({"gpt-4o-mini"}))
     resp, data = await post(client)

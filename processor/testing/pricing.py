@@ -113,8 +113,11 @@ def price(body: Mapping[str, Any], kind: str) -> Price:
 def _json(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return str(value)
+    except (TypeError, orjson.JSONEncodeError):  # nested deeper than orjson writes
+        try:
+            return str(value)
+        except RecursionError:
+            return ""
 
 
 def _content(content: Any, model: str) -> tuple[int, int]:
@@ -208,8 +211,10 @@ def _patch_count(width: int, height: int) -> int:
     # The guide: scale so that 1536 patches cover the area, then a bit more so the side
     # that overshoots most is a whole number of patches.
     r = math.sqrt(32 * 32 * 1536 / (width * height))
-    r *= min(math.floor(side * r / 32) / (side * r / 32) for side in (width, height))
-    return min(1536, math.ceil(round(width * r / 32, 6)) * math.ceil(round(height * r / 32, 6)))
+    r *= min(math.floor(f) / f if f >= 1 else 1.0 for f in (width * r / 32, height * r / 32))
+    # a side thinner than one patch still takes one
+    return min(1536, max(1, math.ceil(round(width * r / 32, 6)))
+               * max(1, math.ceil(round(height * r / 32, 6))))
 
 
 def _data_url_bytes(url: str) -> bytes:
