@@ -663,3 +663,12 @@ async def test_cli_rides_out_a_short_outage(mock_api: Any, tmp_path: Path) -> No
     assert api.stats.outage > 0 and api.stats.ok == 20
     assert not (tmp_path / "job.errors.jsonl").exists() or not read_jsonl(
         tmp_path / "job.errors.jsonl")
+
+
+def test_old_import_path_re_exports_the_package() -> None:
+    import processor.mockserver
+    import processor.testing
+
+    assert processor.mockserver.__all__ == processor.testing.__all__
+    for name in processor.testing.__all__:
+        assert getattr(processor.mockserver, name) is getattr(processor.testing, name)
