@@ -67,8 +67,9 @@ class MockServer:
         rpm, tpm: limits (None: unlimited).
         latency_ms: fixed latency of each answer.
         initial_fill: share of the per-minute buckets available at start.
-        faults: extra fault options, e.g. ``{"fail-500": 0.05}``.
+        faults: extra numeric options, e.g. ``{"fail-500": 0.05}``.
         seed: the fault seed.
+        options: further command-line options, as given (e.g. ``["--outage-mode", "reset"]``).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class MockServer:
         initial_fill: float | None = None,
         faults: dict[str, float] | None = None,
         seed: int | None = None,
+        options: Sequence[str] = (),
     ) -> None:
         self.log_path = log_path
         self.port = 0
@@ -95,6 +97,7 @@ class MockServer:
             self.args += [f"--{name}", f"{value:g}"]
         if seed is not None:
             self.args += ["--seed", str(seed)]
+        self.args += list(options)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 

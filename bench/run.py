@@ -10,7 +10,9 @@ measured around the subprocess; CPU time and peak RSS come from ``os.wait4``. A 
 of medians and the issue's targets goes to stderr at the end.
 
 ``big`` and ``resume`` run once whatever ``--repeat`` says (they take minutes);
-``--quick`` shrinks them (200k lines instead of 1M). ``--profile`` then runs the
+``--quick`` shrinks them (200k lines instead of 1M). ``soak`` (issue 9, bench/soak.py:
+faults, an outage and SIGKILLs, rerun until done) runs only when named, once: about 6
+minutes, 2 with ``--quick``. ``--profile`` then runs the
 ``ceiling`` client under py-spy (pyinstrument if py-spy cannot sample) and prints the
 top 15 functions by own time (``--profile-only``: just that).
 """
@@ -40,6 +42,7 @@ from typing import Any  # noqa: E402
 import jobgen  # noqa: E402
 import orjson  # noqa: E402
 import profiling  # noqa: E402
+import soak as soak_scenario  # noqa: E402
 import summary  # noqa: E402
 from _harness import (  # noqa: E402
     BATCHPROC,
@@ -393,6 +396,11 @@ def resume(ctx: Ctx) -> Row:
     return row
 
 
+def soak(ctx: Ctx) -> Row:
+    """100,000 chats (10,000 with --quick) through faults, one outage and SIGKILLs + reruns."""
+    return soak_scenario.soak(ctx, log, lower_bound)
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Row]] = {
     "steady": steady,
     "steady-short": steady_short,
@@ -403,8 +411,11 @@ SCENARIOS: dict[str, Callable[[Ctx], Row]] = {
     "ceiling": ceiling,
     "big": big,
     "resume": resume,
+    "soak": soak,
 }
-ONCE = {"big", "resume"}
+ONCE = {"big", "resume", "soak"}
+#: scenarios run only when named with --scenario.
+OPT_IN = {"soak"}
 
 
 # -- profile ---------------------------------------------------------------------------
@@ -460,10 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark batchproc against the mock server (JSON lines on stdout).")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
-                        help="scenario to run (repeatable; default: all)")
+                        help="scenario to run (repeatable; default: all but soak)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per scenario (big and resume always run once)")
-    parser.add_argument("--quick", action="store_true", help="big/resume at 200k lines, not 1M")
+    parser.add_argument("--quick", action="store_true",
+                        help="big/resume at 200k lines, not 1M; soak at 10k, not 100k")
     parser.add_argument("--profile", action="store_true",
                         help="after the scenarios, profile the ceiling client and print the "
                         "top 15 functions by own time")
@@ -475,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", metavar="FILE", type=Path,
                         help="also write the medians and targets as Markdown to FILE")
     args = parser.parse_args(argv)
-    names = [] if args.profile_only else args.scenario or list(SCENARIOS)
+    names = [] if args.profile_only else args.scenario or [
+        name for name in SCENARIOS if name not in OPT_IN]
     # Byte-compile the package once, as `pip install` does: the client then starts
     # like an installed one even where PYTHONDONTWRITEBYTECODE is set.
     import compileall

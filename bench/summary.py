@@ -30,6 +30,9 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "big": [("peak_rss_mb", "<=", 100.0), ("rss_ratio", "<=", 1.10)],
     # Not targets from the issue: a resumed run must still finish the job exactly once.
     "resume": [("n_missing", "==", 0), ("n_duplicates", "==", 0)],
+    # Issue 9: through kills, faults and an outage, nothing lost, nothing twice, and (once
+    # an outage no longer writes requests off) nothing failed for good.
+    "soak": [("n_missing", "==", 0), ("n_duplicates", "==", 0), ("n_failed", "==", 0)],
 }
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq,
@@ -41,7 +44,7 @@ STANDARD = ("scenario", "n", "rpm", "tpm", "wall_s", "lower_bound_s", "efficienc
 # Per-run details left out of the "extra" column of the tables.
 _QUIET = {"repeat", "exit_code", "n_invalid_json", "n_unexpected", "error_codes", "server",
           "client_stderr_tail", "time_to_first_request_s", "server_requests",
-          "load_1m_before"}
+          "load_1m_before", "exit_codes", "quick"}
 
 _COLUMNS = (
     ("scenario", "scenario"), ("runs", "runs"), ("n", "n"), ("wall_s", "wall s"),

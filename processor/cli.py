@@ -294,17 +294,31 @@ def mock_server(
     seed: Annotated[int | None, typer.Option(help="Random seed for faults.")] = None,
     api_key_env: Annotated[str | None, typer.Option(
         help="Require the key held in this environment variable.")] = None,
+    outage_at: Annotated[float | None, typer.Option(
+        min=0, help="Seconds after start when an outage begins.")] = None,
+    outage_for: Annotated[float, typer.Option(
+        min=0, help="Seconds the outage lasts.")] = 60.0,
+    outage_mode: Annotated[str, typer.Option(
+        help="What requests get during the outage: '502' (a load balancer's HTML page), "
+        "'reset' (connection reset) or 'mixed'.")] = "502",
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
-    from .mockserver import MockConfig
+    from .mockserver import MockConfig, OutageMode
     from .mockserver import run as run_mock
 
-    config = MockConfig(
-        rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd, initial_fill=initial_fill, latency_ms=latency_ms,
-        latency_jitter_ms=latency_jitter_ms, fail_500=fail_500, fail_503=fail_503, reset=reset,
-        hang=hang, truncate=truncate, seed=seed,
-        api_key=os.environ.get(api_key_env) if api_key_env else None,
-    )
+    modes = [m.value for m in OutageMode]
+    if outage_mode not in modes:
+        raise typer.BadParameter(f"must be one of {', '.join(modes)}", param_hint="--outage-mode")
+    try:
+        config = MockConfig(
+            rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd, initial_fill=initial_fill,
+            latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms, fail_500=fail_500,
+            fail_503=fail_503, reset=reset, hang=hang, truncate=truncate, seed=seed,
+            api_key=os.environ.get(api_key_env) if api_key_env else None,
+            outage_at=outage_at, outage_for=outage_for, outage_mode=OutageMode(outage_mode),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     run_mock(config, host, port)
 
 

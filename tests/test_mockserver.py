@@ -11,13 +11,16 @@ import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from typer.testing import CliRunner
 
+from processor.cli import app
 from processor.mockserver import (
     STATS_KEY,
     MockConfig,
@@ -27,7 +30,8 @@ from processor.mockserver import (
     format_duration,
     serve,
 )
-from processor.tokens import estimate_request_cost
+
+from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
 KEY = "sk-test-0123456789"
@@ -130,8 +134,7 @@ async def test_chat_shape_and_usage(make_client: MakeClient) -> None:
     assert choice["message"] == {"role": "assistant", "content": "Mock answer to: hello there"}
     assert choice["finish_reason"] == "stop" and choice["logprobs"] is None
     usage = data["usage"]
-    cost = estimate_request_cost(body, "/v1/chat/completions")
-    assert usage["prompt_tokens"] == cost.prompt_tokens
+    assert usage["prompt_tokens"] == 3  # "hello there": 11 characters / 4, rounded up
     assert usage["completion_tokens"] % 2 == 0 and 0 < usage["completion_tokens"] <= 7 * 2
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
@@ -157,7 +160,8 @@ async def test_completions_shape(make_client: MakeClient) -> None:
         "Mock completion of: one",
         "Mock completion of: two",
     ]
-    assert data["usage"]["prompt_tokens"] == cost_of(body, "/v1/completions") - 3 * 1
+    assert data["usage"]["prompt_tokens"] == 2  # one token per 3-character prompt
+    assert cost_of(body, "/v1/completions") == 2 + 3 * 2  # max_tokens per prompt
     assert data["usage"]["completion_tokens"] <= 3 * 2
 
 
@@ -193,7 +197,7 @@ async def test_responses_shape(make_client: MakeClient) -> None:
     assert message["content"][0]["type"] == "output_text"
     assert message["content"][0]["text"] == "Mock answer to: what is up"
     usage = data["usage"]
-    assert usage["input_tokens"] == estimate_request_cost(body, "/v1/responses").prompt_tokens
+    assert usage["input_tokens"] == 3  # "what is up": 10 characters / 4, rounded up
     assert 0 < usage["output_tokens"] <= 4
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
@@ -295,7 +299,7 @@ async def test_tpm_429_reports_tokens(make_client: MakeClient) -> None:
 
 async def test_request_too_large(make_client: MakeClient) -> None:
     client = await make_client(tpm=100)
-    resp, data = await post(client)
+    resp, data = await post(client, {**CHAT, "max_tokens": 98})  # 3 + 98 tokens
     assert resp.status == 429
     assert_openai_error(data, "tokens", "rate_limit_exceeded")
     assert data["error"]["message"].startswith("Request too large for gpt-4o")
@@ -353,6 +357,17 @@ async def test_400(make_client: MakeClient, body: Any, param: str | None) -> Non
     assert data["error"]["param"] == param
 
 
+async def test_unreadable_image_is_400(make_client: MakeClient) -> None:
+    client = await make_client(tpm=1_000_000)
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]}
+    resp, data = await post(client, body)
+    assert resp.status == 400
+    assert_openai_error(data, "invalid_request_error", "invalid_image_format")
+    stats = await (await client.get("/stats")).json()
+    assert stats["tokens_charged"] == 0
+
+
 async def test_404_unknown_model(make_client: MakeClient) -> None:
     client = await make_client(models=frozenset({"gpt-4o-mini"}))
     resp, data = await post(client)
@@ -386,14 +401,32 @@ async def test_server_errors(make_client: MakeClient, status: int) -> None:
     assert data["error"]["message"].startswith("The server had an error")
 
 
-async def test_truncated_body_is_invalid_json(make_client: MakeClient) -> None:
+async def test_truncate_cuts_the_stream(make_client: MakeClient) -> None:
+    # The headers promise the whole body; half of it arrives, then the connection closes.
     client = await make_client(truncate=1.0)
     resp = await client.post("/v1/chat/completions", json=CHAT)
-    raw = await resp.read()
-    assert resp.status == 200
-    assert int(resp.headers["Content-Length"]) == len(raw) > 0
-    with pytest.raises(orjson.JSONDecodeError):
-        orjson.loads(raw)
+    assert resp.status == 200 and int(resp.headers["Content-Length"]) > 100
+    with pytest.raises(aiohttp.ClientPayloadError, match="content length"):
+        await resp.read()
+    stats = await (await client.get("/stats")).json()
+    assert stats["truncated"] == 1 and stats["ok"] == 0 and stats["by_status"] == {"200": 1}
+
+
+async def test_truncate_at_the_socket(make_client: MakeClient) -> None:
+    # Below aiohttp: fewer body bytes than Content-Length, then EOF (not a reset).
+    client = await make_client(truncate=1.0)
+    body = orjson.dumps(CHAT)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)  # to EOF
+    writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    assert head.startswith(b"HTTP/1.1 200") and 0 < len(rest) < length
 
 
 async def test_reset_drops_connection(make_client: MakeClient) -> None:
@@ -442,6 +475,7 @@ async def test_stats_and_reset(make_client: MakeClient) -> None:
         "resets": 0,
         "hangs": 0,
         "truncated": 0,
+        "outage": 0,
         "tokens_charged": cost_of(CHAT, "/v1/chat/completions"),
         "by_status": {"200": 1, "429": 1, "400": 1},
     }
@@ -507,3 +541,134 @@ async def test_run_announces_and_stops_quietly_on_ctrl_c() -> None:
         rest = await asyncio.wait_for(proc.stderr.read(), 10)
         await proc.wait()
     assert proc.returncode == 0 and rest == b""
+
+
+async def status_of(client: TestClient[Any, Any]) -> int:
+    """The status of one chat request (whatever the body: JSON or a proxy's HTML)."""
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    resp.release()
+    return resp.status
+
+
+async def test_outage_window_answers_502_html(make_client: MakeClient, clock: FakeClock) -> None:
+    client = await make_client(outage_at=10, outage_for=5)
+    assert await status_of(client) == 200
+    clock.now += 10
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    text = await resp.text()
+    assert resp.status == 502 and resp.content_type == "text/html"
+    assert "<title>502 Bad Gateway</title>" in text and "x-request-id" not in resp.headers
+    models = await client.get("/v1/models")
+    assert models.status == 502
+    clock.now += 4.999
+    assert await status_of(client) == 502
+    clock.now += 0.001
+    assert await status_of(client) == 200
+    stats = await (await client.get("/stats")).json()  # /stats itself is not behind it
+    # API requests only, like "requests" (GET /v1/models is not counted)
+    assert stats["outage"] == 2 and stats["by_status"] == {"200": 2, "502": 2}
+    assert stats["requests"] == 4 and stats["n_5xx"] == 2
+
+
+async def test_outage_is_not_charged(make_client: MakeClient, clock: FakeClock) -> None:
+    client = await make_client(rpm=2, outage_at=0, outage_for=1)
+    for _ in range(5):
+        assert await status_of(client) == 502
+    clock.now += 1
+    statuses = [await status_of(client) for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the full bucket of 2 was still there
+
+
+async def test_outage_reset_mode(make_client: MakeClient) -> None:
+    client = await make_client(outage_at=0, outage_for=3600, outage_mode="reset")
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.post("/v1/chat/completions", json=CHAT)
+    stats = await (await client.get("/stats")).json()
+    assert stats["outage"] == 1 and stats["resets"] == 0 and stats["by_status"] == {}
+
+
+async def test_outage_mixed_mode_gives_both(make_client: MakeClient) -> None:
+    client = await make_client(outage_at=0, outage_for=3600, outage_mode="mixed", seed=3)
+    seen = set()
+    for _ in range(20):
+        try:
+            seen.add((await client.post("/v1/chat/completions", json=CHAT)).status)
+        except aiohttp.ClientConnectionError:
+            seen.add("reset")
+    assert seen == {502, "reset"}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"outage_at": -1, "outage_for": 5}, {"outage_at": 0, "outage_for": -1},
+     {"outage_mode": "down"}],
+    ids=["at", "for", "mode"],
+)
+def test_config_rejects_bad_outage(config: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        MockConfig(**config)
+
+
+def test_cli_outage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[MockConfig] = []
+    monkeypatch.setattr("processor.mockserver.run", lambda config, host, port: seen.append(config))
+    args = ["mock-server", "--port", "0", "--outage-at", "30", "--outage-for", "5",
+            "--outage-mode", "reset", "--truncate", "0.1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert (config.outage_at, config.outage_for, config.outage_mode) == (30, 5, "reset")
+    assert config.truncate == 0.1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--outage-mode", "down"], "--outage-mode"), (["--outage-at", "-1"], "--outage-at"),
+     (["--fail-500", "2"], "fault probabilities")],
+    ids=["mode", "negative", "probability"],
+)
+def test_cli_refuses_bad_mock_options(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                      message: str) -> None:
+    monkeypatch.setattr("processor.mockserver.run", lambda *a: pytest.fail("server started"))
+    result = CliRunner().invoke(app, ["mock-server", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+async def _cli_run(api: Any, tmp_path: Path, n: int) -> tuple[int, str, Path]:
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
+    proc = await start_cli(job, api.base_url, "--max-attempts", "8", max_in_flight=8)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode(), job
+
+
+@pytest.mark.slow
+async def test_cli_survives_cut_streams(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(truncate=0.1, seed=11)
+    code, err, job = await _cli_run(api, tmp_path, 30)
+    assert code == 0, err
+    results = read_jsonl(tmp_path / "job.results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"req-{i}" for i in range(30))
+    assert all(r["response"]["status_code"] == 200 for r in results)
+    assert api.stats.truncated > 0 and api.stats.ok == 30
+
+
+@pytest.mark.slow
+async def test_cli_rides_out_a_short_outage(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(outage_at=0, outage_for=0.5, outage_mode="mixed", seed=2)
+    code, err, job = await _cli_run(api, tmp_path, 20)
+    assert code == 0, err
+    results = read_jsonl(tmp_path / "job.results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"req-{i}" for i in range(20))
+    assert api.stats.outage > 0 and api.stats.ok == 20
+    assert not (tmp_path / "job.errors.jsonl").exists() or not read_jsonl(
+        tmp_path / "job.errors.jsonl")
+
+
+def test_old_import_path_re_exports_the_package() -> None:
+    import processor.mockserver
+    import processor.testing
+
+    assert processor.mockserver.__all__ == processor.testing.__all__
+    for name in processor.testing.__all__:
+        assert getattr(processor.mockserver, name) is getattr(processor.testing, name)
