@@ -6,15 +6,21 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
+from .edits import find_changes, supersede
 from .engine import Engine, Lane, Sink
 from .errors import ConfigError
 from .jobs import (
     DEFAULT_ENDPOINT,
+    BadLine,
     Job,
     ResultWriter,
     count_lines,
@@ -23,7 +29,14 @@ from .jobs import (
     line_hash,
 )
 from .limits import Limiter
-from .resume import ResumeState, load_state, move_aside
+from .resume import (
+    POSITIONAL_PREFIX,
+    ResumeState,
+    ScanInterrupted,
+    load_state,
+    move_aside,
+    stop_check,
+)
 from .retry import Fallback, RetryPolicy
 from .stats import Stats
 from .tokens import DEFAULT_MAX_TOKENS, Cost, TokenCounter
@@ -69,6 +82,10 @@ class JobConfig:
         grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
         fresh: move old outputs aside and start over.
         retry_failed: send again the requests that failed for good in earlier runs.
+        resend_changed: lines whose content changed since they were answered (or failed
+            for good) are sent again, their earlier records moved to side files. Without
+            it, a changed line without a custom_id (named by its position) stops the run
+            before anything is sent, and one with a custom_id keeps its old answer.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -99,6 +116,7 @@ class JobConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     allow_download: bool = True
+    resend_changed: bool = False
 
 
 async def run_job(
@@ -135,29 +153,37 @@ async def run_job(
         if value:
             stats.limits[name] = value
     # File work before the first request (resume scan, line count) runs in a thread so
-    # that a caller's event loop is never blocked by it.
-    state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
-                                    count_total)
-
-    parts = build_parts(cfg)
-    counter = parts.counter
-    skip = _resume_filter(state, cfg.retry_failed, stats)
-    writer = ResultWriter(out_path, err_path)
-    async with parts.client() as client:
-        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
-        reported = state.bad_lines
-        source = (
-            item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip)
-            # Lines reported bad before (unparsable, or a request that cannot be
-            # costed) are not reported again.
-            if not (reported and item.line in reported)
-        )
-        remove = _install_signals(engine) if handle_signals else (lambda: None)
+    # that a caller's event loop is never blocked by it. Signals are handled from before
+    # it starts: Ctrl-C during a long scan stops it within a few thousand lines.
+    signals = _SignalStop(stats) if handle_signals else None
+    try:
         try:
-            await engine.run(source)
-        finally:
-            remove()
-            writer.close()
+            state = await asyncio.to_thread(
+                _prepare_files, cfg, src, out_path, err_path, stats, count_total,
+                signals.flag if signals else None)
+        except ScanInterrupted:
+            stats.finished = time.monotonic()
+            stats.notes.append("stopped while reading the earlier outputs; nothing was sent")
+            return stats
+
+        parts = build_parts(cfg)
+        counter = parts.counter
+        skip = _resume_filter(state, cfg.retry_failed, stats)
+        writer = ResultWriter(out_path, err_path)
+        async with parts.client() as client:
+            engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
+            if signals is not None:
+                signals.attach(engine)
+            source = _unreported(
+                iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip), state, stats,
+                _sendable(parts))
+            try:
+                await engine.run(source)
+            finally:
+                writer.close()
+    finally:
+        if signals is not None:
+            signals.remove()
     if stats.skipped_failed:
         stats.notes.append(
             f"{stats.skipped_failed:,} requests failed for good in an earlier run and were "
@@ -165,6 +191,7 @@ async def run_job(
     if stats.changed:
         stats.notes.append(_changed_note(stats.changed, stats.changed_examples))
         log.warning("%s", stats.notes[-1])
+    _edit_notes(stats)
     stats.notes.append(f"results: {out_path}")
     stats.notes.append(f"errors:  {err_path}")
     counter.wait_loaded(timeout=1.0)
@@ -229,9 +256,16 @@ def build_parts(cfg: JobConfig) -> Parts:
 
 
 def _prepare_files(
-    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool
+    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool,
+    stop: threading.Event | None = None,
 ) -> ResumeState:
-    """Check the input, move or repair old outputs, read what they hold, count lines."""
+    """Check the input, move or repair old outputs, read what they hold, count lines.
+
+    Raises:
+        ConfigError: the input is missing, or lines without a custom_id changed since
+            they were answered (and ``resend_changed`` is off).
+        ScanInterrupted: ``stop`` was set during the scan.
+    """
     if not src.is_file():
         raise ConfigError(f"input file not found: {src}")
     if cfg.fresh:
@@ -239,15 +273,60 @@ def _prepare_files(
             moved = move_aside(p)
             if moved:
                 stats.notes.append(f"--fresh: moved {p} to {moved}")
-    state = load_state(out_path, err_path)
+    if out_path.exists() or err_path.exists():
+        log.info("reading the earlier outputs (%s, %s) to resume", out_path, err_path)
+    state = load_state(out_path, err_path, stop=stop)
     for side in state.torn:
         stats.notes.append(f"repaired a torn last line; its bytes are in {side}")
     if cfg.retry_failed and len(state.failed):
         moved = move_aside(err_path)
         stats.notes.append(f"--retry-failed: previous errors moved to {moved}")
-        state.bad_lines.clear()
+        state.forget_bad_lines()
+    if len(state.done) and not state.has_ledger:
+        stats.notes.append(
+            f"{out_path} has no ledger beside it (written by another tool or an older "
+            "version): edits to the input since those answers cannot be detected")
+    if state.comparable and (state.positional or cfg.resend_changed):
+        state = _check_edits(cfg, src, out_path, err_path, stats, state, stop)
     if count_total:
-        stats.total = count_lines(src)
+        stats.total = count_lines(src, cancel=stop_check(stop))
+    return state
+
+
+def _check_edits(
+    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats,
+    state: ResumeState, stop: threading.Event | None,
+) -> ResumeState:
+    """Refuse, or retire the old records of, lines that changed since their last run."""
+    changes = find_changes(src, state, explicit=cfg.resend_changed,
+                           failed=not cfg.retry_failed, stop=stop)
+    if not changes.total:
+        state.verified_positional = True
+        return state
+    if not cfg.resend_changed:
+        lines = ", ".join(str(n) for n in changes.lines)
+        more = ", ..." if changes.positional > len(changes.lines) else ""
+        raise ConfigError(
+            f"the input changed since the last run: {changes.positional:,} line(s) without "
+            f"a custom_id differ from the ones answered or failed before (lines {lines}{more})."
+            " Such lines are named by their position (line-<N>), so an edit above an "
+            "answered line gives every line below it another line's id, and their old "
+            "answers no longer match. Rerun with --resend-changed to send the changed lines "
+            "again (their earlier records are moved to side files), or with --fresh to "
+            "start over (old outputs are moved aside); give lines a custom_id to make "
+            "edits safe.")
+    moved = supersede(out_path, err_path, changes.ids)
+    examples = [f"line {n}" for n in changes.lines] + changes.examples
+    stats.superseded = changes.total
+    stats.notes.append(
+        f"--resend-changed: {changes.total:,} changed line(s) are sent again "
+        f"(e.g. {', '.join(examples[:5])}); their earlier records were moved to "
+        + ", ".join(f"{side.name} ({n:,})" for side, n in moved))
+    # Read the outputs again: the moved ids are no longer done or failed.
+    state = load_state(out_path, err_path, stop=stop)
+    if cfg.retry_failed and not len(state.failed):
+        state.forget_bad_lines()
+    state.verified_positional = True
     return state
 
 
@@ -257,32 +336,77 @@ def _resume_filter(
     """The ``skip`` test for a rerun: done ids (and failed ones unless retried) are left out.
 
     A done id whose input line hashes differently from the one answered (per the
-    ledger) is counted as changed; its old answer is kept.
+    ledger) is counted as changed; its old answer is kept. A failed id whose line
+    changed since it failed is a new request: it is sent again. Lines named by their
+    position were compared before the run (:func:`_check_edits`), so they are not
+    hashed again here.
     """
     if state.empty:
         return None
     done, failed = state.done, state.failed
     check_changes = state.has_ledger
+    verified = state.verified_positional
 
     def skip(custom_id: str, raw: bytes) -> bool:
         # One lookup: None, or the low 32 bits of the answered line's hash (0: unknown).
         answered = done.get(custom_id)
         if answered is not None:
             stats.skipped += 1
-            if check_changes and answered and answered != line_hash(raw) & 0xFFFFFFFF:
+            if check_changes and answered and not (
+                verified and custom_id.startswith(POSITIONAL_PREFIX)
+            ) and answered != line_hash(raw) & 0xFFFFFFFF:
                 stats.changed += 1
                 if len(stats.changed_examples) < 5:
                     stats.changed_examples.append(custom_id)
             return True
-        if custom_id in failed:
+        failed_for = failed.get(custom_id)
+        if failed_for is not None:
             if retry_failed:
                 stats.retried_failed += 1
+                return False
+            if failed_for and failed_for != line_hash(raw) & 0xFFFFFFFF:
+                stats.changed_failed += 1
+                if len(stats.changed_failed_examples) < 5:
+                    stats.changed_failed_examples.append(custom_id)
                 return False
             stats.skipped_failed += 1
             return True
         return False
 
     return skip
+
+
+def _unreported(
+    items: Iterable[Job | BadLine], state: ResumeState, stats: Stats,
+    sendable: Callable[[Job], bool],
+) -> Iterator[Job | BadLine]:
+    """Leave out bad lines reported before; note earlier bad lines that are now valid.
+
+    A bad line is known by its content: the k-th occurrence of the same bad bytes is
+    left out only if at least k were reported. A valid request is never left out
+    because its line number was once bad; one whose bytes were reported bad is left
+    out only if it still cannot be sent (``sendable``: the engine's own checks), since
+    a repeated or misplaced custom_id makes a line bad by where it is, not by what it
+    holds. Records of older versions carry no hash and are matched by line number, for
+    bad lines only.
+    """
+    counts, legacy, reported = state.bad_hashes, state.bad_lines, state.reported_lines
+    if not (counts or legacy or reported):
+        yield from items
+        return
+    for item in items:
+        if counts.get(item.line_hash, 0) > 0:
+            counts[item.line_hash] -= 1
+            if isinstance(item, BadLine) or not sendable(item):
+                continue
+        elif isinstance(item, BadLine):
+            if item.line in legacy:
+                continue
+        if isinstance(item, Job) and item.line in reported:
+            stats.fixed_lines += 1
+            if len(stats.fixed_examples) < 10:
+                stats.fixed_examples.append(item.line)
+        yield item
 
 
 def _changed_note(n: int, examples: list[str]) -> str:
@@ -293,14 +417,65 @@ def _changed_note(n: int, examples: list[str]) -> str:
     )
 
 
-def _install_signals(engine: Engine) -> Callable[[], None]:
-    """First SIGINT/SIGTERM: graceful stop. Second: cancel what is in flight now."""
-    loop = asyncio.get_running_loop()
-    hits = {"n": 0}
+def _sendable(parts: Parts) -> Callable[[Job], bool]:
+    """Whether the engine would accept ``job`` (it serialises and can be costed)."""
 
-    def handler(signame: str) -> None:
-        hits["n"] += 1
-        if hits["n"] == 1:
+    def check(job: Job) -> bool:
+        try:
+            orjson.dumps(job.body)
+            orjson.dumps(job.metadata)
+            parts.cost(job)
+        except Exception:  # noqa: BLE001 - any failure: the engine reports it the same way
+            return False
+        return True
+
+    return check
+
+
+def _edit_notes(stats: Stats) -> None:
+    if stats.fixed_lines:
+        lines = ", ".join(str(n) for n in stats.fixed_examples)
+        more = ", ..." if stats.fixed_lines > len(stats.fixed_examples) else ""
+        stats.notes.append(f"{stats.fixed_lines:,} line(s) reported bad before are now valid "
+                           f"and were sent (lines {lines}{more})")
+    if stats.changed_failed:
+        stats.notes.append(
+            f"{stats.changed_failed:,} request(s) that failed for good before have changed in "
+            f"the input and were sent again (e.g. {', '.join(stats.changed_failed_examples)}); "
+            "their old error records are stale")
+
+
+class _SignalStop:
+    """SIGINT / SIGTERM / SIGHUP for a whole run, start-up scan included.
+
+    During the scan a signal sets :attr:`flag` (the scan thread stops within a few
+    thousand lines); once an engine is attached, the first signal stops it gracefully
+    and the second abandons what is in flight.
+    """
+
+    def __init__(self, stats: Stats) -> None:
+        self.flag = threading.Event()
+        self.stats = stats
+        self.engine: Engine | None = None
+        self.hits = 0
+        self._loop = asyncio.get_running_loop()
+        self._installed: list[signal.Signals] = []
+        # SIGHUP too: a dropped ssh session ends the run like a SIGTERM, with a summary.
+        for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"),
+                          (signal.SIGHUP, "SIGHUP")):
+            try:
+                self._loop.add_signal_handler(sig, self._handle, name)
+                self._installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+
+    def _handle(self, signame: str) -> None:
+        self.hits += 1
+        self.flag.set()
+        engine = self.engine
+        if engine is None:
+            self.stats.stop_reason = self.stats.stop_reason or f"{signame} received"
+        elif self.hits == 1:
             engine.stop(f"{signame} received")
         else:
             engine.grace = 0.0
@@ -308,18 +483,13 @@ def _install_signals(engine: Engine) -> Callable[[], None]:
             engine.stats.notes.append(f"second {signame}: in-flight requests abandoned")
             engine.kick()
 
-    installed = []
-    # SIGHUP too: a dropped ssh session ends the run like a SIGTERM, with a summary.
-    for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"),
-                      (signal.SIGHUP, "SIGHUP")):
-        try:
-            loop.add_signal_handler(sig, handler, name)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
+    def attach(self, engine: Engine) -> None:
+        """Hand signals to ``engine`` (stopped at once if one came during the scan)."""
+        self.engine = engine
+        if self.hits:
+            engine.stop(self.stats.stop_reason or "interrupted")
 
-    def remove() -> None:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-    return remove
+    def remove(self) -> None:
+        for sig in self._installed:
+            self._loop.remove_signal_handler(sig)
+        self._installed = []

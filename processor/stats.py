@@ -65,6 +65,14 @@ class Stats:
     resume_at: float | None = None
     rerun_later: bool = False
     skipped_failed: int = 0
+    #: earlier bad lines that are valid now (sent this run), and the first line numbers.
+    fixed_lines: int = 0
+    fixed_examples: list[int] = field(default_factory=list)
+    #: requests that failed for good before but whose line changed: sent again.
+    changed_failed: int = 0
+    changed_failed_examples: list[str] = field(default_factory=list)
+    #: changed lines whose earlier records --resend-changed moved aside.
+    superseded: int = 0
 
     @property
     def done(self) -> int:

@@ -1,0 +1,219 @@
+"""Edits to the input between runs: find the lines that changed, and retire their old records.
+
+A rerun resumes by id. Lines with a ``custom_id`` keep their id whatever happens around
+them; lines without one are named ``line-<N>`` by their position, so inserting or deleting
+a line above an answered one gives every line below it the id of another request. Before
+anything is sent, :func:`find_changes` compares each current line that has an earlier
+answer (per the ledger) or final failure (per its error record's ``input_hash``) with the
+line that was answered or failed, hashing the raw bytes (no parsing, except for lines
+whose ``custom_id`` is not their first key). :func:`supersede` moves the records of
+changed ids out of the output files into side files, so those lines can be sent as new.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from .idset import IdSet
+from .jobs import LEDGER_ENTRY, iter_raw_lines, ledger_path, line_hash
+from .resume import CHECK_EVERY, POSITIONAL_PREFIX, ResumeState, _custom_id, stop_check
+
+__all__ = ["Changes", "find_changes", "supersede"]
+
+log = logging.getLogger(__name__)
+
+_MASK32 = 0xFFFFFFFF
+_CUSTOM_ID = b'"custom_id"'
+# A line whose first key is custom_id (the usual Batch layout): its id without a parse.
+_FIRST_KEY_ID = re.compile(rb'\s*\{\s*"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+#: line numbers / ids kept as examples for messages.
+EXAMPLES = 5
+
+
+@dataclass(slots=True)
+class Changes:
+    """Lines whose content differs from the one answered or failed before.
+
+    Attributes:
+        positional: such lines without a custom_id (named ``line-<N>``).
+        explicit: such lines with a custom_id (only looked at when asked).
+        lines: the first few line numbers of positional changes.
+        examples: the first few ids of explicit changes.
+        ids: every changed id (for :func:`supersede`).
+    """
+
+    positional: int = 0
+    explicit: int = 0
+    lines: list[int] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+    ids: IdSet = field(default_factory=lambda: IdSet(values=True))
+
+    @property
+    def total(self) -> int:
+        return self.positional + self.explicit
+
+
+def explicit_id(raw: bytes) -> str | None:
+    """The top-level ``custom_id`` of a line, or None when it has none (or is not JSON)."""
+    m = _FIRST_KEY_ID.match(raw)
+    if m is not None and raw.count(_CUSTOM_ID) == 1:
+        try:
+            value = orjson.loads(m.group(1))
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, str) and value:
+            return value
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict):
+        value = obj.get("custom_id")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def find_changes(
+    src: Path,
+    state: ResumeState,
+    *,
+    explicit: bool,
+    failed: bool = True,
+    stop: threading.Event | None = None,
+) -> Changes:
+    """Compare the input with what the earlier records were for.
+
+    Args:
+        src: the job file.
+        state: what the earlier outputs hold (:func:`~processor.resume.load_state`).
+        explicit: also look at lines with a custom_id (parsing those whose custom_id
+            is not their first key); otherwise only positional lines are looked at.
+        failed: also compare lines whose request failed for good.
+        stop: set to abandon the pass (raises
+            :class:`~processor.resume.ScanInterrupted`).
+    """
+    check = stop_check(stop)
+    done, failures = state.done, state.failed
+    seen = IdSet()
+    changes = Changes()
+    for number, raw in iter_raw_lines(src):
+        if check is not None and not number % CHECK_EVERY:
+            check()
+        found = explicit_id(raw) if _CUSTOM_ID in raw else None
+        positional = found is None
+        cid = f"{POSITIONAL_PREFIX}{number}" if found is None else found
+        if positional:
+            pass
+        elif not explicit:
+            continue
+        elif cid.startswith(POSITIONAL_PREFIX) and cid != f"{POSITIONAL_PREFIX}{number}":
+            continue  # a reserved id on the wrong line: a bad line, whatever it held before
+        elif not seen.add(cid):
+            continue  # a repeated id: only its first line is the request
+        known = done.get(cid)
+        if known is None and failed:
+            known = failures.get(cid)
+        if not known or known == line_hash(raw) & _MASK32:
+            continue  # never answered, answered without a hash, or the same line
+        changes.ids.add(cid)
+        if positional:
+            changes.positional += 1
+            if len(changes.lines) < EXAMPLES:
+                changes.lines.append(number)
+        else:
+            changes.explicit += 1
+            if len(changes.examples) < EXAMPLES:
+                changes.examples.append(cid)
+    return changes
+
+
+def _has(ids: IdSet, fp: int) -> bool:
+    # IdSet has no membership test by fingerprint; with values, setting one answers it.
+    return ids.update_fingerprint(fp, 1)
+
+
+def supersede(results: Path, errors: Path, ids: IdSet) -> list[tuple[Path, int]]:
+    """Move the records of ``ids`` out of the results, errors and ledger files.
+
+    Each file is rewritten beside itself and swapped in with an atomic rename; the
+    moved records go to ``<file>.superseded-<time>-<pid>`` (never deleted). Results go
+    first: if the process dies between files, a ledger entry left for a moved result
+    is ignored (only ids the results file holds are read from the ledger), and an
+    error record left behind is found changed again on the next run. Bad-line records
+    are never moved: they are known by content, not id.
+
+    Returns:
+        ``(side file, records moved)`` per file that had any.
+    """
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    moved: list[tuple[Path, int]] = []
+
+    def changed_result(raw: bytes) -> bool:
+        cid = _custom_id(raw)[0]
+        return cid is not None and cid in ids
+
+    def changed_failure(raw: bytes) -> bool:
+        cid = _failed_id(raw)
+        return cid is not None and cid in ids
+
+    def changed_entry(entry: bytes) -> bool:
+        return len(entry) == LEDGER_ENTRY.size and _has(ids, LEDGER_ENTRY.unpack(entry)[0])
+
+    for path, leaves, record in ((results, changed_result, 0), (errors, changed_failure, 0),
+                                 (ledger_path(results), changed_entry, LEDGER_ENTRY.size)):
+        side = _split(path, stamp, leaves, record)
+        if side is not None:
+            moved.append(side)
+    return moved
+
+
+def _failed_id(raw: bytes) -> str | None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    error = obj.get("error")
+    if isinstance(error, dict) and error.get("code") == "invalid_line":
+        return None
+    cid = obj.get("custom_id")
+    return cid if isinstance(cid, str) else None
+
+
+def _split(path: Path, stamp: str, leaves: Callable[[bytes], bool],
+           record: int = 0) -> tuple[Path, int] | None:
+    """Rewrite ``path`` without the records ``leaves`` picks, which go to a side file."""
+    if not path.exists():
+        return None
+    side = path.with_name(f"{path.name}.superseded-{stamp}")
+    tmp = path.with_name(f"{path.name}.rewrite-{stamp}")
+    n = 0
+    with open(path, "rb") as src, open(tmp, "wb") as keep, open(side, "ab") as out:
+        records = iter(lambda: src.read(record), b"") if record else src
+        for raw in records:
+            if leaves(raw):
+                out.write(raw)
+                n += 1
+            else:
+                keep.write(raw)
+        for f in (keep, out):
+            f.flush()
+            os.fsync(f.fileno())
+    if not n:
+        tmp.unlink()
+        side.unlink()
+        return None
+    os.replace(tmp, path)
+    log.warning("moved %d superseded records from %s to %s", n, path, side)
+    return side, n
