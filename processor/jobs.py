@@ -381,12 +381,15 @@ class ResultWriter:
         """Append a result; with ``hashed_line`` (its input line's hash), note it in the ledger."""
         if self._results is None:
             self._results = self._open(self.results_path)
-        _write_all(self._results, orjson.dumps(record) + b"\n")
+        line = orjson.dumps(record) + b"\n"
         if hashed_line:
+            # The ledger entry goes first, unbuffered: a kill between the two writes
+            # leaves an entry without a result (ignored on resume), never a result
+            # whose input line is unknown (an edit to it could not be noticed).
             if self._ledger is None:
-                self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-                self._ledger = open(self.ledger_path, "ab")
-            self._ledger.write(ledger_entry(record["custom_id"], hashed_line))
+                self._ledger = self._open(self.ledger_path)
+            _write_all(self._ledger, ledger_entry(record["custom_id"], hashed_line))
+        _write_all(self._results, line)
         self._dirty = True
 
     def write_error(self, record: dict[str, Any]) -> None:

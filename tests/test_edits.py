@@ -3,6 +3,8 @@ requests, unsendable lines (processor.edits, runner's resume filter)."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from processor.idset import IdSet
 from processor.jobs import ResultWriter, line_hash
 from processor.resume import load_state
 
-from .conftest import chat_line, read_jsonl, write_jsonl
+from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
 from .test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 BLANK = b"\n"
@@ -285,3 +287,40 @@ def test_supersede_moves_nothing_and_leaves_no_files_when_nothing_matches(
     results.write_bytes(b'{"id":"batch_req_1","custom_id":"a"}\n')
     assert supersede(results, errs, IdSet()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+
+
+# --------------------------------------------------------------------------- kill -9, then edit
+
+
+@pytest.mark.slow
+async def test_sigkill_then_edit_the_last_answers_is_noticed(mock_api: Any,
+                                                            tmp_path: Path) -> None:
+    """The lines answered just before a kill -9 are the ones whose bookkeeping could lag."""
+    api = await mock_api(latency_ms=5)
+    n = 400
+    job = write_jsonl(tmp_path / "job.jsonl", [bare(f"q{i}") for i in range(n)])
+    results = tmp_path / "job.results.jsonl"
+    proc = await start_cli(job, api.base_url)
+    for _ in range(1000):  # bounded: until some answers are written
+        if results.exists() and results.read_bytes().count(b"\n") >= 40:
+            break
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    await proc.communicate()
+    whole = results.read_bytes()
+    whole = whole[: whole.rfind(b"\n") + 1]
+    answered = [int(orjson.loads(x)["custom_id"].removeprefix("line-"))
+                for x in whole.splitlines()]
+    assert 0 < len(answered) < n
+    edited = sorted(answered)[-3:]  # the last answered lines
+    texts = [f"q{i}" if i + 1 not in edited else f"edited {i}" for i in range(n)]
+    write_jsonl(job, [bare(t) for t in texts])
+    proc = await start_cli(job, api.base_url)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2, err.decode()
+    assert f"{len(edited)} line(s) without a custom_id differ" in err.decode()
+    proc = await start_cli(job, api.base_url, "--resend-changed")
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    got = answers(job)
+    assert got == {f"line-{i + 1}": [t] for i, t in enumerate(texts)}
