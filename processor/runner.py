@@ -141,7 +141,8 @@ async def run_job(
         count_total: count the input's lines first, for progress and ETA.
 
     Raises:
-        ConfigError: the input is missing or the options cannot work.
+        ConfigError: the input is missing or the options cannot work, or lines without a
+            custom_id changed since they were answered (see ``JobConfig.resend_changed``).
     """
     cfg = config or JobConfig()
     src = Path(input_path)
@@ -413,7 +414,8 @@ def _changed_note(n: int, examples: list[str]) -> str:
     return (
         f"input changed: {n} line(s) differ from the ones answered before "
         f"(e.g. {', '.join(examples)}); their old answers are kept. "
-        "Use --fresh to start over (old outputs are moved aside)."
+        "Use --resend-changed to send them again (old answers moved to side files), or "
+        "--fresh to start over (old outputs are moved aside)."
     )
 
 
