@@ -158,33 +158,32 @@ async def run_job(
     # it starts: Ctrl-C during a long scan stops it within a few thousand lines.
     signals = _SignalStop(stats) if handle_signals else None
     try:
-        try:
-            state = await asyncio.to_thread(
-                _prepare_files, cfg, src, out_path, err_path, stats, count_total,
-                signals.flag if signals else None)
-        except ScanInterrupted:
-            stats.finished = time.monotonic()
-            stats.notes.append("stopped while reading the earlier outputs; nothing was sent")
-            return stats
-
+        state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
+                                        count_total, signals.flag if signals else None)
         parts = build_parts(cfg)
-        counter = parts.counter
-        skip = _resume_filter(state, cfg.retry_failed, stats)
-        writer = ResultWriter(out_path, err_path)
-        async with parts.client() as client:
-            engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
-            if signals is not None:
-                signals.attach(engine)
-            source = _unreported(
-                iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip), state, stats,
-                _sendable(parts))
-            try:
-                await engine.run(source)
-            finally:
-                writer.close()
-    finally:
+    except BaseException as exc:
         if signals is not None:
             signals.remove()
+        if not isinstance(exc, ScanInterrupted):
+            raise
+        stats.finished = time.monotonic()
+        stats.notes.append("stopped while reading the earlier outputs; nothing was sent")
+        return stats
+
+    counter = parts.counter
+    skip = _resume_filter(state, cfg.retry_failed, stats)
+    writer = ResultWriter(out_path, err_path)
+    async with parts.client() as client:
+        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
+        # Bad lines reported before (by content) are not reported again.
+        source = _unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip),
+                             state, stats, _sendable(parts))
+        remove = signals.attach(engine) if signals else (lambda: None)
+        try:
+            await engine.run(source)
+        finally:
+            remove()
+            writer.close()
     if stats.skipped_failed:
         stats.notes.append(
             f"{stats.skipped_failed:,} requests failed for good in an earlier run and were "
@@ -485,11 +484,16 @@ class _SignalStop:
             engine.stats.notes.append(f"second {signame}: in-flight requests abandoned")
             engine.kick()
 
-    def attach(self, engine: Engine) -> None:
-        """Hand signals to ``engine`` (stopped at once if one came during the scan)."""
+    def attach(self, engine: Engine) -> Callable[[], None]:
+        """Hand signals to ``engine`` (stopped at once if one came during the scan).
+
+        Returns:
+            :meth:`remove`, to call when the run is over.
+        """
         self.engine = engine
         if self.hits:
             engine.stop(self.stats.stop_reason or "interrupted")
+        return self.remove
 
     def remove(self) -> None:
         for sig in self._installed:
