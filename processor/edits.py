@@ -49,6 +49,9 @@ class Changes:
         lines: the first few line numbers of positional changes.
         examples: the first few ids of explicit changes.
         ids: every changed id (for :func:`supersede`).
+        unchanged: a bitmap of the line numbers named by position whose answer is for
+            the line as it is now (bit ``n`` of the array: line ``n``), so the run skips
+            them without hashing them again.
     """
 
     positional: int = 0
@@ -56,6 +59,7 @@ class Changes:
     lines: list[int] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
     ids: IdSet = field(default_factory=lambda: IdSet(values=True))
+    unchanged: bytearray = field(default_factory=bytearray)
 
     @property
     def total(self) -> int:
@@ -106,24 +110,32 @@ def find_changes(
     done, failures = state.done, state.failed
     seen = IdSet()
     changes = Changes()
+    unchanged = changes.unchanged
     for number, raw in iter_raw_lines(src):
         if check is not None and not number % CHECK_EVERY:
             check()
         found = explicit_id(raw) if _CUSTOM_ID in raw else None
-        positional = found is None
-        cid = f"{POSITIONAL_PREFIX}{number}" if found is None else found
-        if positional:
-            pass
-        elif not explicit:
-            continue
-        elif cid.startswith(POSITIONAL_PREFIX) and cid != f"{POSITIONAL_PREFIX}{number}":
-            continue  # a reserved id on the wrong line: a bad line, whatever it held before
-        elif not seen.add(cid):
-            continue  # a repeated id: only its first line is the request
+        cid = f"{POSITIONAL_PREFIX}{number}"
+        # An explicit line-<N> on line N is the positional name spelt out: the same id.
+        positional = found is None or found == cid
+        if not positional:
+            assert found is not None
+            reserved = found.startswith(POSITIONAL_PREFIX) and \
+                found[len(POSITIONAL_PREFIX):].isdigit()
+            if not explicit or reserved:
+                continue  # not asked; or a reserved id on the wrong line (a bad line)
+            if not seen.add(found):
+                continue  # a repeated id: only its first line is the request
+            cid = found
         known = done.get(cid)
+        answered = known is not None
         if known is None and failed:
             known = failures.get(cid)
         if not known or known == line_hash(raw) & _MASK32:
+            if answered and known and positional:
+                if number >> 3 >= len(unchanged):
+                    unchanged.extend(bytes(len(unchanged) + 1024))
+                unchanged[number >> 3] |= 1 << (number & 7)
             continue  # never answered, answered without a hash, or the same line
         changes.ids.add(cid)
         if positional:

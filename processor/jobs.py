@@ -430,6 +430,7 @@ def iter_jobs(
     *,
     default_endpoint: str = DEFAULT_ENDPOINT,
     skip: Callable[[str, bytes], bool] | None = None,
+    skip_line: Callable[[int], bool] | None = None,
 ) -> Iterator[Job | BadLine]:
     """Read ``path`` lazily, yielding a :class:`Job` per good line, a :class:`BadLine` per bad one.
 
@@ -444,9 +445,13 @@ def iter_jobs(
         default_endpoint: endpoint for lines that do not name one.
         skip: called with ``(custom_id, raw line)``; True leaves the line out (already
             done in an earlier run).
+        skip_line: called with the line number first; True leaves the line out unread
+            (a line checked before the run: answered, and the same as then).
     """
     seen = IdSet()
     for number, raw in iter_raw_lines(path):
+        if skip_line is not None and skip_line(number):
+            continue
         asked = False
         if skip is not None and b'"custom_id"' not in raw:
             # Resume fast path: a line without a custom_id is named by its number, so a

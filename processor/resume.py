@@ -87,6 +87,8 @@ class ResumeState:
     has_ledger: bool = False
     #: lines named by position were compared with their earlier records before the run.
     verified_positional: bool = False
+    #: bitmap of line numbers found answered and unchanged by that comparison.
+    unchanged_lines: bytearray = field(default_factory=bytearray)
 
     @property
     def empty(self) -> bool:

@@ -176,7 +176,8 @@ async def run_job(
     async with parts.client() as client:
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         # Bad lines reported before (by content) are not reported again.
-        source = _unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip),
+        source = _unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
+                                       skip_line=_unchanged_filter(state, stats)),
                              state, stats, _sendable(parts))
         remove = signals.attach(engine) if signals else (lambda: None)
         try:
@@ -302,6 +303,7 @@ def _check_edits(
                            failed=not cfg.retry_failed, stop=stop)
     if not changes.total:
         state.verified_positional = True
+        state.unchanged_lines = changes.unchanged
         return state
     if not cfg.resend_changed:
         lines = ", ".join(str(n) for n in changes.lines)
@@ -327,6 +329,7 @@ def _check_edits(
     if cfg.retry_failed and not len(state.failed):
         state.forget_bad_lines()
     state.verified_positional = True
+    state.unchanged_lines = changes.unchanged  # the moved ids were never in it
     return state
 
 
@@ -354,6 +357,7 @@ def _resume_filter(
             stats.skipped += 1
             if check_changes and answered and not (
                 verified and custom_id.startswith(POSITIONAL_PREFIX)
+                and custom_id[len(POSITIONAL_PREFIX):].isdigit()
             ) and answered != line_hash(raw) & 0xFFFFFFFF:
                 stats.changed += 1
                 if len(stats.changed_examples) < 5:
@@ -374,6 +378,22 @@ def _resume_filter(
         return False
 
     return skip
+
+
+def _unchanged_filter(state: ResumeState, stats: Stats) -> Callable[[int], bool] | None:
+    """Skip lines found answered and unchanged before the run, by number alone."""
+    bits = state.unchanged_lines
+    if not bits:
+        return None
+    size = len(bits)
+
+    def skip_line(number: int) -> bool:
+        if number >> 3 < size and bits[number >> 3] >> (number & 7) & 1:
+            stats.skipped += 1
+            return True
+        return False
+
+    return skip_line
 
 
 def _unreported(
