@@ -324,3 +324,18 @@ async def test_sigkill_then_edit_the_last_answers_is_noticed(mock_api: Any,
     assert proc.returncode == 0, err.decode()
     got = answers(job)
     assert got == {f"line-{i + 1}": [t] for i, t in enumerate(texts)}
+
+
+def test_a_line_bad_only_where_it_was_is_sent_once_valid(server_url: str,  # noqa: F811
+                                                         tmp_path: Path) -> None:
+    # Reported as a repeated custom_id; its first line is gone (never answered), so the
+    # same bytes are a valid request now and must be sent, not taken for the bad line.
+    line = orjson.dumps(chat_line(1)) + b"\n"
+    job = write_jsonl(tmp_path / "job.jsonl", [line])
+    record = {"id": "batch_req_1", "custom_id": "req-1", "response": None,
+              "error": {"code": "invalid_line", "message": "duplicate custom_id 'req-1'",
+                        "line": 5, "input_hash": f"{line_hash(line):016x}"}}
+    (tmp_path / "job.errors.jsonl").write_bytes(orjson.dumps(record) + b"\n")
+    code, out = run(job, server_url)
+    assert code == 0, out
+    assert answers(job) == {"req-1": ["Question number 1?"]}
