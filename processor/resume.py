@@ -89,6 +89,8 @@ class ResumeState:
     verified_positional: bool = False
     #: bitmap of line numbers found answered and unchanged by that comparison.
     unchanged_lines: bytearray = field(default_factory=bytearray)
+    #: ids whose earlier records were moved aside (--resend-changed): sent as new.
+    superseded: IdSet = field(default_factory=IdSet)
 
     @property
     def empty(self) -> bool:

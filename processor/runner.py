@@ -318,6 +318,7 @@ def _check_edits(
             "start over (old outputs are moved aside); give lines a custom_id to make "
             "edits safe.")
     moved = supersede(out_path, err_path, changes.ids)
+    superseded = changes.ids
     examples = [f"line {n}" for n in changes.lines] + changes.examples
     stats.superseded = changes.total
     stats.notes.append(
@@ -330,6 +331,7 @@ def _check_edits(
         state.forget_bad_lines()
     state.verified_positional = True
     state.unchanged_lines = changes.unchanged  # the moved ids were never in it
+    state.superseded = superseded
     return state
 
 
@@ -414,6 +416,7 @@ def _unreported(
     if not (counts or legacy or reported):
         yield from items
         return
+    resent = state.superseded
     for item in items:
         if counts.get(item.line_hash, 0) > 0:
             counts[item.line_hash] -= 1
@@ -421,12 +424,16 @@ def _unreported(
                 continue
         elif isinstance(item, BadLine):
             if item.line in legacy:
+                legacy.discard(item.line)
                 continue
-        if isinstance(item, Job) and item.line in reported:
-            stats.fixed_lines += 1
+        if isinstance(item, Job) and item.line in reported and item.custom_id not in resent:
+            stats.fixed_sent += 1
             if len(stats.fixed_examples) < 10:
                 stats.fixed_examples.append(item.line)
         yield item
+    # The whole input was read: reports whose bytes are nowhere in it now were fixed or
+    # removed (known by content, so right even when lines moved).
+    stats.fixed_lines = sum(n for n in counts.values() if n > 0) + len(legacy)
 
 
 def _changed_note(n: int, examples: list[str]) -> str:
@@ -455,10 +462,14 @@ def _sendable(parts: Parts) -> Callable[[Job], bool]:
 
 def _edit_notes(stats: Stats) -> None:
     if stats.fixed_lines:
-        lines = ", ".join(str(n) for n in stats.fixed_examples)
-        more = ", ..." if stats.fixed_lines > len(stats.fixed_examples) else ""
-        stats.notes.append(f"{stats.fixed_lines:,} line(s) reported bad before are now valid "
-                           f"and were sent (lines {lines}{more})")
+        note = (f"{stats.fixed_lines:,} line(s) reported bad before are no longer in the "
+                "input (fixed or removed)")
+        if stats.fixed_sent:
+            more = ", ..." if stats.fixed_sent > len(stats.fixed_examples) else ""
+            note += (f"; {stats.fixed_sent:,} request(s) now valid were sent from lines "
+                     f"reported bad before (lines "
+                     f"{', '.join(str(n) for n in stats.fixed_examples)}{more})")
+        stats.notes.append(note)
     if stats.changed_failed:
         stats.notes.append(
             f"{stats.changed_failed:,} request(s) that failed for good before have changed in "

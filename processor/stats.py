@@ -65,8 +65,10 @@ class Stats:
     resume_at: float | None = None
     rerun_later: bool = False
     skipped_failed: int = 0
-    #: earlier bad lines that are valid now (sent this run), and the first line numbers.
+    #: earlier bad lines no longer in the input (fixed or removed; known by content).
     fixed_lines: int = 0
+    #: requests sent from line numbers reported bad before, and the first of those lines.
+    fixed_sent: int = 0
     fixed_examples: list[int] = field(default_factory=list)
     #: requests that failed for good before but whose line changed: sent again.
     changed_failed: int = 0

@@ -61,7 +61,8 @@ def test_a_fixed_bad_line_is_sent_on_the_rerun(server_url: str, tmp_path: Path) 
     code, out = run(job, server_url)
     assert code == 0, out
     assert sorted(answers(job)) == [f"req-{i}" for i in range(5)]
-    assert "1 line(s) reported bad before are now valid and were sent (lines 3)" in out
+    assert ("1 line(s) reported bad before are no longer in the input (fixed or removed); "
+            "1 request(s) now valid were sent from lines reported bad before (lines 3)") in out
     # Nothing more on a third run.
     code, out = run(job, server_url)
     assert code == 0 and "0 ok" in out, out
@@ -159,6 +160,7 @@ def test_inserting_a_line_in_a_bare_job_refuses_then_resend_changed(
     assert len(answers(job)) == 6  # nothing was sent or moved
     code, out = run(job, server_url, "--resend-changed")
     assert code == 0, out
+    assert "reported bad" not in out  # no bad line was fixed: lines only moved
     got = answers(job)
     assert got == {f"line-{n}": [text] for n, text in
                    enumerate(["new"] + [f"q{i}" for i in range(6)], 1)}
@@ -339,3 +341,16 @@ def test_a_line_bad_only_where_it_was_is_sent_once_valid(server_url: str,  # noq
     code, out = run(job, server_url)
     assert code == 0, out
     assert answers(job) == {"req-1": ["Question number 1?"]}
+
+
+def test_a_bad_line_fixed_after_lines_moved_is_counted_by_content(
+    server_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", [bare("q0"), b"{oops\n", bare("q2")])
+    assert run(job, server_url)[0] == 1
+    write_jsonl(job, [bare("new"), bare("q0"), bare("fixed"), bare("q2")])
+    code, out = run(job, server_url, "--resend-changed")
+    assert code == 0, out
+    assert "1 line(s) reported bad before are no longer in the input" in out
+    assert answers(job) == {"line-1": ["new"], "line-2": ["q0"], "line-3": ["fixed"],
+                            "line-4": ["q2"]}
