@@ -7,7 +7,12 @@ anything is sent, :func:`find_changes` compares each current line that has an ea
 answer (per the ledger) or final failure (per its error record's ``input_hash``) with the
 line that was answered or failed, hashing the raw bytes (no parsing, except for lines
 whose ``custom_id`` is not their first key). :func:`supersede` moves the records of
-changed ids out of the output files into side files, so those lines can be sent as new.
+changed ids out of the output files into side files, so those lines can be sent as new;
+:func:`check_edits` decides between the two (or refuses the run).
+
+During the run, :func:`unchanged_filter` skips the lines found unchanged by number, and
+:func:`unreported` leaves out bad lines already reported, known by content: the hash of
+the raw line, kept in each error record as ``error.input_hash``.
 """
 
 from __future__ import annotations
@@ -17,17 +22,27 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
+from .errors import ConfigError
 from .idset import IdSet
-from .jobs import LEDGER_ENTRY, iter_raw_lines, ledger_path, line_hash
-from .resume import CHECK_EVERY, POSITIONAL_PREFIX, ResumeState, _custom_id, stop_check
+from .jobs import LEDGER_ENTRY, BadLine, Job, iter_raw_lines, ledger_path, line_hash
+from .resume import (
+    CHECK_EVERY,
+    POSITIONAL_PREFIX,
+    ResumeState,
+    _custom_id,
+    load_state,
+    stop_check,
+)
+from .stats import Stats
 
-__all__ = ["Changes", "find_changes", "supersede"]
+__all__ = ["Changes", "check_edits", "edit_notes", "find_changes", "supersede",
+           "unchanged_filter", "unreported"]
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +244,123 @@ def _split(path: Path, stamp: str, leaves: Callable[[bytes], bool],
     os.replace(tmp, path)
     log.warning("moved %d superseded records from %s to %s", n, path, side)
     return side, n
+
+
+def check_edits(
+    src: Path, out_path: Path, err_path: Path, stats: Stats, state: ResumeState, *,
+    resend_changed: bool, retry_failed: bool, stop: threading.Event | None = None,
+) -> ResumeState:
+    """Refuse, or retire the old records of, lines that changed since their last run.
+
+    Returns:
+        The state to resume from (read again when records were moved aside).
+
+    Raises:
+        ConfigError: lines named by position changed and ``resend_changed`` is off.
+    """
+    changes = find_changes(src, state, explicit=resend_changed,
+                           failed=not retry_failed, stop=stop)
+    if not changes.total:
+        state.verified_positional = True
+        state.unchanged_lines = changes.unchanged
+        return state
+    if not resend_changed:
+        lines = ", ".join(str(n) for n in changes.lines)
+        more = ", ..." if changes.positional > len(changes.lines) else ""
+        raise ConfigError(
+            f"the input changed since the last run: {changes.positional:,} line(s) without "
+            f"a custom_id differ from the ones answered or failed before (lines {lines}{more})."
+            " Such lines are named by their position (line-<N>), so an edit above an "
+            "answered line gives every line below it another line's id, and their old "
+            "answers no longer match. Rerun with --resend-changed to send the changed lines "
+            "again (their earlier records are moved to side files), or with --fresh to "
+            "start over (old outputs are moved aside); give lines a custom_id to make "
+            "edits safe.")
+    moved = supersede(out_path, err_path, changes.ids)
+    superseded = changes.ids
+    examples = [f"line {n}" for n in changes.lines] + changes.examples
+    stats.superseded = changes.total
+    stats.notes.append(
+        f"--resend-changed: {changes.total:,} changed line(s) are sent again "
+        f"(e.g. {', '.join(examples[:5])}); their earlier records were moved to "
+        + ", ".join(f"{side.name} ({n:,})" for side, n in moved))
+    # Read the outputs again: the moved ids are no longer done or failed.
+    state = load_state(out_path, err_path, stop=stop)
+    if retry_failed and not len(state.failed):
+        state.forget_bad_lines()
+    state.verified_positional = True
+    state.unchanged_lines = changes.unchanged  # the moved ids were never in it
+    state.superseded = superseded
+    return state
+
+
+def unchanged_filter(state: ResumeState, stats: Stats) -> Callable[[int], bool] | None:
+    """Skip lines found answered and unchanged before the run, by number alone."""
+    bits = state.unchanged_lines
+    if not bits:
+        return None
+    size = len(bits)
+
+    def skip_line(number: int) -> bool:
+        if number >> 3 < size and bits[number >> 3] >> (number & 7) & 1:
+            stats.skipped += 1
+            return True
+        return False
+
+    return skip_line
+
+
+def unreported(
+    items: Iterable[Job | BadLine], state: ResumeState, stats: Stats,
+    sendable: Callable[[Job], bool],
+) -> Iterator[Job | BadLine]:
+    """Leave out bad lines reported before; note earlier bad lines that are now valid.
+
+    A bad line is known by its content: the k-th occurrence of the same bad bytes is
+    left out only if at least k were reported. A valid request is never left out
+    because its line number was once bad; one whose bytes were reported bad is left
+    out only if it still cannot be sent (``sendable``: the engine's own checks), since
+    a repeated or misplaced custom_id makes a line bad by where it is, not by what it
+    holds. Records of older versions carry no hash and are matched by line number, for
+    bad lines only.
+    """
+    counts, legacy, reported = state.bad_hashes, state.bad_lines, state.reported_lines
+    if not (counts or legacy or reported):
+        yield from items
+        return
+    resent = state.superseded
+    for item in items:
+        if counts.get(item.line_hash, 0) > 0:
+            counts[item.line_hash] -= 1
+            if isinstance(item, BadLine) or not sendable(item):
+                continue
+        elif isinstance(item, BadLine):
+            if item.line in legacy:
+                legacy.discard(item.line)
+                continue
+        if isinstance(item, Job) and item.line in reported and item.custom_id not in resent:
+            stats.fixed_sent += 1
+            if len(stats.fixed_examples) < 10:
+                stats.fixed_examples.append(item.line)
+        yield item
+    # The whole input was read: reports whose bytes are nowhere in it now were fixed or
+    # removed (known by content, so right even when lines moved).
+    stats.fixed_lines = sum(n for n in counts.values() if n > 0) + len(legacy)
+
+
+def edit_notes(stats: Stats) -> None:
+    """Summary notes on edits: bad lines gone, failed requests that changed."""
+    if stats.fixed_lines:
+        note = (f"{stats.fixed_lines:,} line(s) reported bad before are no longer in the "
+                "input (fixed or removed)")
+        if stats.fixed_sent:
+            more = ", ..." if stats.fixed_sent > len(stats.fixed_examples) else ""
+            note += (f"; {stats.fixed_sent:,} request(s) now valid were sent from lines "
+                     f"reported bad before (lines "
+                     f"{', '.join(str(n) for n in stats.fixed_examples)}{more})")
+        stats.notes.append(note)
+    if stats.changed_failed:
+        stats.notes.append(
+            f"{stats.changed_failed:,} request(s) that failed for good before have changed in "
+            f"the input and were sent again (e.g. {', '.join(stats.changed_failed_examples)}); "
+            "their old error records are stale")

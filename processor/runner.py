@@ -8,19 +8,18 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
-from .edits import find_changes, supersede
+from .edits import check_edits, edit_notes, unchanged_filter, unreported
 from .engine import Engine, Lane, Sink
 from .errors import ConfigError
 from .jobs import (
     DEFAULT_ENDPOINT,
-    BadLine,
     Job,
     ResultWriter,
     count_lines,
@@ -176,9 +175,9 @@ async def run_job(
     async with parts.client() as client:
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         # Bad lines reported before (by content) are not reported again.
-        source = _unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                       skip_line=_unchanged_filter(state, stats)),
-                             state, stats, _sendable(parts))
+        source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
+                                      skip_line=unchanged_filter(state, stats)),
+                            state, stats, _sendable(parts))
         remove = signals.attach(engine) if signals else (lambda: None)
         try:
             await engine.run(source)
@@ -192,7 +191,7 @@ async def run_job(
     if stats.changed:
         stats.notes.append(_changed_note(stats.changed, stats.changed_examples))
         log.warning("%s", stats.notes[-1])
-    _edit_notes(stats)
+    edit_notes(stats)
     stats.notes.append(f"results: {out_path}")
     stats.notes.append(f"errors:  {err_path}")
     counter.wait_loaded(timeout=1.0)
@@ -288,50 +287,10 @@ def _prepare_files(
             f"{out_path} has no ledger beside it (written by another tool or an older "
             "version): edits to the input since those answers cannot be detected")
     if state.comparable and (state.positional or cfg.resend_changed):
-        state = _check_edits(cfg, src, out_path, err_path, stats, state, stop)
+        state = check_edits(src, out_path, err_path, stats, state, stop=stop,
+                            resend_changed=cfg.resend_changed, retry_failed=cfg.retry_failed)
     if count_total:
         stats.total = count_lines(src, cancel=stop_check(stop))
-    return state
-
-
-def _check_edits(
-    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats,
-    state: ResumeState, stop: threading.Event | None,
-) -> ResumeState:
-    """Refuse, or retire the old records of, lines that changed since their last run."""
-    changes = find_changes(src, state, explicit=cfg.resend_changed,
-                           failed=not cfg.retry_failed, stop=stop)
-    if not changes.total:
-        state.verified_positional = True
-        state.unchanged_lines = changes.unchanged
-        return state
-    if not cfg.resend_changed:
-        lines = ", ".join(str(n) for n in changes.lines)
-        more = ", ..." if changes.positional > len(changes.lines) else ""
-        raise ConfigError(
-            f"the input changed since the last run: {changes.positional:,} line(s) without "
-            f"a custom_id differ from the ones answered or failed before (lines {lines}{more})."
-            " Such lines are named by their position (line-<N>), so an edit above an "
-            "answered line gives every line below it another line's id, and their old "
-            "answers no longer match. Rerun with --resend-changed to send the changed lines "
-            "again (their earlier records are moved to side files), or with --fresh to "
-            "start over (old outputs are moved aside); give lines a custom_id to make "
-            "edits safe.")
-    moved = supersede(out_path, err_path, changes.ids)
-    superseded = changes.ids
-    examples = [f"line {n}" for n in changes.lines] + changes.examples
-    stats.superseded = changes.total
-    stats.notes.append(
-        f"--resend-changed: {changes.total:,} changed line(s) are sent again "
-        f"(e.g. {', '.join(examples[:5])}); their earlier records were moved to "
-        + ", ".join(f"{side.name} ({n:,})" for side, n in moved))
-    # Read the outputs again: the moved ids are no longer done or failed.
-    state = load_state(out_path, err_path, stop=stop)
-    if cfg.retry_failed and not len(state.failed):
-        state.forget_bad_lines()
-    state.verified_positional = True
-    state.unchanged_lines = changes.unchanged  # the moved ids were never in it
-    state.superseded = superseded
     return state
 
 
@@ -343,7 +302,7 @@ def _resume_filter(
     A done id whose input line hashes differently from the one answered (per the
     ledger) is counted as changed; its old answer is kept. A failed id whose line
     changed since it failed is a new request: it is sent again. Lines named by their
-    position were compared before the run (:func:`_check_edits`), so they are not
+    position were compared before the run (:func:`~processor.edits.check_edits`), so they are not
     hashed again here.
     """
     if state.empty:
@@ -382,60 +341,6 @@ def _resume_filter(
     return skip
 
 
-def _unchanged_filter(state: ResumeState, stats: Stats) -> Callable[[int], bool] | None:
-    """Skip lines found answered and unchanged before the run, by number alone."""
-    bits = state.unchanged_lines
-    if not bits:
-        return None
-    size = len(bits)
-
-    def skip_line(number: int) -> bool:
-        if number >> 3 < size and bits[number >> 3] >> (number & 7) & 1:
-            stats.skipped += 1
-            return True
-        return False
-
-    return skip_line
-
-
-def _unreported(
-    items: Iterable[Job | BadLine], state: ResumeState, stats: Stats,
-    sendable: Callable[[Job], bool],
-) -> Iterator[Job | BadLine]:
-    """Leave out bad lines reported before; note earlier bad lines that are now valid.
-
-    A bad line is known by its content: the k-th occurrence of the same bad bytes is
-    left out only if at least k were reported. A valid request is never left out
-    because its line number was once bad; one whose bytes were reported bad is left
-    out only if it still cannot be sent (``sendable``: the engine's own checks), since
-    a repeated or misplaced custom_id makes a line bad by where it is, not by what it
-    holds. Records of older versions carry no hash and are matched by line number, for
-    bad lines only.
-    """
-    counts, legacy, reported = state.bad_hashes, state.bad_lines, state.reported_lines
-    if not (counts or legacy or reported):
-        yield from items
-        return
-    resent = state.superseded
-    for item in items:
-        if counts.get(item.line_hash, 0) > 0:
-            counts[item.line_hash] -= 1
-            if isinstance(item, BadLine) or not sendable(item):
-                continue
-        elif isinstance(item, BadLine):
-            if item.line in legacy:
-                legacy.discard(item.line)
-                continue
-        if isinstance(item, Job) and item.line in reported and item.custom_id not in resent:
-            stats.fixed_sent += 1
-            if len(stats.fixed_examples) < 10:
-                stats.fixed_examples.append(item.line)
-        yield item
-    # The whole input was read: reports whose bytes are nowhere in it now were fixed or
-    # removed (known by content, so right even when lines moved).
-    stats.fixed_lines = sum(n for n in counts.values() if n > 0) + len(legacy)
-
-
 def _changed_note(n: int, examples: list[str]) -> str:
     return (
         f"input changed: {n} line(s) differ from the ones answered before "
@@ -458,23 +363,6 @@ def _sendable(parts: Parts) -> Callable[[Job], bool]:
         return True
 
     return check
-
-
-def _edit_notes(stats: Stats) -> None:
-    if stats.fixed_lines:
-        note = (f"{stats.fixed_lines:,} line(s) reported bad before are no longer in the "
-                "input (fixed or removed)")
-        if stats.fixed_sent:
-            more = ", ..." if stats.fixed_sent > len(stats.fixed_examples) else ""
-            note += (f"; {stats.fixed_sent:,} request(s) now valid were sent from lines "
-                     f"reported bad before (lines "
-                     f"{', '.join(str(n) for n in stats.fixed_examples)}{more})")
-        stats.notes.append(note)
-    if stats.changed_failed:
-        stats.notes.append(
-            f"{stats.changed_failed:,} request(s) that failed for good before have changed in "
-            f"the input and were sent again (e.g. {', '.join(stats.changed_failed_examples)}); "
-            "their old error records are stale")
 
 
 class _SignalStop:
