@@ -193,6 +193,10 @@ def run(
     loop: Annotated[str, typer.Option(
         help="Event loop: 'auto' (uvloop when installed, the 'fast' extra), 'uvloop' or "
         "'asyncio'.")] = "auto",
+    resend_changed: Annotated[bool, typer.Option(
+        "--resend-changed", help="Send again the lines that changed since they were answered "
+        "or failed (their earlier records are moved to side files). Without it, a changed "
+        "line without a custom_id stops the run (exit 2).")] = False,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -219,6 +223,7 @@ def run(
         fallback_model=fallback_model, fallback_after=fallback_after,
         refund_unused=refund_unused,
     )
+    config.resend_changed = resend_changed
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None

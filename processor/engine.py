@@ -344,9 +344,22 @@ class Engine:
                 pass
 
     def _prepare(self, item: Job | BadLine) -> Job | None:
-        """Cost and serialise a new job; report it as a bad line if that fails."""
+        """Serialise and cost a new job; report it as a bad line if either fails.
+
+        Input that parses can still be unsendable (a body nested deeper than the JSON
+        writer allows, say) or trip the cost function in any way: that line becomes
+        one error record and the run goes on.
+        """
         if isinstance(item, BadLine):
-            self._bad(item.line, item.reason, item.custom_id)
+            self._bad(item.line, item.reason, item.custom_id, input_hash=item.line_hash)
+            return None
+        try:
+            item.payload = orjson.dumps(item.body)
+            if item.metadata is not None:
+                orjson.dumps(item.metadata)  # it is copied into the output record
+        except orjson.JSONEncodeError as exc:
+            self._bad(item.line, f"request cannot be sent as JSON: {exc}", item.custom_id,
+                      input_hash=item.line_hash)
             return None
         try:
             cost = self.cost(item)
@@ -356,7 +369,14 @@ class Engine:
                 item.tokens = cost.total
                 item.prompt_tokens = cost.prompt_tokens
         except (JobFormatError, ValueError) as exc:
-            self._bad(item.line, f"cannot cost request: {exc}", item.custom_id, item.metadata)
+            self._bad(item.line, f"cannot cost request: {exc}", item.custom_id, item.metadata,
+                      input_hash=item.line_hash)
+            return None
+        except Exception as exc:  # noqa: BLE001 - odd input must not end the run
+            log.warning("line %d: costing the request raised %s", item.line, type(exc).__name__,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+            self._bad(item.line, f"cannot cost request: {type(exc).__name__}: {exc}"[:300],
+                      item.custom_id, item.metadata, input_hash=item.line_hash)
             return None
         too_large = self.limiter.too_large(item.tokens)
         if too_large is not None:
@@ -364,7 +384,6 @@ class Engine:
                        f"request needs {item.tokens} tokens, more than the whole "
                        f"{too_large.name} limit of {too_large.limit:g}; it can never be admitted")
             return None
-        item.payload = orjson.dumps(item.body)
         return item
 
     async def _attempt(self, job: Job) -> None:
@@ -551,16 +570,16 @@ class Engine:
             custom_id=job.custom_id, line=job.line, code=code, message=message,
             status=exc.status if exc else None, request_id=exc.request_id if exc else None,
             body=exc.body if exc else None, attempts=job.attempts, history=job.history,
-            metadata=job.metadata,
+            metadata=job.metadata, input_hash=job.line_hash,
         ))
 
     def _bad(self, line: int, reason: str, custom_id: str | None = None,
-             metadata: Any = None) -> None:
+             metadata: Any = None, *, input_hash: int = 0) -> None:
         self.stats.bad_lines += 1
         self.stats.failures["invalid_line"] += 1
         self.sink.write_error(error_record(custom_id=custom_id, line=line, code="invalid_line",
                                            message=reason, metadata=metadata,
-                                           record_id=self._record_id()))
+                                           record_id=self._record_id(), input_hash=input_hash))
 
     async def _drain(self) -> None:
         """Wait for in-flight attempts; once stopping, at most ``grace`` seconds more."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import time
 import uuid
@@ -91,6 +92,9 @@ class BadLine:
     line: int
     reason: str
     custom_id: str | None = None
+    #: :func:`line_hash` of the raw line: a rerun knows a bad line by its content, so
+    #: a fixed line (or one that moved) is never taken for the bad one reported before.
+    line_hash: int = 0
 
 
 def iter_raw_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
@@ -102,12 +106,18 @@ def iter_raw_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
             yield number, raw
 
 
-def count_lines(path: str | os.PathLike[str], chunk: int = 1 << 20) -> int:
-    """Count the non-blank-terminated lines of a file quickly, without parsing."""
+def count_lines(path: str | os.PathLike[str], chunk: int = 1 << 20,
+                cancel: Callable[[], None] | None = None) -> int:
+    """Count the non-blank-terminated lines of a file quickly, without parsing.
+
+    ``cancel`` is called between blocks; it raises to abandon the count (Ctrl-C).
+    """
     n = 0
     last = b"\n"
     with open(path, "rb") as f:
         while block := f.read(chunk):
+            if cancel is not None:
+                cancel()
             n += block.count(b"\n")
             last = block[-1:]
     return n + (last != b"\n")
@@ -133,6 +143,11 @@ def _check_body(body: dict[str, Any], url: str) -> str | None:
         if "input" not in body and "prompt" not in body:
             return "responses body needs 'input'"
     return None
+
+
+# Whitespace, control characters or a fragment in a URL path: no server route has them,
+# and an HTTP library may refuse to build the request at all.
+_UNSAFE_URL = re.compile(r"[\s\x00-\x1f\x7f#]").search
 
 
 def parse_line(raw: bytes, line: int, default_endpoint: str = DEFAULT_ENDPOINT) -> Job:
@@ -164,7 +179,7 @@ def parse_line(raw: bytes, line: int, default_endpoint: str = DEFAULT_ENDPOINT) 
         if not isinstance(method, str) or method.upper() != "POST":
             raise JobFormatError(f"unsupported method {method!r}: only POST", line)
         url = obj.get("url", default_endpoint)
-        if not isinstance(url, str) or not url.startswith("/"):
+        if not isinstance(url, str) or not url.startswith("/") or _UNSAFE_URL(url):
             raise JobFormatError(
                 f"'url' must be a path like /v1/chat/completions, got {url!r}", line
             )
@@ -244,11 +259,14 @@ def error_record(
     history: list[dict[str, Any]] | None = None,
     metadata: Any = None,
     record_id: str | None = None,
+    input_hash: int = 0,
 ) -> dict[str, Any]:
     """An error line: OpenAI's Batch error shape, plus line, attempts and history.
 
     ``response`` holds the last HTTP answer when there was one (as OpenAI's error file
-    does); ``error`` says why the request failed for good.
+    does); ``error`` says why the request failed for good. With ``input_hash`` (the
+    :func:`line_hash` of the input line), ``error.input_hash`` holds it as 16 hex
+    digits: a rerun knows by it whether that line is still the same.
     """
     record: dict[str, Any] = {
         "id": record_id or new_record_id(),
@@ -267,9 +285,26 @@ def error_record(
             "history": history or [],
         },
     }
+    if input_hash:
+        record["error"]["input_hash"] = format_hash(input_hash)
     if metadata is not None:
         record["metadata"] = metadata
     return record
+
+
+def format_hash(hashed_line: int) -> str:
+    """A :func:`line_hash` as written in error records: 16 lowercase hex digits."""
+    return f"{hashed_line:016x}"
+
+
+def parse_hash(text: object) -> int:
+    """The :func:`line_hash` written by :func:`format_hash`, or 0 if ``text`` is not one."""
+    if isinstance(text, str) and len(text) == 16:
+        try:
+            return int(text, 16)
+        except ValueError:
+            return 0
+    return 0
 
 
 LEDGER_ENTRY = struct.Struct("<QQ")
@@ -323,7 +358,7 @@ class ResultWriter:
     """
 
     __slots__ = ("results_path", "errors_path", "ledger_path", "_results", "_errors", "_ledger",
-                 "_pending", "_last_sync", "_interval", "_dirty", "failure")
+                 "_last_sync", "_interval", "_dirty", "failure")
 
     def __init__(
         self,
@@ -338,7 +373,6 @@ class ResultWriter:
         self._results: _Appender | None = None
         self._errors: _Appender | None = None
         self._ledger: _Appender | None = None
-        self._pending = bytearray()  # ledger entries not yet written
         self._interval = fsync_interval
         self._last_sync = time.monotonic()
         self._dirty = False
@@ -362,22 +396,21 @@ class ResultWriter:
 
     def write_result(self, record: dict[str, Any], hashed_line: int | None = None) -> None:
         """Append a result; with ``hashed_line`` (its input line's hash), note it in the ledger."""
+        line = orjson.dumps(record) + b"\n"
         try:
+            if hashed_line:
+                # The ledger entry goes first, unbuffered: a kill between the two writes
+                # leaves an entry without a result (ignored on resume), never a result
+                # whose input line is unknown (an edit to it could not be noticed).
+                if self._ledger is None:
+                    self._ledger = self._appender(self.ledger_path)
+                self._ledger.write(ledger_entry(record["custom_id"], hashed_line))
             if self._results is None:
                 self._results = self._appender(self.results_path)
-            self._results.write(orjson.dumps(record) + b"\n")
+            self._results.write(line)
         except OutputError as exc:
             raise self._fail(exc) from exc.__cause__
         self._dirty = True
-        if hashed_line:
-            self._pending += ledger_entry(record["custom_id"], hashed_line)
-            if len(self._pending) >= _LEDGER_BUFFER:
-                try:
-                    self._flush_ledger()
-                except OutputError as exc:
-                    # The result is written, so this write succeeded; the failure is kept
-                    # and the next sync raises it (the disk is failing: stop soon).
-                    self._fail(exc)
 
     def write_error(self, record: dict[str, Any]) -> None:
         try:
@@ -388,20 +421,9 @@ class ResultWriter:
             raise self._fail(exc) from exc.__cause__
         self._dirty = True
 
-    def _flush_ledger(self) -> None:
-        if not self._pending:
-            return
-        data = bytes(self._pending)
-        # Dropped even if the write fails: a missing entry only means "hash unknown".
-        self._pending.clear()
-        if self._ledger is None:
-            self._ledger = self._appender(self.ledger_path)
-        self._ledger.write(data)
-
     def sync(self) -> None:
         """fsync the files now."""
         try:
-            self._flush_ledger()
             for f in (self._results, self._errors, self._ledger):
                 if f is not None:
                     f.sync()
@@ -422,7 +444,7 @@ class ResultWriter:
             OutputError: the final sync failed (the files stay whole lines).
         """
         try:
-            if self._dirty or self._pending:
+            if self._dirty:
                 self.sync()
         finally:
             for f in (self._results, self._errors, self._ledger):
@@ -430,8 +452,6 @@ class ResultWriter:
                     f.close()
             self._results = self._errors = self._ledger = None
 
-
-_LEDGER_BUFFER = 1 << 13
 
 
 class _Appender:
@@ -476,6 +496,7 @@ def iter_jobs(
     *,
     default_endpoint: str = DEFAULT_ENDPOINT,
     skip: Callable[[str, bytes], bool] | None = None,
+    skip_line: Callable[[int], bool] | None = None,
 ) -> Iterator[Job | BadLine]:
     """Read ``path`` lazily, yielding a :class:`Job` per good line, a :class:`BadLine` per bad one.
 
@@ -490,9 +511,13 @@ def iter_jobs(
         default_endpoint: endpoint for lines that do not name one.
         skip: called with ``(custom_id, raw line)``; True leaves the line out (already
             done in an earlier run).
+        skip_line: called with the line number first; True leaves the line out unread
+            (a line checked before the run: answered, and the same as then).
     """
     seen = IdSet()
     for number, raw in iter_raw_lines(path):
+        if skip_line is not None and skip_line(number):
+            continue
         asked = False
         if skip is not None and b'"custom_id"' not in raw:
             # Resume fast path: a line without a custom_id is named by its number, so a
@@ -503,18 +528,18 @@ def iter_jobs(
         try:
             job = parse_line(raw, number, default_endpoint)
         except JobFormatError as exc:
-            yield BadLine(number, exc.message, _salvage_id(raw))
+            yield BadLine(number, exc.message, _salvage_id(raw), line_hash(raw))
             continue
         cid = job.custom_id
         if cid.startswith(_AUTO_ID_PREFIX) and cid != f"{_AUTO_ID_PREFIX}{number}" and \
                 cid[len(_AUTO_ID_PREFIX):].isdigit():
             yield BadLine(number, f"custom_id {cid!r} is reserved for line "
                           f"{cid[len(_AUTO_ID_PREFIX):]} (lines without a custom_id are "
-                          "named line-<N>)", cid)
+                          "named line-<N>)", cid, job.line_hash)
             continue
         if cid != f"{_AUTO_ID_PREFIX}{number}" and not seen.add(cid):
             yield BadLine(number, f"duplicate custom_id {cid!r}: only its first line is sent",
-                          cid)
+                          cid, job.line_hash)
             continue
         if skip is not None and not asked and skip(cid, raw):
             continue

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +24,31 @@ import orjson
 
 from .errors import OutputError
 from .idset import IdSet
-from .jobs import LEDGER_ENTRY, count_lines, ledger_path
+from .jobs import LEDGER_ENTRY, count_lines, ledger_path, parse_hash
 
-__all__ = ["ResumeState", "load_state", "move_aside", "repair_torn_tail"]
+__all__ = ["ResumeState", "ScanInterrupted", "load_state", "move_aside", "repair_torn_tail",
+           "stop_check"]
+
+#: lines read between two looks at the stop flag (Ctrl-C during a long scan).
+CHECK_EVERY = 4096
+#: ids named by their line (lines without a custom_id).
+POSITIONAL_PREFIX = "line-"
+
+
+class ScanInterrupted(Exception):
+    """A start-up scan was abandoned because the run is stopping (Ctrl-C, SIGTERM)."""
+
+
+def stop_check(flag: threading.Event | None) -> Callable[[], None] | None:
+    """A callable that raises :class:`ScanInterrupted` once ``flag`` is set."""
+    if flag is None:
+        return None
+
+    def check() -> None:
+        if flag.is_set():
+            raise ScanInterrupted
+
+    return check
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +63,49 @@ class ResumeState:
     """What the output files of earlier runs hold.
 
     Attributes:
-        done: ids with a result.
-        failed: ids with a final error (not counting bad input lines).
-        bad_lines: line numbers already reported as bad input.
+        done: ids with a result; with a ledger, each with the low 32 bits of the hash
+            of the input line that was answered (0: unknown).
+        failed: ids with a final error (not counting bad input lines), each with the low
+            32 bits of the hash of the line that failed (0: an older record without one).
+        bad_hashes: hashes of the bad input lines already reported, with how many times
+            each was (two blank lines are two reports).
+        bad_lines: line numbers of bad lines reported by older versions, whose records
+            carry no hash (those are matched by line number, bad lines only).
+        reported_lines: line numbers of every bad line reported (for the summary).
+        positional: how many done or failed ids are ``line-<N>`` (named by position).
         torn: side files holding torn last lines that were cut off.
     """
 
     done: IdSet = field(default_factory=IdSet)
-    failed: IdSet = field(default_factory=IdSet)
+    failed: IdSet = field(default_factory=lambda: IdSet(values=True))
+    bad_hashes: Counter[int] = field(default_factory=Counter)
     bad_lines: set[int] = field(default_factory=set)
-    failed_lines: dict[str, int] = field(default_factory=dict)
+    reported_lines: set[int] = field(default_factory=set)
+    positional: int = 0
+    failed_hashes: bool = False
     torn: list[Path] = field(default_factory=list)
     invalid_lines: int = 0
     has_ledger: bool = False
+    #: lines named by position were compared with their earlier records before the run.
+    verified_positional: bool = False
+    #: bitmap of line numbers found answered and unchanged by that comparison.
+    unchanged_lines: bytearray = field(default_factory=bytearray)
+    #: ids whose earlier records were moved aside (--resend-changed): sent as new.
+    superseded: IdSet = field(default_factory=IdSet)
 
     @property
     def empty(self) -> bool:
-        return not (len(self.done) or len(self.failed) or self.bad_lines)
+        return not (len(self.done) or len(self.failed) or self.bad_lines or self.bad_hashes)
+
+    @property
+    def comparable(self) -> bool:
+        """Whether any earlier answer or failure knows the input line it was for."""
+        return (self.has_ledger and len(self.done) > 0) or self.failed_hashes
+
+    def forget_bad_lines(self) -> None:
+        """Report every bad line again (the errors file was moved aside)."""
+        self.bad_hashes.clear()
+        self.bad_lines.clear()
 
 
 def repair_torn_tail(path: Path) -> Path | None:
@@ -155,17 +206,24 @@ def _custom_id(raw: bytes) -> tuple[str | None, dict[str, object] | None]:
     return (cid if isinstance(cid, str) else None), obj
 
 
-def load_state(results: Path, errors: Path) -> ResumeState:
+def load_state(results: Path, errors: Path, *,
+               stop: threading.Event | None = None) -> ResumeState:
     """Repair both files' tails, then collect what they hold.
 
     When the results file has a ledger beside it, each done id also gets the hash of
-    the body that was answered, so a rerun can tell when the input changed.
+    the body that was answered, so a rerun can tell when the input changed. Error
+    records carry the hash of their input line (``error.input_hash``) for the same
+    purpose, and bad lines are known by it.
+
+    Raises:
+        ScanInterrupted: ``stop`` was set (the scan looks every few thousand lines).
     """
+    check = stop_check(stop)
     ledger = ledger_path(results)
     with_ledger = ledger.exists() and results.exists()
     # Sized up front (a fast newline count) so the table never grows: growing briefly
     # holds the old and the new table at once.
-    expected = count_lines(results) if results.exists() else 0
+    expected = count_lines(results, cancel=check) if results.exists() else 0
     state = ResumeState(done=IdSet(capacity=expected, values=with_ledger))
     for path in (results, errors):
         side = repair_torn_tail(path)
@@ -173,38 +231,54 @@ def load_state(results: Path, errors: Path) -> ResumeState:
             state.torn.append(side)
     if results.exists():
         with open(results, "rb") as f:
-            for raw in f:
+            for n, raw in enumerate(f):
+                if check is not None and not n % CHECK_EVERY:
+                    check()
                 cid, _ = _custom_id(raw)
                 if cid is None:
                     state.invalid_lines += 1
-                else:
-                    state.done.add(cid)
+                elif state.done.add(cid) and cid.startswith(POSITIONAL_PREFIX):
+                    state.positional += 1
     if with_ledger:
-        _read_ledger(ledger, state)
+        _read_ledger(ledger, state, check)
     if errors.exists():
         with open(errors, "rb") as f:
-            for raw in f:
-                try:
-                    obj = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    state.invalid_lines += 1
-                    continue
-                if not isinstance(obj, dict):
-                    continue
-                error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-                assert isinstance(error, dict)
-                line = error.get("line")
-                if error.get("code") == "invalid_line":
-                    if isinstance(line, int):
-                        state.bad_lines.add(line)
-                    continue
-                cid = obj.get("custom_id")
-                if isinstance(cid, str):
-                    state.failed.add(cid)
+            for n, raw in enumerate(f):
+                if check is not None and not n % CHECK_EVERY:
+                    check()
+                _read_error(raw, state)
     return state
 
 
-def _read_ledger(path: Path, state: ResumeState) -> None:
+def _read_error(raw: bytes, state: ResumeState) -> None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        state.invalid_lines += 1
+        return
+    if not isinstance(obj, dict):
+        return
+    error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+    assert isinstance(error, dict)
+    line = error.get("line")
+    hashed = parse_hash(error.get("input_hash"))
+    if error.get("code") == "invalid_line":
+        if isinstance(line, int):
+            state.reported_lines.add(line)
+        if hashed:
+            state.bad_hashes[hashed] += 1
+        elif isinstance(line, int):
+            state.bad_lines.add(line)  # an older record: known by its line number only
+        return
+    cid = obj.get("custom_id")
+    if isinstance(cid, str):
+        # A later record for the same id (it failed again) replaces the hash.
+        if state.failed.add(cid, hashed) and cid.startswith(POSITIONAL_PREFIX):
+            state.positional += 1
+        state.failed_hashes = state.failed_hashes or bool(hashed)
+
+
+def _read_ledger(path: Path, state: ResumeState, check: Callable[[], None] | None) -> None:
     size = LEDGER_ENTRY.size
     length = path.stat().st_size
     if length % size:
@@ -214,6 +288,8 @@ def _read_ledger(path: Path, state: ResumeState) -> None:
             f.truncate(length - length % size)
     with open(path, "rb") as f:
         while chunk := f.read(size * 4096):
+            if check is not None:
+                check()
             whole = len(chunk) - len(chunk) % size
             for fp, digest in LEDGER_ENTRY.iter_unpack(chunk[:whole]):
                 # Only ids the results file holds: an entry whose result line was torn

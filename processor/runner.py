@@ -6,11 +6,16 @@ import asyncio
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
+from .edits import check_edits, edit_notes, unchanged_filter, unreported
 from .engine import Engine, Lane, Sink
 from .errors import OutputError
 from .jobs import (
@@ -25,7 +30,14 @@ from .jobs import (
 from .limits import Limiter
 from .lock import JobLock
 from .paths import check_job_paths, job_locks
-from .resume import ResumeState, load_state, move_aside
+from .resume import (
+    POSITIONAL_PREFIX,
+    ResumeState,
+    ScanInterrupted,
+    load_state,
+    move_aside,
+    stop_check,
+)
 from .retry import Fallback, RetryPolicy
 from .stats import Stats
 from .tokens import DEFAULT_MAX_TOKENS, Cost, TokenCounter
@@ -71,6 +83,10 @@ class JobConfig:
         grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
         fresh: move old outputs aside and start over.
         retry_failed: send again the requests that failed for good in earlier runs.
+        resend_changed: lines whose content changed since they were answered (or failed
+            for good) are sent again, their earlier records moved to side files. Without
+            it, a changed line without a custom_id (named by its position) stops the run
+            before anything is sent, and one with a custom_id keeps its old answer.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -101,6 +117,7 @@ class JobConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     allow_download: bool = True
+    resend_changed: bool = False
 
 
 async def run_job(
@@ -126,7 +143,8 @@ async def run_job(
 
     Raises:
         ConfigError: the input is missing or not a file, an output path cannot be a file
-            or is another of the files, or the options cannot work.
+            or is another of the files, the options cannot work, or lines without a
+            custom_id changed since they were answered (see ``JobConfig.resend_changed``).
         JobLocked: another run holds this job's results or errors file (a ConfigError).
         OutputError: an output file cannot be created, or a torn line not repaired. A
             write that fails during the run does not raise: it stops the run, and the
@@ -154,24 +172,32 @@ async def _run(
         if value:
             stats.limits[name] = value
     # File work before the first request (resume scan, line count) runs in a thread so
-    # that a caller's event loop is never blocked by it.
-    state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
-                                    count_total)
+    # that a caller's event loop is never blocked by it. Signals are handled from before
+    # it starts: Ctrl-C during a long scan stops it within a few thousand lines.
+    signals = _SignalStop(stats) if handle_signals else None
+    try:
+        state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
+                                        count_total, signals.flag if signals else None)
+        parts = build_parts(cfg)
+    except BaseException as exc:
+        if signals is not None:
+            signals.remove()
+        if not isinstance(exc, ScanInterrupted):
+            raise
+        stats.finished = time.monotonic()
+        stats.notes.append("stopped while reading the earlier outputs; nothing was sent")
+        return stats
 
-    parts = build_parts(cfg)
     counter = parts.counter
     skip = _resume_filter(state, cfg.retry_failed, stats)
     writer = ResultWriter(out_path, err_path)
     async with parts.client() as client:
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
-        reported = state.bad_lines
-        source = (
-            item for item in iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip)
-            # Lines reported bad before (unparsable, or a request that cannot be
-            # costed) are not reported again.
-            if not (reported and item.line in reported)
-        )
-        remove = _install_signals(engine) if handle_signals else (lambda: None)
+        # Bad lines reported before (by content) are not reported again.
+        source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
+                                      skip_line=unchanged_filter(state, stats)),
+                            state, stats, _sendable(parts))
+        remove = signals.attach(engine) if signals else (lambda: None)
         try:
             await engine.run(source)
         except OutputError:
@@ -199,6 +225,7 @@ async def _run(
     if stats.changed:
         stats.notes.append(_changed_note(stats.changed, stats.changed_examples))
         log.warning("%s", stats.notes[-1])
+    edit_notes(stats)
     stats.notes.append(f"results: {out_path}")
     stats.notes.append(f"errors:  {err_path}")
     counter.wait_loaded(timeout=1.0)
@@ -263,23 +290,39 @@ def build_parts(cfg: JobConfig) -> Parts:
 
 
 def _prepare_files(
-    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool
+    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool,
+    stop: threading.Event | None = None,
 ) -> ResumeState:
-    """Check the input, move or repair old outputs, read what they hold, count lines."""
+    """Check the input, move or repair old outputs, read what they hold, count lines.
+
+    Raises:
+        ConfigError: lines without a custom_id changed since they were answered (and
+            ``resend_changed`` is off).
+        ScanInterrupted: ``stop`` was set during the scan.
+    """
     if cfg.fresh:
         for p in (out_path, err_path, ledger_path(out_path)):
             moved = move_aside(p)
             if moved:
                 stats.notes.append(f"--fresh: moved {p} to {moved}")
-    state = load_state(out_path, err_path)
+    if out_path.exists() or err_path.exists():
+        log.info("reading the earlier outputs (%s, %s) to resume", out_path, err_path)
+    state = load_state(out_path, err_path, stop=stop)
     for side in state.torn:
         stats.notes.append(f"repaired a torn last line; its bytes are in {side}")
     if cfg.retry_failed and len(state.failed):
         moved = move_aside(err_path)
         stats.notes.append(f"--retry-failed: previous errors moved to {moved}")
-        state.bad_lines.clear()
+        state.forget_bad_lines()
+    if len(state.done) and not state.has_ledger:
+        stats.notes.append(
+            f"{out_path} has no ledger beside it (written by another tool or an older "
+            "version): edits to the input since those answers cannot be detected")
+    if state.comparable and (state.positional or cfg.resend_changed):
+        state = check_edits(src, out_path, err_path, stats, state, stop=stop,
+                            resend_changed=cfg.resend_changed, retry_failed=cfg.retry_failed)
     if count_total:
-        stats.total = count_lines(src)
+        stats.total = count_lines(src, cancel=stop_check(stop))
     return state
 
 
@@ -289,26 +332,39 @@ def _resume_filter(
     """The ``skip`` test for a rerun: done ids (and failed ones unless retried) are left out.
 
     A done id whose input line hashes differently from the one answered (per the
-    ledger) is counted as changed; its old answer is kept.
+    ledger) is counted as changed; its old answer is kept. A failed id whose line
+    changed since it failed is a new request: it is sent again. Lines named by their
+    position were compared before the run (:func:`~processor.edits.check_edits`), so they are not
+    hashed again here.
     """
     if state.empty:
         return None
     done, failed = state.done, state.failed
     check_changes = state.has_ledger
+    verified = state.verified_positional
 
     def skip(custom_id: str, raw: bytes) -> bool:
         # One lookup: None, or the low 32 bits of the answered line's hash (0: unknown).
         answered = done.get(custom_id)
         if answered is not None:
             stats.skipped += 1
-            if check_changes and answered and answered != line_hash(raw) & 0xFFFFFFFF:
+            if check_changes and answered and not (
+                verified and custom_id.startswith(POSITIONAL_PREFIX)
+                and custom_id[len(POSITIONAL_PREFIX):].isdigit()
+            ) and answered != line_hash(raw) & 0xFFFFFFFF:
                 stats.changed += 1
                 if len(stats.changed_examples) < 5:
                     stats.changed_examples.append(custom_id)
             return True
-        if custom_id in failed:
+        failed_for = failed.get(custom_id)
+        if failed_for is not None:
             if retry_failed:
                 stats.retried_failed += 1
+                return False
+            if failed_for and failed_for != line_hash(raw) & 0xFFFFFFFF:
+                stats.changed_failed += 1
+                if len(stats.changed_failed_examples) < 5:
+                    stats.changed_failed_examples.append(custom_id)
                 return False
             stats.skipped_failed += 1
             return True
@@ -321,18 +377,57 @@ def _changed_note(n: int, examples: list[str]) -> str:
     return (
         f"input changed: {n} line(s) differ from the ones answered before "
         f"(e.g. {', '.join(examples)}); their old answers are kept. "
-        "Use --fresh to start over (old outputs are moved aside)."
+        "Use --resend-changed to send them again (old answers moved to side files), or "
+        "--fresh to start over (old outputs are moved aside)."
     )
 
 
-def _install_signals(engine: Engine) -> Callable[[], None]:
-    """First SIGINT/SIGTERM: graceful stop. Second: cancel what is in flight now."""
-    loop = asyncio.get_running_loop()
-    hits = {"n": 0}
+def _sendable(parts: Parts) -> Callable[[Job], bool]:
+    """Whether the engine would accept ``job`` (it serialises and can be costed)."""
 
-    def handler(signame: str) -> None:
-        hits["n"] += 1
-        if hits["n"] == 1:
+    def check(job: Job) -> bool:
+        try:
+            orjson.dumps(job.body)
+            orjson.dumps(job.metadata)
+            parts.cost(job)
+        except Exception:  # noqa: BLE001 - any failure: the engine reports it the same way
+            return False
+        return True
+
+    return check
+
+
+class _SignalStop:
+    """SIGINT / SIGTERM / SIGHUP for a whole run, start-up scan included.
+
+    During the scan a signal sets :attr:`flag` (the scan thread stops within a few
+    thousand lines); once an engine is attached, the first signal stops it gracefully
+    and the second abandons what is in flight.
+    """
+
+    def __init__(self, stats: Stats) -> None:
+        self.flag = threading.Event()
+        self.stats = stats
+        self.engine: Engine | None = None
+        self.hits = 0
+        self._loop = asyncio.get_running_loop()
+        self._installed: list[signal.Signals] = []
+        # SIGHUP too: a dropped ssh session ends the run like a SIGTERM, with a summary.
+        for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"),
+                          (signal.SIGHUP, "SIGHUP")):
+            try:
+                self._loop.add_signal_handler(sig, self._handle, name)
+                self._installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+
+    def _handle(self, signame: str) -> None:
+        self.hits += 1
+        self.flag.set()
+        engine = self.engine
+        if engine is None:
+            self.stats.stop_reason = self.stats.stop_reason or f"{signame} received"
+        elif self.hits == 1:
             engine.stop(f"{signame} received")
         else:
             engine.grace = 0.0
@@ -340,18 +435,18 @@ def _install_signals(engine: Engine) -> Callable[[], None]:
             engine.stats.notes.append(f"second {signame}: in-flight requests abandoned")
             engine.kick()
 
-    installed = []
-    # SIGHUP too: a dropped ssh session ends the run like a SIGTERM, with a summary.
-    for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"),
-                      (signal.SIGHUP, "SIGHUP")):
-        try:
-            loop.add_signal_handler(sig, handler, name)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
+    def attach(self, engine: Engine) -> Callable[[], None]:
+        """Hand signals to ``engine`` (stopped at once if one came during the scan).
 
-    def remove() -> None:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        Returns:
+            :meth:`remove`, to call when the run is over.
+        """
+        self.engine = engine
+        if self.hits:
+            engine.stop(self.stats.stop_reason or "interrupted")
+        return self.remove
 
-    return remove
+    def remove(self) -> None:
+        for sig in self._installed:
+            self._loop.remove_signal_handler(sig)
+        self._installed = []

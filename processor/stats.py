@@ -67,6 +67,16 @@ class Stats:
     rerun_later: bool = False
     skipped_failed: int = 0
     output_error: str | None = None
+    #: earlier bad lines no longer in the input (fixed or removed; known by content).
+    fixed_lines: int = 0
+    #: requests sent from line numbers reported bad before, and the first of those lines.
+    fixed_sent: int = 0
+    fixed_examples: list[int] = field(default_factory=list)
+    #: requests that failed for good before but whose line changed: sent again.
+    changed_failed: int = 0
+    changed_failed_examples: list[str] = field(default_factory=list)
+    #: changed lines whose earlier records --resend-changed moved aside.
+    superseded: int = 0
 
     @property
     def done(self) -> int:

@@ -614,3 +614,26 @@ def test_line_hash(a: bytes, b: bytes, same: bool) -> None:
 def test_parsed_job_carries_its_line_hash() -> None:
     raw = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}\n'
     assert parse_line(raw, 1).line_hash == line_hash(raw)
+
+
+def test_iter_jobs_skip_line_leaves_lines_out_unread(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "j.jsonl", [CHAT, b"not json\n", CHAT])
+    asked: list[int] = []
+
+    def skip_line(number: int) -> bool:
+        asked.append(number)
+        return number == 2
+
+    items = list(iter_jobs(path, skip_line=skip_line))
+    assert asked == [1, 2, 3]
+    assert [(type(i).__name__, i.line) for i in items] == [("Job", 1), ("Job", 3)]
+
+
+def test_bad_lines_and_error_records_carry_the_line_hash(tmp_path: Path) -> None:
+    raw = b'{"custom_id": "a", "body": 3}\n'
+    (bad,) = iter_jobs(write_jsonl(tmp_path / "j.jsonl", [raw]))
+    assert isinstance(bad, BadLine) and bad.line_hash == line_hash(raw)
+    rec = error_record(custom_id="a", line=1, code="invalid_line", message="m",
+                       input_hash=bad.line_hash)
+    assert rec["error"]["input_hash"] == f"{line_hash(raw):016x}"
+    assert "input_hash" not in error_record(custom_id="a", line=1, code="c", message="m")["error"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,13 @@ from processor.jobs import (
     Job,
     ResultWriter,
     error_record,
+    ledger_entry,
     line_hash,
     result_record,
 )
-from processor.resume import load_state, move_aside, repair_torn_tail
+from processor.resume import ScanInterrupted, load_state, move_aside, repair_torn_tail
+
+from .conftest import start_cli
 
 
 def line(obj: Any) -> bytes:
@@ -284,3 +290,70 @@ def test_load_state_reads_the_top_level_custom_id_of_other_writers(tmp_path: Pat
     )
     state = load_state(results, tmp_path / "e.jsonl")
     assert "outer" in state.done and "ours" in state.done and "inner" not in state.done
+
+
+# --------------------------------------------------------------------------- stopping the scan
+
+
+def test_load_state_stops_when_asked(tmp_path: Path) -> None:
+    results, errors = tmp_path / "results.jsonl", tmp_path / "errors.jsonl"
+    data = result_line("a") * 10
+    results.write_bytes(data)
+    flag = threading.Event()
+    assert "a" in load_state(results, errors, stop=flag).done
+    flag.set()
+    with pytest.raises(ScanInterrupted):
+        load_state(results, errors, stop=flag)
+    assert results.read_bytes() == data  # nothing written
+
+
+def _big_resumed_job(tmp_path: Path, n: int) -> Path:
+    """A bare job of ``n`` lines, every one answered (results and ledger), written fast."""
+    job = tmp_path / "job.jsonl"
+    lines = [b'{"model":"gpt-4o-mini","input":"doc %d"}\n' % i for i in range(1, n + 1)]
+    job.write_bytes(b"".join(lines))
+    with open(tmp_path / "job.results.jsonl", "wb") as out, \
+            open(tmp_path / "job.results.jsonl.ledger", "wb") as ledger:
+        for i, raw in enumerate(lines, 1):
+            out.write(b'{"id":"batch_req_%d","custom_id":"line-%d","response":{"status_code":'
+                      b'200,"request_id":"","body":{}},"error":null}\n' % (i, i))
+            ledger.write(ledger_entry(f"line-{i}", line_hash(raw)))
+    return job
+
+
+async def _until_scanning(proc: asyncio.subprocess.Process) -> float:
+    """Read stderr until the run says it reads the earlier outputs; return when."""
+    assert proc.stderr is not None
+    loop = asyncio.get_running_loop()
+    for _ in range(200):  # bounded
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        if b"reading the earlier outputs" in line or not line:
+            break
+    return loop.time()
+
+
+@pytest.mark.slow
+async def test_a_signal_during_the_start_up_scan_stops_it_at_once(tmp_path: Path) -> None:
+    sig, code = signal.SIGINT, 130
+    job = _big_resumed_job(tmp_path, 300_000)
+    url = "http://127.0.0.1:9/v1"  # never reached: everything is done
+    loop = asyncio.get_running_loop()
+    # How long the whole scan takes on this machine now (nothing left to send: exit 0).
+    proc = await start_cli(job, url, "--verbose")
+    started = await _until_scanning(proc)
+    _, err = await proc.communicate()
+    scan = loop.time() - started
+    assert proc.returncode == 0, err.decode()
+    assert "300,000 skipped" in err.decode()
+    # Again, with a signal as soon as the scan has begun.
+    proc = await start_cli(job, url, "--verbose")
+    await _until_scanning(proc)
+    proc.send_signal(sig)
+    signalled = loop.time()
+    _, err = await proc.communicate()
+    stopped = loop.time() - signalled
+    assert proc.returncode == code, err.decode()
+    assert "nothing was sent" in err.decode()
+    assert "Traceback" not in err.decode()
+    # It did not sit out the scan: compared with the scan's own length, not a fixed time.
+    assert stopped < scan / 3, (stopped, scan)
