@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -27,30 +29,55 @@ from .errors import (
     BadRequest,
     QuotaExceeded,
     RateLimited,
+    Redirected,
+    ResponseTooLarge,
     ServerError,
 )
+from .masking import Masker, header_secrets, is_credential_header
 
-__all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "OpenAIClient", "RateLimitInfo", "Response",
-           "azure_url", "is_azure_url", "join_url", "parse_duration", "parse_retry_after"]
+__all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "DEFAULT_MAX_RESPONSE_MB", "MAX_WAIT",
+           "OpenAIClient", "RateLimitInfo", "Response", "azure_url", "classify", "is_azure_url",
+           "join_url", "parse_duration", "parse_retry_after"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: The largest answer kept, in MiB. A full embeddings batch (2,048 inputs x 3,072 dims)
+#: is 6,291,456 floats; OpenAI pretty-prints them one per line, 8 spaces of indent, at
+#: most 24 characters ("-2.2250738585072014e-308") and ",\n": 34 bytes each, 214 MB
+#: (204 MiB) in all, plus the envelope. 256 MiB holds that with room to spare.
+DEFAULT_MAX_RESPONSE_MB = 256.0
+#: The most of an error (non-2xx) body that is read: the message is in the first bytes.
+_ERROR_BODY_LIMIT = 1 << 20
+#: The longest wait any header can ask for: a week. A server asking for more (1e17 s, an
+#: HTTP date in year 9999) is broken; the value stays finite, and the engine decides what
+#: a long pause means (it stops the run, to be rerun later).
+MAX_WAIT = 7 * 86400.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _RETRY_IN_WORDS = re.compile(
     r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+|\d+(?:\.\d+)?)"
     r"(?:\s*(ms|s|sec|seconds?)\b)?", re.I)
 
 
+def _wait(seconds: float) -> float | None:
+    """A wait fit to use: None for nan, at least 0, at most :data:`MAX_WAIT`."""
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_WAIT)
+
+
 def parse_duration(text: str) -> float | None:
-    """Parse OpenAI's reset durations ("20ms", "1s", "6m0s", "1h2m3.5s") into seconds."""
+    """Parse OpenAI's reset durations ("20ms", "1s", "6m0s", "1h2m3.5s", "1.5") into
+    seconds, at most :data:`MAX_WAIT`; None for anything else (negative, nan, garbage)."""
     text = text.strip()
-    if not text:
+    if not text or len(text) > 100:  # no real duration is longer; garbage is not parsed
         return None
     try:
         value = float(text)
     except ValueError:
         pass
     else:
-        return value if math.isfinite(value) and value >= 0 else None
+        return _wait(value) if value >= 0 else None
     total = 0.0
     pos = 0
     for m in _DURATION.finditer(text):
@@ -59,12 +86,12 @@ def parse_duration(text: str) -> float | None:
         value = float(m.group(1))
         total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
         pos = m.end()
-    return total if pos == len(text) and pos else None
+    return _wait(total) if pos == len(text) and pos else None
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``
-    (seconds or an HTTP date), else None."""
+    (seconds or an HTTP date), else None. Never negative, never over :data:`MAX_WAIT`."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
@@ -73,7 +100,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
             pass
         else:
             if math.isfinite(seconds):
-                return max(0.0, seconds)
+                return _wait(seconds)
     value = headers.get("retry-after")
     if value is None:
         return None
@@ -82,12 +109,23 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         pass
     else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
+        return _wait(seconds) if math.isfinite(seconds) else None
+    if len(value) > 100:
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
+        # email.utils raises all of these on garbage ("Mon, 99999999999 Jan 1 ...").
         return None
-    return max(0.0, when.timestamp() - time.time())
+    if when.tzinfo is None:  # "-0000": the RFC says such dates are UTC
+        when = when.replace(tzinfo=timezone.utc)
+    # Arithmetic on aware datetimes, not .timestamp(): that needs the platform's
+    # time_t and fails for year 1 or 9999 on some systems.
+    try:
+        delta = when - datetime.fromtimestamp(time.time(), timezone.utc)
+    except OverflowError:  # year 1 with a negative offset: before datetime.min in UTC
+        return 0.0
+    return _wait(delta.total_seconds())
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +246,9 @@ def _error_message(body: Any) -> str:
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
+            return str(error["message"])[:1000]
         if isinstance(error, str):
-            return error
+            return error[:1000]
     if isinstance(body, str):
         return body[:300]
     return ""
@@ -221,22 +259,53 @@ def _error_code(body: Any) -> str | None:
         error = body["error"]
         for key in ("code", "type"):
             if isinstance(error.get(key), str):
-                return str(error[key])
+                return str(error[key])[:100]
     return None
 
 
-def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
-    """Turn one HTTP answer into a :class:`Response` or raise the matching APIError."""
+_NO_MASK = Masker()
+
+
+def _text_excerpt(raw: bytes | bytearray, mask: Masker) -> str:
+    """The start of a body that is not JSON, as text, secrets masked."""
+    # Masked before the cut, so a secret at the edge is not half shown.
+    return mask.loose_text(raw[:65536].decode("utf-8", "replace"))[:2000]
+
+
+def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
+             masker: Masker | None = None) -> Response:
+    """Turn one HTTP answer into a :class:`Response` or raise the matching APIError.
+
+    Args:
+        status: the HTTP status.
+        raw: the body (bytes or bytearray).
+        headers: the response headers (case-insensitive in practice).
+        masker: the secrets to mask in the body, request id and messages.
+    """
+    mask = masker or _NO_MASK
     request_id = headers.get("x-request-id") or headers.get("apim-request-id")
+    if request_id:
+        request_id = mask.text(request_id)
+    raw = mask.raw(raw)
     if 200 <= status < 300:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
+            kind = headers.get("content-type", "no content type").partition(";")[0].strip()
+            what = "an empty body" if not raw else (
+                f"a body that is not valid JSON ({mask.text(kind)[:60]}, {len(raw)} bytes: "
+                "truncated, or a proxy's page?)")
             raise ServerError(
-                f"HTTP {status} with a body that is not valid JSON ({len(raw)} bytes, truncated?)",
-                status=status, request_id=request_id,
+                f"HTTP {status} with {what}", status=status, request_id=request_id,
+                body=_text_excerpt(raw, mask) if raw else None,
             ) from None
-        if isinstance(body, dict) and isinstance(body.get("error"), (dict, str)) and not (
+        if mask.may_hide(raw):
+            body = mask.tree(body)
+        if not isinstance(body, dict):
+            # Every OpenAI endpoint answers with an object; `[]` or `"ok"` is not an answer.
+            raise ServerError(f"HTTP {status} with a JSON {type(body).__name__}, not an object",
+                              status=status, body=body, request_id=request_id)
+        if isinstance(body.get("error"), (dict, str)) and not (
             "choices" in body or "data" in body or "output" in body
         ):
             # Some proxies answer 200 with an error body; a Responses object's
@@ -244,12 +313,13 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
             raise ServerError(f"HTTP {status} with an error body: {_error_message(body)}",
                               status=status, body=body, request_id=request_id)
         return Response(status, body, request_id, RateLimitInfo.from_headers(headers))
-    error_body: Any
     try:
-        error_body = orjson.loads(raw) if raw else None
+        body = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
-        error_body = raw[:2000].decode("utf-8", "replace")
-    body = error_body
+        body = _text_excerpt(raw, mask)
+    else:
+        if mask.may_hide(raw):
+            body = mask.tree(body)
     message = f"HTTP {status}: {_error_message(body) or 'no message'}"
     retry_after = parse_retry_after(headers)
     if retry_after is None and status == 429:
@@ -283,19 +353,28 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
 class OpenAIClient:
     """An OpenAI-compatible HTTP client that owns one ``aiohttp.ClientSession``.
 
+    Redirects are never followed (a 3xx is a :class:`~processor.errors.Redirected`): the
+    key must not reach the host a redirect names. The environment's proxy settings and
+    ``~/.netrc`` are not read (``trust_env=False``).
+
     Args:
         base_url: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
         api_key: sent as ``Authorization: Bearer ...`` (or ``api-key`` for Azure);
             never logged, never part of an error message.
-        timeout: seconds for one whole request.
+        timeout: seconds for one whole request, reading the answer included.
         max_connections: connection pool size (match the in-flight cap).
-        headers: extra headers sent with every request.
+        headers: extra headers sent with every request; the values of credential headers
+            (see :func:`processor.masking.is_credential_header`) are masked like keys.
         azure: Azure OpenAI: the key goes in the ``api-key`` header, and unless the
             base URL already names a deployment (``.../openai/deployments/NAME``) or is
             Azure's v1 API (``.../openai/v1``), each request goes to the deployment
             named by its ``model``, with ``?api-version=``.
         api_version: Azure's ``api-version`` query parameter.
         secrets: other keys (sent per request) to mask wherever they might be echoed.
+        secret_headers: headers sent with every request whose values are masked too,
+            whatever their names.
+        max_response_mb: the largest answer read, in MiB; a larger one is a
+            :class:`~processor.errors.ResponseTooLarge`.
     """
 
     def __init__(
@@ -309,28 +388,48 @@ class OpenAIClient:
         azure: bool = False,
         api_version: str = AZURE_API_VERSION,
         secrets: list[str] | None = None,
+        secret_headers: Mapping[str, str] | None = None,
+        max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
     ) -> None:
+        if not max_response_mb > 0:
+            raise ValueError(f"max_response_mb must be positive, got {max_response_mb}")
         self.base_url = base_url
         self.azure = azure
         self.api_version = api_version
-        # Short test keys ("k") would mask every "k"; real keys are long.
-        self._secrets = [k for k in [api_key, *(secrets or [])] if k and len(k) >= 8]
-        self._secret_bytes = [k.encode() for k in self._secrets]  # encoded once, not per answer
+        self.max_response = int(max_response_mb * (1 << 20))
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         h = {"Content-Type": "application/json", "Accept": "application/json"}
-        h.update(headers or {})
+        extra = {**(headers or {}), **(secret_headers or {})}
+        # Header names are case-insensitive: a user's "authorization" replaces ours
+        # rather than going out as a second Authorization header.
+        for name, value in extra.items():
+            _set_header(h, name, value)
         if api_key:
             if azure:
-                h["api-key"] = api_key
+                _set_header(h, "api-key", api_key)
             else:
-                h["Authorization"] = f"Bearer {api_key}"
+                _set_header(h, "Authorization", f"Bearer {api_key}")
         self._headers = h
+        hidden: list[str | None] = [api_key, *(secrets or []), urlsplit(base_url).password]
+        for name, value in extra.items():
+            if name in (secret_headers or {}) or is_credential_header(name):
+                parts = header_secrets(name, value)
+                hidden += parts
+                if parts and len(parts[-1 if len(parts) > 1 else 0]) < 8:
+                    log.warning("the value of header %s is shorter than 8 characters: an echo "
+                                "of it in an answer cannot be masked", name)
+        self._masker = Masker(hidden)
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[tuple[str, str | None], str] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(base_url={self.base_url!r})"
+
+    @property
+    def masker(self) -> Masker:
+        """What this client masks (its keys and credential headers)."""
+        return self._masker
 
     async def __aenter__(self) -> OpenAIClient:
         self._ensure_session()
@@ -353,6 +452,8 @@ class OpenAIClient:
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, headers=self._headers,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
+                # No HTTP(S)_PROXY, no ~/.netrc credentials: only what we were given.
+                trust_env=False,
             )
         return self._session
 
@@ -374,10 +475,7 @@ class OpenAIClient:
         return url
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        return self._masker.text(text)
 
     async def post(
         self,
@@ -396,22 +494,30 @@ class OpenAIClient:
             model: the request's model (names the deployment on Azure).
 
         Returns:
-            The :class:`Response` for a 2xx with a JSON body.
+            The :class:`Response` for a 2xx with a JSON object body.
 
         Raises:
             RateLimited, ServerError, APITimeout: worth retrying.
-            AuthError, BadRequest, QuotaExceeded: not worth retrying.
+            AuthError, BadRequest, QuotaExceeded, Redirected, ResponseTooLarge: not
+            worth retrying.
         """
         session = self._session or self._ensure_session()
+        url = self.url_for(endpoint, model)
         try:
-            async with session.post(self.url_for(endpoint, model), data=payload,
-                                    headers=headers) as resp:
-                raw = await resp.read()
-                for key in self._secret_bytes:
-                    # A proxy or mock that echoes a key must not put it in our files.
-                    if key in raw:
-                        raw = raw.replace(key, b"***")
-                return classify(resp.status, raw, resp.headers)
+            async with session.post(url, data=payload, headers=headers,
+                                    allow_redirects=False) as resp:
+                status = resp.status
+                if 300 <= status < 400:
+                    raise self._redirected(status, url, resp.headers)
+                if 200 <= status < 300:
+                    raw = await _read_capped(resp, self.max_response)
+                    if raw is None:
+                        raise self._too_large(status, resp)
+                else:
+                    # The message is in the first bytes; an endless error page is cut.
+                    raw = await _read_capped(resp, _ERROR_BODY_LIMIT, cut=True)
+                    assert raw is not None
+                return classify(status, raw, resp.headers, self._masker)
         except APIError:
             raise
         except asyncio.TimeoutError as exc:
@@ -420,3 +526,64 @@ class OpenAIClient:
             raise ServerError(self._redact(f"response body cut short: {exc}")) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise APITimeout(self._redact(f"{type(exc).__name__}: {exc}")) from exc
+
+    def _redirected(self, status: int, url: str, headers: Mapping[str, str]) -> Redirected:
+        location = headers.get("location")
+        shown = self._masker.url(location, url) if location else None
+        request_id = headers.get("x-request-id") or headers.get("apim-request-id")
+        where = f"to {shown}" if shown else "with no Location"
+        return Redirected(
+            f"HTTP {status} redirect {where}: not followed (the credentials stay with "
+            "the host they are for, and a redirected POST would not be the request sent); "
+            "if the API moved, give the new address as --base-url",
+            status=status, location=shown, code="redirect",
+            request_id=self._redact(request_id) if request_id else None,
+        )
+
+    def _too_large(self, status: int, resp: aiohttp.ClientResponse) -> ResponseTooLarge:
+        length = resp.content_length
+        size = (f"Content-Length {length:,} bytes" if length is not None and length >
+                self.max_response else "the body ran past it and was not read further")
+        request_id = resp.headers.get("x-request-id") or resp.headers.get("apim-request-id")
+        resp.close()  # the rest is not wanted: drop the connection, do not drain it
+        return ResponseTooLarge(
+            f"HTTP {status} answer larger than --max-response-mb "
+            f"({self.max_response / (1 << 20):g} MiB): {size}",
+            status=status, code="response_too_large",
+            request_id=self._redact(request_id) if request_id else None,
+        )
+
+
+def _set_header(headers: dict[str, str], name: str, value: str) -> None:
+    """Set ``name`` in ``headers``, replacing any spelling of it (names ignore case)."""
+    for existing in [k for k in headers if k.lower() == name.lower()]:
+        del headers[existing]
+    headers[name] = value
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int,
+                       cut: bool = False) -> bytearray | None:
+    """The body, read piece by piece into one buffer, never more than ``cap`` bytes.
+
+    Returns None when the body is larger (``cut``: its first ``cap`` bytes instead). A
+    Content-Length over the cap is refused before reading; a body without one (chunked,
+    compressed, endless) is stopped at the cap; the total timeout bounds a slow one.
+    """
+    length = resp.content_length
+    if length is not None and length > cap and not cut:
+        return None
+    buf = bytearray()
+    content = resp.content
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        if len(buf) + len(chunk) > cap:
+            if not cut:
+                return None
+            buf += chunk[: cap - len(buf)]
+            resp.close()
+            break
+        buf += chunk
+    # bytearray is what orjson and bytes.replace take; no copy into bytes needed.
+    return buf
