@@ -572,18 +572,27 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int,
     length = resp.content_length
     if length is not None and length > cap and not cut:
         return None
-    buf = bytearray()
+    # Sized up front when the length is known (and not compressed): no regrowth, no
+    # slack; otherwise grown as pieces come (bytearray over-allocates by ~1/8).
+    exact = length is not None and "content-encoding" not in resp.headers
+    buf = bytearray(min(length, cap) if exact and length else 0)
+    size = 0
     content = resp.content
     while True:
         chunk = await content.readany()
         if not chunk:
             break
-        if len(buf) + len(chunk) > cap:
+        end = size + len(chunk)
+        if end > cap:
             if not cut:
                 return None
-            buf += chunk[: cap - len(buf)]
+            chunk = chunk[: cap - size]
+            end = cap
+        buf[size:end] = chunk
+        size = end
+        if size == cap and cut:
             resp.close()
             break
-        buf += chunk
-    # bytearray is what orjson and bytes.replace take; no copy into bytes needed.
+    if size < len(buf):
+        del buf[size:]
     return buf

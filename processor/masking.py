@@ -75,21 +75,25 @@ class Masker:
             out (see the module docstring).
     """
 
-    __slots__ = ("_bytes", "_escapes", "_secrets")
+    __slots__ = ("_bytes", "_escapes", "_patterns", "_secrets")
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         unique = {s for s in secrets if s and len(s) >= MIN_SECRET_LEN}
         # Longest first: a secret that contains another is masked whole.
         self._secrets = sorted(unique, key=len, reverse=True)
         self._bytes = [s.encode() for s in self._secrets]  # encoded once, not per answer
+        # re's literal search is several times faster than ``bytes in bytes`` on
+        # digit-heavy bodies (embeddings) for keys that hold digits: 7 us, not 57, per
+        # 22 KB answer.
+        self._patterns = [re.compile(re.escape(b)) for b in self._bytes]
         # The JSON escapes that can spell a secret's characters: \u always; \/, \" and
         # \\ only when some secret holds /, " or \ (\n, \t ... never: secrets hold no
         # control characters). Raw bytes with none of them decode to the same text.
-        escapes = [b"\\u"]
-        for char, escape in (("/", b"\\/"), ('"', b'\\"'), ("\\", b"\\\\")):
+        escapes = "u"
+        for char in "/\"\\":
             if any(char in s for s in self._secrets):
-                escapes.append(escape)
-        self._escapes = escapes
+                escapes += char
+        self._escapes = re.compile(rb"\\[" + re.escape(escapes.encode()) + rb"]")
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
@@ -106,15 +110,17 @@ class Masker:
 
     def raw(self, raw: bytes | bytearray) -> bytes | bytearray:
         """Raw bytes with every secret's UTF-8 bytes replaced."""
-        for secret in self._bytes:
-            if secret in raw:
+        for secret, pattern in zip(self._bytes, self._patterns, strict=True):
+            if pattern.search(raw):
                 raw = raw.replace(secret, b"***")
         return raw
 
     def may_hide(self, raw: bytes | bytearray) -> bool:
         """True when JSON ``raw`` holds escapes that could spell a secret once decoded
         (the fast path: without them, masking the raw bytes was enough)."""
-        return bool(self._secrets) and any(e in raw for e in self._escapes)
+        # No backslash at all (memchr, the common case) settles it at once.
+        return bool(self._secrets) and raw.find(b"\\") >= 0 and bool(
+            self._escapes.search(raw))
 
     def tree(self, obj: Any) -> Any:
         """Mask every string of decoded JSON (values and keys, at any depth) in place;

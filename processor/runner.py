@@ -10,7 +10,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
+from .client import (
+    AZURE_API_VERSION,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RESPONSE_MB,
+    OpenAIClient,
+    is_azure_url,
+)
 from .engine import Engine, Lane, Sink
 from .errors import ConfigError
 from .jobs import (
@@ -69,10 +75,14 @@ class JobConfig:
         grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
         fresh: move old outputs aside and start over.
         retry_failed: send again the requests that failed for good in earlier runs.
+        secret_headers: extra headers whose values are masked wherever a server might
+            echo them (credential headers in ``headers`` are masked anyway).
+        max_response_mb: the largest answer kept, in MiB; a larger one is an error
+            record (``response_too_large``).
     """
 
     base_url: str = DEFAULT_BASE_URL
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr
     rpm: float | None = None
     tpm: float | None = None
     max_in_flight: int = 100
@@ -81,10 +91,10 @@ class JobConfig:
     endpoint: str = DEFAULT_ENDPOINT
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     encodings_dir: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     azure: bool | None = None
     api_version: str = AZURE_API_VERSION
-    api_keys: list[tuple[str, str]] = field(default_factory=list)
+    api_keys: list[tuple[str, str]] = field(default_factory=list, repr=False)
     rpd: float | None = None
     tpd: float | None = None
     auto_rpm: bool = True
@@ -99,6 +109,8 @@ class JobConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     allow_download: bool = True
+    secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
 
 
 async def run_job(
@@ -191,7 +203,9 @@ class Parts:
         return OpenAIClient(cfg.base_url, self.default_key, timeout=cfg.timeout,
                             max_connections=cfg.max_in_flight, headers=cfg.headers,
                             azure=self.azure, api_version=cfg.api_version,
-                            secrets=[key for _, key in cfg.api_keys])
+                            secrets=[key for _, key in cfg.api_keys],
+                            secret_headers=cfg.secret_headers,
+                            max_response_mb=cfg.max_response_mb)
 
     def engine(self, client: OpenAIClient, sink: Sink, *,
                on_progress: Callable[[Stats], None] | None = None,

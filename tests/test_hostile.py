@@ -1,0 +1,260 @@
+"""The real CLI against the hostile server: redirects, echoed credentials, huge and
+endless answers (issue 9, items 4, 10 and 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from processor.cli import app
+
+from .conftest import chat_line, read_jsonl, write_jsonl
+from .hostile import (
+    Hostile,
+    echo,
+    endless,
+    escape_json,
+    html,
+    huge,
+    redirect,
+    when,
+)
+
+KEY = "sk-hostile-SECRET-0123456789abcdef"
+TOKEN = "tok-header-SECRET-fedcba9876543210"
+CUSTOM = "custom-SECRET-value-5555"
+
+
+async def cli(job: Path, base_url: str, *args: str, key: str | None = KEY) -> Result:
+    """``batchproc run JOB`` through typer's CliRunner, in a thread so that the server on
+    this test's loop keeps answering."""
+    env: dict[str, str | None] = {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": None}
+    argv = ["run", str(job), "--base-url", base_url, "--plain", "--loop", "asyncio",
+            "--max-in-flight", "4", *args]
+    return await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
+
+
+def job_of(tmp_path: Path, n: int = 3, **kw: Any) -> Path:
+    return write_jsonl(tmp_path / "job.jsonl", [chat_line(i, **kw) for i in range(n)])
+
+
+def outputs(tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return (read_jsonl(tmp_path / "job.results.jsonl"), read_jsonl(tmp_path / "job.errors.jsonl"))
+
+
+def assert_hidden(tmp_path: Path, output: str, *secrets: str) -> None:
+    """No secret, raw or JSON-escaped, in any file the run wrote or in its output."""
+    texts = {"output": output}
+    for path in tmp_path.iterdir():
+        if path.is_file() and path.name != "job.jsonl":
+            texts[path.name] = path.read_bytes().decode("utf-8", "replace")
+    for secret in secrets:
+        for name, text in texts.items():
+            assert secret not in text, f"{secret[:6]}... in {name}"
+            assert escape_json(secret)[1:-1] not in text, f"escaped {secret[:6]}... in {name}"
+
+
+# -- A. redirects --------------------------------------------------------------------
+
+AUTH_MODES = {
+    # name: (extra CLI args, base URL suffix, key in the environment, secrets in play)
+    "bearer": ((), "/v1", KEY, (KEY,)),
+    "azure": (("--azure",), "", KEY, (KEY,)),
+    "header": (("--header", f"Authorization: Bearer {TOKEN}", "--header", f"X-Custom: {CUSTOM}",
+                "--secret-header", "X-Custom"), "/v1", None, (TOKEN, CUSTOM)),
+}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("auth", list(AUTH_MODES))
+async def test_redirect_is_never_followed(hostile_api: Any, tmp_path: Path, status: int,
+                                          auth: str) -> None:
+    args, suffix, key, secrets = AUTH_MODES[auth]
+    api: Hostile = await hostile_api(redirect(status, "foreign"))
+    job = job_of(tmp_path)
+    result = await cli(job, api.root + suffix, "--max-attempts", "3", *args, key=key)
+    assert result.exit_code == 1, result.output
+    assert api.foreign == []  # no request, no credential reached the other host
+    assert len(api.requests) == 3  # one attempt each: a redirect is not retried
+    results, errors = outputs(tmp_path)
+    assert results == []
+    assert sorted(e["custom_id"] for e in errors) == ["req-0", "req-1", "req-2"]
+    for record in errors:
+        assert record["error"]["code"] == "redirect"
+        assert record["error"]["attempts"] == 1
+        assert f"HTTP {status} redirect to {api.foreign_root}" in record["error"]["message"]
+        assert record["response"]["status_code"] == status
+    assert "redirect" in result.output  # the summary's failures by reason
+    assert_hidden(tmp_path, result.output, *secrets)
+
+
+@pytest.mark.parametrize("target", ["relative", "none"])
+async def test_relative_or_missing_location(hostile_api: Any, tmp_path: Path,
+                                            target: str) -> None:
+    api: Hostile = await hostile_api(redirect(307, target))
+    result = await cli(job_of(tmp_path, 2), api.base_url)
+    assert result.exit_code == 1
+    assert [r.path for r in api.requests] == ["/v1/chat/completions"] * 2  # no /moved/...
+    _, errors = outputs(tmp_path)
+    assert len(errors) == 2
+    message = errors[0]["error"]["message"]
+    assert errors[0]["error"]["code"] == "redirect"
+    if target == "relative":  # shown absolute, resolved against the request's URL
+        assert f"to {api.root.rstrip('/')}/moved/v1/chat/completions:" in message
+    else:
+        assert "with no Location" in message
+
+
+async def test_a_key_in_the_location_is_masked(hostile_api: Any, tmp_path: Path) -> None:
+    api: Hostile = await hostile_api(
+        redirect(302, f"http://user:{CUSTOM}@127.0.0.2:9/{KEY}/x?api-key={KEY}&v=1#{KEY}"))
+    result = await cli(job_of(tmp_path, 1), api.base_url)
+    assert result.exit_code == 1
+    _, errors = outputs(tmp_path)
+    message = errors[0]["error"]["message"]
+    assert "redirect to http://***@127.0.0.2:9/***/x?api-key=***&v=***#***:" in message
+    assert_hidden(tmp_path, result.output, KEY, CUSTOM)
+
+
+async def test_redirect_then_rerun_sends_again_only_with_retry_failed(
+        hostile_api: Any, tmp_path: Path) -> None:
+    # A redirect is a final failure of that request, like a 400: --retry-failed, once the
+    # base URL is fixed, sends it again.
+    api: Hostile = await hostile_api(redirect(301))
+    job = job_of(tmp_path, 2)
+    assert (await cli(job, api.base_url)).exit_code == 1
+    api.use(None)
+    result = await cli(job, api.base_url, "--retry-failed")
+    assert result.exit_code == 0, result.output
+    results, _ = outputs(tmp_path)
+    assert sorted(r["custom_id"] for r in results) == ["req-0", "req-1"]
+
+
+# -- B. echoed credentials -----------------------------------------------------------
+
+@pytest.mark.parametrize("status", [200, 400])
+@pytest.mark.parametrize("auth", list(AUTH_MODES))
+async def test_escaped_echo_never_reaches_a_file(hostile_api: Any, tmp_path: Path, status: int,
+                                                 auth: str) -> None:
+    args, suffix, key, secrets = AUTH_MODES[auth]
+    api: Hostile = await hostile_api(echo(status))
+    result = await cli(job_of(tmp_path, 2), api.root + suffix, *args, key=key)
+    results, errors = outputs(tmp_path)
+    if status == 200:
+        assert result.exit_code == 0, result.output
+        assert len(results) == 2
+        body = results[0]["response"]["body"]
+        # The echo arrived (decoded) and was masked, keys of objects included.
+        assert "***" in body["choices"][0]["message"]["content"]
+        assert any("***" in name for name in body["seen"])
+        assert "***" in results[0]["response"]["request_id"]
+    else:
+        assert result.exit_code == 1
+        assert len(errors) == 2 and "***" in errors[0]["error"]["message"]
+    # The server really got the secrets (else this test proves nothing).
+    sent = " ".join(v for seen in api.requests for v in seen.headers.values())
+    assert all(s in sent for s in secrets)
+    assert_hidden(tmp_path, result.output, *secrets)
+
+
+async def test_html_page_echoing_entities(hostile_api: Any, tmp_path: Path) -> None:
+    api: Hostile = await hostile_api(html(502, echo_headers=True))
+    result = await cli(job_of(tmp_path, 1), api.base_url, "--max-attempts", "1")
+    assert result.exit_code == 1
+    _, errors = outputs(tmp_path)
+    assert errors[0]["error"]["code"] == "server_error"
+    assert "***" in errors[0]["response"]["body"]
+    entity_key = "".join(f"&#{ord(c)};" for c in KEY)
+    assert entity_key not in (tmp_path / "job.errors.jsonl").read_text()
+    assert_hidden(tmp_path, result.output, KEY)
+
+
+async def test_html_200_is_retried_then_a_server_error(hostile_api: Any, tmp_path: Path) -> None:
+    api: Hostile = await hostile_api(html(200))
+    result = await cli(job_of(tmp_path, 1), api.base_url, "--max-attempts", "2")
+    assert result.exit_code == 1
+    assert len(api.requests) == 2
+    _, errors = outputs(tmp_path)
+    assert "text/html" in errors[0]["error"]["message"]
+    assert "502 Bad Gateway" in errors[0]["response"]["body"]
+
+
+# -- C. answer size ------------------------------------------------------------------
+
+def big_request(body: bytes) -> bool:
+    return b"BIG" in body
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["content-length", "chunked"])
+async def test_huge_answers_become_error_records(hostile_api: Any, tmp_path: Path,
+                                                 content_length: bool) -> None:
+    api: Hostile = await hostile_api(when(big_request, huge(30, content_length=content_length)))
+    lines = [chat_line(i, text="BIG please" if i % 2 else None) for i in range(4)]
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    result = await cli(job, api.base_url, "--max-response-mb", "2", "--max-attempts", "3")
+    assert result.exit_code == 1, result.output
+    results, errors = outputs(tmp_path)
+    assert sorted(r["custom_id"] for r in results) == ["req-0", "req-2"]  # the run went on
+    assert sorted(e["custom_id"] for e in errors) == ["req-1", "req-3"]
+    for record in errors:
+        assert record["error"]["code"] == "response_too_large"
+        assert record["error"]["attempts"] == 1  # not retried
+        assert "--max-response-mb (2 MiB)" in record["error"]["message"]
+        assert ("Content-Length" in record["error"]["message"]) == content_length
+
+
+async def test_an_answer_under_the_cap_is_kept(hostile_api: Any, tmp_path: Path) -> None:
+    api: Hostile = await hostile_api(huge(1.5, content_length=False))
+    result = await cli(job_of(tmp_path, 1), api.base_url, "--max-response-mb", "2")
+    assert result.exit_code == 0, result.output
+    results, _ = outputs(tmp_path)
+    assert len(results[0]["response"]["body"]["choices"][0]["message"]["content"]) > 1_400_000
+
+
+async def test_an_endless_body_stops_at_the_cap(hostile_api: Any, tmp_path: Path) -> None:
+    api: Hostile = await hostile_api(endless(seconds=20))
+    result = await cli(job_of(tmp_path, 2), api.base_url, "--max-response-mb", "1")
+    assert result.exit_code == 1
+    _, errors = outputs(tmp_path)
+    assert [e["error"]["code"] for e in errors] == ["response_too_large"] * 2
+
+
+async def test_a_dripping_endless_body_ends_with_the_timeout(hostile_api: Any,
+                                                             tmp_path: Path) -> None:
+    # 100 bytes every 50 ms never reaches the cap: --timeout (the whole attempt) ends it.
+    api: Hostile = await hostile_api(endless(chunk=100, interval=0.05, seconds=20))
+    result = await cli(job_of(tmp_path, 1), api.base_url, "--timeout", "0.5",
+                       "--max-attempts", "1")
+    assert result.exit_code == 1
+    _, errors = outputs(tmp_path)
+    assert errors[0]["error"]["code"] == "connection_error"
+    assert "timed out" in errors[0]["error"]["message"]
+
+
+@pytest.mark.slow
+async def test_memory_stays_bounded_with_huge_answers(hostile_api: Any, tmp_path: Path) -> None:
+    # Four 150 MB answers at once; the cap is 8 MiB. Peak RSS of the real CLI process,
+    # reported by the process itself: far under one whole answer.
+    api: Hostile = await hostile_api(huge(150, content_length=False))
+    job = job_of(tmp_path, 4)
+    code = ("import resource, sys\nfrom processor.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "finally:\n    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+            " file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(job), "--base-url", api.base_url, "--plain",
+        "--max-response-mb", "8", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env)
+    _, err = await proc.communicate()
+    assert proc.returncode == 1, err.decode()
+    _, errors = outputs(tmp_path)
+    assert [e["error"]["code"] for e in errors] == ["response_too_large"] * 4
+    maxrss_mb = int(err.decode().rsplit("maxrss_kb", 1)[1].split()[0]) / 1024
+    print(f"peak RSS {maxrss_mb:.1f} MB")
+    assert maxrss_mb < 140, maxrss_mb
