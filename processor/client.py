@@ -264,6 +264,31 @@ def _error_code(body: Any) -> str | None:
 
 
 _NO_MASK = Masker()
+#: Deepest nesting of a body that is kept. orjson reads 1,024 levels but writes only
+#: 254, and a record wraps the body in two more: a deeper answer could be parsed but
+#: never written. No OpenAI answer nests more than about 10.
+MAX_DEPTH = 200
+
+
+def _shallow(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when ``obj`` nests at most ``limit`` containers deep."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(node, dict):
+            stack.extend([(v, depth + 1) for v in node.values() if isinstance(v, (dict, list))])
+        elif isinstance(node, list):
+            if node and type(node[0]) is float:
+                # An embedding: one C-speed pass proves it holds numbers only.
+                try:
+                    sum(node)
+                    continue
+                except TypeError:
+                    pass
+            stack.extend([(v, depth + 1) for v in node if isinstance(v, (dict, list))])
+    return True
 
 
 def _text_excerpt(raw: bytes | bytearray, mask: Masker) -> str:
@@ -301,6 +326,10 @@ def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
             ) from None
         if mask.may_hide(raw):
             body = mask.tree(body)
+        if not _shallow(body):
+            raise ServerError(f"HTTP {status} with JSON nested deeper than {MAX_DEPTH} levels "
+                              "(not an answer; it could not be written)",
+                              status=status, request_id=request_id)
         if not isinstance(body, dict):
             # Every OpenAI endpoint answers with an object; `[]` or `"ok"` is not an answer.
             raise ServerError(f"HTTP {status} with a JSON {type(body).__name__}, not an object",
@@ -320,6 +349,8 @@ def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
     else:
         if mask.may_hide(raw):
             body = mask.tree(body)
+        if not _shallow(body):
+            body = _text_excerpt(raw, mask)
     message = f"HTTP {status}: {_error_message(body) or 'no message'}"
     retry_after = parse_retry_after(headers)
     if retry_after is None and status == 429:

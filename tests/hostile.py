@@ -64,6 +64,7 @@ class Seen:
     query: str
     headers: dict[str, str]
     body: bytes
+    header_list: list[tuple[str, str]] = field(default_factory=list)  # repeats kept
 
 
 @dataclass
@@ -111,7 +112,8 @@ class Hostile:
 
 def _seen(request: web.Request, body: bytes) -> Seen:
     return Seen(request.method, request.path, request.query_string,
-                {k: v for k, v in request.headers.items()}, body)
+                {k: v for k, v in request.headers.items()}, body,
+                list(request.headers.items()))
 
 
 # -- normal answers ------------------------------------------------------------------

@@ -13,6 +13,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from processor.cli import app
+from processor.client import MAX_WAIT, OpenAIClient
+from processor.errors import APITimeout, FatalAPIError, RateLimited, Redirected, ServerError
+from processor.runner import JobConfig
 
 from .conftest import chat_line, read_jsonl, write_jsonl
 from .hostile import (
@@ -22,6 +25,9 @@ from .hostile import (
     escape_json,
     html,
     huge,
+    limits,
+    outage,
+    pause,
     redirect,
     when,
 )
@@ -258,3 +264,165 @@ async def test_memory_stays_bounded_with_huge_answers(hostile_api: Any, tmp_path
     maxrss_mb = int(err.decode().rsplit("maxrss_kb", 1)[1].split()[0]) / 1024
     print(f"peak RSS {maxrss_mb:.1f} MB")
     assert maxrss_mb < 140, maxrss_mb
+
+
+# -- the client on its own, against the same server ----------------------------------
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 305, 307, 308, 399])
+async def test_client_raises_redirected_for_every_3xx(hostile_api: Any, status: int) -> None:
+    api: Hostile = await hostile_api(redirect(status, query=f"sig={KEY}"))
+    async with OpenAIClient(api.base_url, KEY, headers={"X-Api-Key": CUSTOM}) as client:
+        with pytest.raises(Redirected) as info:
+            await client.post("/v1/chat/completions", b'{"model": "m"}')
+    exc = info.value
+    assert isinstance(exc, FatalAPIError) and exc.kind == "redirect"
+    assert exc.status == status
+    assert exc.location == f"{api.foreign_root}/v1/chat/completions?sig=***"
+    assert api.foreign == []
+    assert KEY not in str(vars(exc)) and CUSTOM not in str(vars(exc))
+
+
+async def test_proxy_environment_and_netrc_are_ignored(
+        hostile_api: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy would see every key; ~/.netrc would add credentials we were not given.
+    api: Hostile = await hostile_api()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login me password netrc-SECRET-123\n")
+    netrc.chmod(0o600)
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("NETRC", str(netrc))
+    async with OpenAIClient(api.base_url) as client:
+        response = await client.post("/v1/chat/completions", b'{"model": "m"}')
+    assert response.status == 200
+    assert "Authorization" not in api.requests[0].headers
+
+
+async def test_one_authorization_header_whatever_the_case(hostile_api: Any) -> None:
+    api: Hostile = await hostile_api()
+    async with OpenAIClient(api.base_url, KEY, headers={"authorization": f"Bearer {TOKEN}"}
+                            ) as client:
+        await client.post("/v1/chat/completions", b'{"model": "m"}')
+    sent = [v for k, v in api.requests[0].header_list if k.lower() == "authorization"]
+    assert sent == [f"Bearer {KEY}"]
+
+
+async def test_a_huge_error_body_is_cut_not_read_whole(hostile_api: Any) -> None:
+    async def big_500(request: Any, api: Hostile) -> Any:
+        return await _big_error(request)
+
+    api: Hostile = await hostile_api(big_500)
+    async with OpenAIClient(api.base_url) as client:
+        with pytest.raises(ServerError) as info:
+            await client.post("/v1/chat/completions", b"{}")
+    assert info.value.status == 500
+    assert isinstance(info.value.body, str) and len(info.value.body) <= 2000
+
+
+async def _big_error(request: Any) -> Any:
+    from aiohttp import web
+
+    resp = web.StreamResponse(status=500, headers={"Content-Type": "text/plain"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    try:
+        for _ in range(40):  # 40 MiB offered, at most 1 MiB read
+            await resp.write(b"e" * (1 << 20))
+    except (ConnectionError, RuntimeError):
+        pass
+    return resp
+
+
+def test_max_response_mb_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_response_mb"):
+        OpenAIClient("http://127.0.0.1:1/v1", max_response_mb=0)
+
+
+def test_short_secret_header_values_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    OpenAIClient("http://127.0.0.1:1/v1", secret_headers={"X-Thing": "abc"})
+    assert "X-Thing" in caplog.text and "shorter than 8" in caplog.text
+    assert "abc" not in caplog.text.replace("X-Thing", "")
+
+
+# -- the CLI's flags -----------------------------------------------------------------
+
+def test_secret_header_naming_no_header_is_a_usage_error(tmp_path: Path) -> None:
+    job = job_of(tmp_path, 1)
+    result = CliRunner().invoke(app, ["run", str(job), "--base-url", "http://127.0.0.1:9/v1",
+                                      "--secret-header", "X-Nope"])
+    assert result.exit_code == 2
+    assert "X-Nope" in result.output and "no --header of that name" in result.output
+
+
+def test_a_header_without_colon_is_not_echoed(tmp_path: Path) -> None:
+    job = job_of(tmp_path, 1)
+    result = CliRunner().invoke(app, ["run", str(job), "--base-url", "http://127.0.0.1:9/v1",
+                                      "--header", f"Authorization Bearer {TOKEN}"])
+    assert result.exit_code == 2
+    assert TOKEN not in result.output and "--header wants 'Name: value'" in result.output
+
+
+def test_job_config_repr_shows_no_secret() -> None:
+    config = JobConfig(api_key=KEY, api_keys=[("A", TOKEN)], headers={"X-Api-Key": CUSTOM},
+                       secret_headers={"X-Other": CUSTOM})
+    assert not any(s in repr(config) for s in (KEY, TOKEN, CUSTOM))
+
+
+# -- the hostile server's own modes (others build engine tests on them) --------------
+
+async def test_outage_then_recovery(hostile_api: Any) -> None:
+    api: Hostile = await hostile_api(outage(3600, statuses=(502, 503)))
+    async with OpenAIClient(api.base_url) as client:
+        errors = []
+        for _ in range(3):
+            with pytest.raises(ServerError) as info:
+                await client.post("/v1/chat/completions", b"{}")
+            errors.append(info.value)
+        assert [e.status for e in errors] == [502, 503, 502]
+        assert "502 Bad Gateway" in str(errors[0].body)
+        assert errors[1].body["error"]["type"] == "server_error"
+        api.use(outage(0))  # an outage of no length: answers at once
+        assert (await client.post("/v1/chat/completions", b"{}")).status == 200
+
+
+async def test_outage_by_resets(hostile_api: Any) -> None:
+    api: Hostile = await hostile_api(outage(3600, reset=True))
+    async with OpenAIClient(api.base_url) as client:
+        with pytest.raises(APITimeout):
+            await client.post("/v1/chat/completions", b"{}")
+
+
+async def test_absurd_limits_reach_the_client_as_numbers(hostile_api: Any) -> None:
+    api: Hostile = await hostile_api(limits(limit_requests="1e-300", limit_tokens=" 5",
+                                            remaining_requests="nan", reset_tokens="1e17"))
+    async with OpenAIClient(api.base_url) as client:
+        info = (await client.post("/v1/embeddings", b'{"model": "e"}')).ratelimit
+    assert info is not None
+    assert (info.limit_requests, info.limit_tokens, info.remaining_requests) == (1e-300, 5.0, None)
+    assert info.reset_tokens == MAX_WAIT
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"retry_after": "1e17"}, MAX_WAIT), ({"retry_after_ms": "5000"}, 5.0),
+    ({"retry_after_ms": "inf", "retry_after": "nan"}, None)])
+async def test_pause_mode(hostile_api: Any, headers: dict[str, str],
+                          expected: float | None) -> None:
+    api: Hostile = await hostile_api(pause(times=1, **headers))
+    async with OpenAIClient(api.base_url) as client:
+        with pytest.raises(RateLimited) as info:
+            await client.post("/v1/chat/completions", b"{}")
+        assert info.value.retry_after == expected
+        assert (await client.post("/v1/chat/completions", b"{}")).status == 200  # times=1
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                                  "/v1/responses"])
+async def test_normal_answers_are_openai_shaped(hostile_api: Any, path: str) -> None:
+    api: Hostile = await hostile_api()
+    async with OpenAIClient(api.base_url) as client:
+        response = await client.post(path, b'{"model": "gpt-4o-mini"}')
+    assert response.request_id == "req_1"
+    assert response.ratelimit is not None and response.ratelimit.limit_requests == 10000
+    assert "usage" in response.body and response.body.get("model") == "gpt-4o-mini"
