@@ -77,7 +77,7 @@ def parse_duration(text: str) -> float | None:
     except ValueError:
         pass
     else:
-        return _wait(value) if value >= 0 else None
+        return _wait(value) if math.isfinite(value) and value >= 0 else None
     total = 0.0
     pos = 0
     for m in _DURATION.finditer(text):
@@ -447,7 +447,10 @@ class OpenAIClient:
             if name in (secret_headers or {}) or is_credential_header(name):
                 parts = header_secrets(name, value)
                 hidden += parts
-                if parts and len(parts[-1 if len(parts) > 1 else 0]) < 8:
+                # The part that matters: the token after "Bearer", else the whole value.
+                scheme = name.lower() in ("authorization", "proxy-authorization")
+                main = parts[1] if scheme and len(parts) > 1 else (parts or [""])[0]
+                if len(main) < 8:
                     log.warning("the value of header %s is shorter than 8 characters: an echo "
                                 "of it in an answer cannot be masked", name)
         self._masker = Masker(hidden)

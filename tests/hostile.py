@@ -21,6 +21,7 @@ write another factory (no change to the server needed):
 - :func:`echo` the request's headers echoed back in JSON with every character ``\\u``-escaped
 - :func:`html` a text/html page (a proxy's 200 or 502), optionally echoing headers as entities
 - :func:`huge` a valid answer of N MB, with or without Content-Length
+- :func:`bomb` a small gzip body that inflates to N MB
 - :func:`endless` a chunked body that never ends (bounded by ``seconds``), or drips slowly
 - :func:`outage` 502/503 or connection resets for a number of seconds, then OK
 - :func:`limits` answers whose ``x-ratelimit-*`` headers hold given (absurd) values
@@ -45,7 +46,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 __all__ = [
-    "Behaviour", "Hostile", "Seen", "echo", "endless", "escape_json", "hostile_api", "html",
+    "Behaviour", "Hostile", "Seen", "bomb", "echo", "endless", "escape_json", "hostile_api", "html",
     "huge", "limits", "outage", "pause", "redirect", "when",
 ]
 
@@ -300,6 +301,22 @@ def huge(mb: float, *, content_length: bool = True) -> Behaviour:
         except (ConnectionError, RuntimeError):
             pass  # the client hung up: that is what a capped client does
         return resp
+
+    return behaviour
+
+
+def bomb(mb: float) -> Behaviour:
+    """A 200 whose gzip body is tiny on the wire (a Content-Length of some KB) but
+    inflates to ``mb`` MB: the cap must count decoded bytes, not the header."""
+    import gzip
+
+    inflated = int(mb * 1_000_000)
+    head = b'{"id":"chatcmpl-bomb","object":"chat.completion","pad":"'
+    packed = gzip.compress(head + b"a" * inflated + b'"}', compresslevel=9)
+
+    async def behaviour(request: web.Request, api: Hostile) -> web.StreamResponse:
+        return web.Response(body=packed, headers={
+            "Content-Type": _JSON, "Content-Encoding": "gzip", **ratelimit_headers()})
 
     return behaviour
 

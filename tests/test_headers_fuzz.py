@@ -100,6 +100,7 @@ def test_absurd_durations_are_clamped() -> None:
     assert parse_duration("99999999h") == MAX_WAIT
     assert parse_duration("9" * 400 + "s") is None  # longer than any real duration
     assert parse_duration("nan") is None
+    assert parse_duration("inf") is None  # not a number of seconds at all
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
