@@ -1,38 +1,25 @@
-"""The HTTP client: one aiohttp session, auth, and the verdict on each response.
+"""The HTTP client: one aiohttp session, auth, URLs, and reading answers safely.
 
 This is the only module that sees aiohttp's exceptions; it maps them to
-:mod:`processor.errors` with ``raise ... from exc``.
+:mod:`processor.errors` with ``raise ... from exc``. The verdict on an answer is
+:func:`processor.answers.classify`; header parsing is :mod:`processor.headers` (both
+re-exported here, where they used to live).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
-import re
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
-from .errors import (
-    APIError,
-    APITimeout,
-    AuthError,
-    BadRequest,
-    QuotaExceeded,
-    RateLimited,
-    Redirected,
-    ResponseTooLarge,
-    ServerError,
-)
+from .answers import Response, classify
+from .errors import APIError, APITimeout, BadRequest, Redirected, ResponseTooLarge, ServerError
+from .headers import MAX_WAIT, RateLimitInfo, parse_duration, parse_retry_after
 from .masking import Masker, header_secrets, is_credential_header
 
 __all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "DEFAULT_MAX_RESPONSE_MB", "MAX_WAIT",
@@ -49,136 +36,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_RESPONSE_MB = 256.0
 #: The most of an error (non-2xx) body that is read: the message is in the first bytes.
 _ERROR_BODY_LIMIT = 1 << 20
-#: The longest wait any header can ask for: a week. A server asking for more (1e17 s, an
-#: HTTP date in year 9999) is broken; the value stays finite, and the engine decides what
-#: a long pause means (it stops the run, to be rerun later).
-MAX_WAIT = 7 * 86400.0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_RETRY_IN_WORDS = re.compile(
-    r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+|\d+(?:\.\d+)?)"
-    r"(?:\s*(ms|s|sec|seconds?)\b)?", re.I)
-
-
-def _wait(seconds: float) -> float | None:
-    """A wait fit to use: None for nan, at least 0, at most :data:`MAX_WAIT`."""
-    if math.isnan(seconds):
-        return None
-    return min(max(0.0, seconds), MAX_WAIT)
-
-
-def parse_duration(text: str) -> float | None:
-    """Parse OpenAI's reset durations ("20ms", "1s", "6m0s", "1h2m3.5s", "1.5") into
-    seconds, at most :data:`MAX_WAIT`; None for anything else (negative, nan, garbage)."""
-    text = text.strip()
-    if not text or len(text) > 100:  # no real duration is longer; garbage is not parsed
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        return _wait(value) if math.isfinite(value) and value >= 0 else None
-    total = 0.0
-    pos = 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        value = float(m.group(1))
-        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-        pos = m.end()
-    return _wait(total) if pos == len(text) and pos else None
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``
-    (seconds or an HTTP date), else None. Never negative, never over :data:`MAX_WAIT`."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            seconds = float(ms) / 1000.0
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(seconds):
-                return _wait(seconds)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return _wait(seconds) if math.isfinite(seconds) else None
-    if len(value) > 100:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError, IndexError):
-        # email.utils raises all of these on garbage ("Mon, 99999999999 Jan 1 ...").
-        return None
-    if when.tzinfo is None:  # "-0000": the RFC says such dates are UTC
-        when = when.replace(tzinfo=timezone.utc)
-    # Arithmetic on aware datetimes, not .timestamp(): that needs the platform's
-    # time_t and fails for year 1 or 9999 on some systems.
-    try:
-        delta = when - datetime.fromtimestamp(time.time(), timezone.utc)
-    except OverflowError:  # year 1 with a negative offset: before datetime.min in UTC
-        return 0.0
-    return _wait(delta.total_seconds())
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitInfo:
-    """What the server's ``x-ratelimit-*`` headers said (None where absent)."""
-
-    limit_requests: float | None = None
-    limit_tokens: float | None = None
-    remaining_requests: float | None = None
-    remaining_tokens: float | None = None
-    reset_requests: float | None = None
-    reset_tokens: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        if "x-ratelimit-limit-requests" not in headers and (
-            "x-ratelimit-limit-tokens" not in headers
-        ):
-            return None
-
-        def num(key: str) -> float | None:
-            value = headers.get(key)
-            if value is None:
-                return None
-            try:
-                number = float(value)
-            except ValueError:
-                return None
-            # Nonsense (negative, inf, nan) is as good as no header.
-            return number if math.isfinite(number) and number >= 0 else None
-
-        def dur(key: str) -> float | None:
-            value = headers.get(key)
-            return parse_duration(value) if value is not None else None
-
-        return cls(
-            num("x-ratelimit-limit-requests"),
-            num("x-ratelimit-limit-tokens"),
-            num("x-ratelimit-remaining-requests"),
-            num("x-ratelimit-remaining-tokens"),
-            dur("x-ratelimit-reset-requests"),
-            dur("x-ratelimit-reset-tokens"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A successful answer: status, parsed JSON body, request id, rate-limit headers."""
-
-    status: int
-    body: Any
-    request_id: str | None
-    ratelimit: RateLimitInfo | None = None
 
 
 def join_url(base_url: str, endpoint: str) -> str:
@@ -240,147 +97,6 @@ def azure_url(base_url: str, endpoint: str, model: str | None, api_version: str)
         if not any(k == "api-version" for k, _ in query):
             query.append(("api-version", api_version))
     return urlunsplit((parts.scheme, parts.netloc, full, urlencode(query), ""))
-
-
-def _error_message(body: Any) -> str:
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:1000]
-        if isinstance(error, str):
-            return error[:1000]
-    if isinstance(body, str):
-        return body[:300]
-    return ""
-
-
-def _error_code(body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-        for key in ("code", "type"):
-            if isinstance(error.get(key), str):
-                return str(error[key])[:100]
-    return None
-
-
-_NO_MASK = Masker()
-#: Deepest nesting of a body that is kept. orjson reads 1,024 levels but writes only
-#: 254, and a record wraps the body in two more: a deeper answer could be parsed but
-#: never written. No OpenAI answer nests more than about 10.
-MAX_DEPTH = 200
-
-
-def _shallow(obj: Any, raw: bytes | bytearray = b"", limit: int = MAX_DEPTH) -> bool:
-    """True when ``obj`` (parsed from ``raw``) nests at most ``limit`` containers deep."""
-    if len(raw) < 4096 and raw.count(b"[") + raw.count(b"{") <= limit:
-        return True  # a small answer (most chat ones): counting its brackets is cheaper
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(node, dict):
-            stack.extend([(v, depth + 1) for v in node.values() if isinstance(v, (dict, list))])
-        elif isinstance(node, list):
-            if node and type(node[0]) is float:
-                # An embedding: one C-speed pass proves it holds numbers only.
-                try:
-                    sum(node)
-                    continue
-                except TypeError:
-                    pass
-            stack.extend([(v, depth + 1) for v in node if isinstance(v, (dict, list))])
-    return True
-
-
-def _text_excerpt(raw: bytes | bytearray, mask: Masker) -> str:
-    """The start of a body that is not JSON, as text, secrets masked."""
-    # Masked before the cut, so a secret at the edge is not half shown.
-    return mask.loose_text(raw[:65536].decode("utf-8", "replace"))[:2000]
-
-
-def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
-             masker: Masker | None = None) -> Response:
-    """Turn one HTTP answer into a :class:`Response` or raise the matching APIError.
-
-    Args:
-        status: the HTTP status.
-        raw: the body (bytes or bytearray).
-        headers: the response headers (case-insensitive in practice).
-        masker: the secrets to mask in the body, request id and messages.
-    """
-    mask = masker or _NO_MASK
-    request_id = headers.get("x-request-id") or headers.get("apim-request-id")
-    if request_id:
-        request_id = mask.text(request_id)
-    raw = mask.raw(raw)
-    if 200 <= status < 300:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            kind = headers.get("content-type", "no content type").partition(";")[0].strip()
-            what = "an empty body" if not raw else (
-                f"a body that is not valid JSON ({mask.text(kind)[:60]}, {len(raw)} bytes: "
-                "truncated, or a proxy's page?)")
-            raise ServerError(
-                f"HTTP {status} with {what}", status=status, request_id=request_id,
-                body=_text_excerpt(raw, mask) if raw else None,
-            ) from None
-        if mask.may_hide(raw):
-            body = mask.tree(body)
-        if not _shallow(body, raw):
-            raise ServerError(f"HTTP {status} with JSON nested deeper than {MAX_DEPTH} levels "
-                              "(not an answer; it could not be written)",
-                              status=status, request_id=request_id)
-        if not isinstance(body, dict):
-            # Every OpenAI endpoint answers with an object; `[]` or `"ok"` is not an answer.
-            raise ServerError(f"HTTP {status} with a JSON {type(body).__name__}, not an object",
-                              status=status, body=body, request_id=request_id)
-        if isinstance(body.get("error"), (dict, str)) and not (
-            "choices" in body or "data" in body or "output" in body
-        ):
-            # Some proxies answer 200 with an error body; a Responses object's
-            # "error": null is not one.
-            raise ServerError(f"HTTP {status} with an error body: {_error_message(body)}",
-                              status=status, body=body, request_id=request_id)
-        return Response(status, body, request_id, RateLimitInfo.from_headers(headers))
-    try:
-        body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        body = _text_excerpt(raw, mask)
-    else:
-        if mask.may_hide(raw):
-            body = mask.tree(body)
-        if not _shallow(body, raw):
-            body = _text_excerpt(raw, mask)
-    message = f"HTTP {status}: {_error_message(body) or 'no message'}"
-    retry_after = parse_retry_after(headers)
-    if retry_after is None and status == 429:
-        # Azure (and some proxies) say it only in words: "Please retry after 6 seconds."
-        hint = _RETRY_IN_WORDS.search(message)
-        if hint:
-            # "6 seconds", "1.2s", "20ms", "8m38.4s" (OpenAI's per-day messages)
-            retry_after = parse_duration(hint.group(1))
-            if retry_after is not None and hint.group(2) and hint.group(2).lower() == "ms":
-                retry_after /= 1000.0
-    kwargs: dict[str, Any] = {"status": status, "body": body, "request_id": request_id,
-                              "retry_after": retry_after,
-                              "ratelimit": RateLimitInfo.from_headers(headers)}
-    code = _error_code(body)
-    kwargs["code"] = code
-    if status == 429:
-        if code == "insufficient_quota":
-            raise QuotaExceeded(message, **kwargs)
-        if "request too large" in message.lower():
-            # Larger than the whole limit: waiting will not help.
-            kwargs["code"] = "request_too_large"
-            raise BadRequest(message, **kwargs)
-        raise RateLimited(message, **kwargs)
-    if status in (408, 409) or status >= 500:
-        raise ServerError(message, **kwargs)
-    if status in (401, 403):
-        raise AuthError(message, **kwargs)
-    raise BadRequest(message, **kwargs)
 
 
 class OpenAIClient:
