@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from .client import AZURE_API_VERSION, DEFAULT_BASE_URL
+from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from .commands import io_failure, parse_limit, register
 from .errors import BatchProcError, ConfigError, JobLocked, OutputError
 from .jobs import DEFAULT_ENDPOINT
@@ -83,9 +83,32 @@ def _parse_headers(values: list[str]) -> dict[str, str]:
     for item in values:
         key, sep, val = item.partition(":")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"--header wants 'Name: value', got {item!r}")
+            # Not the item itself: it may be a credential missing its colon.
+            raise typer.BadParameter("--header wants 'Name: value' (got one without a "
+                                     "':'; not shown, it may hold a secret)")
         headers[key.strip()] = val.strip()
     return headers
+
+
+def _split_secret_headers(
+    headers: dict[str, str], values: list[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``--secret-header 'Name: value'`` adds a header; ``--secret-header Name`` marks
+    the ``--header`` of that name. Returns (plain headers, secret headers)."""
+    secret: dict[str, str] = {}
+    for item in values:
+        if ":" in item:
+            secret.update(_parse_headers([item]))
+            continue
+        wanted = item.strip().lower()
+        named = [k for k in headers if k.lower() == wanted]
+        if not named:
+            raise typer.BadParameter(
+                f"--secret-header {item.strip()!r}: no --header of that name (give "
+                "'Name: value' to add one)")
+        for name in named:
+            secret[name] = headers.pop(name)
+    return headers, secret
 
 
 T = TypeVar("T")
@@ -197,6 +220,15 @@ def run(
         "--resend-changed", help="Send again the lines that changed since they were answered "
         "or failed (their earlier records are moved to side files). Without it, a changed "
         "line without a custom_id stops the run (exit 2).")] = False,
+    secret_header: Annotated[list[str] | None, typer.Option(
+        help="A header whose value is a secret: 'Name: value' to send one, or the name of a "
+        "--header to mark it (repeatable). Its value is masked (***) wherever a server "
+        "echoes it; Authorization, api-key, x-api-key, Cookie and other credential "
+        "headers are masked anyway. Values under 8 characters cannot be masked.")] = None,
+    max_response_mb: Annotated[float, typer.Option(
+        min=0.001, help="Largest answer kept, in MiB (default: a full batch of 2,048 "
+        "3,072-dim embeddings fits). A larger one becomes an error record "
+        "(response_too_large); the run goes on.")] = DEFAULT_MAX_RESPONSE_MB,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -224,6 +256,9 @@ def run(
         refund_unused=refund_unused,
     )
     config.resend_changed = resend_changed
+    config.headers, config.secret_headers = _split_secret_headers(
+        dict(config.headers), secret_header or [])
+    config.max_response_mb = max_response_mb
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None

@@ -1,146 +1,41 @@
-"""The HTTP client: one aiohttp session, auth, and the verdict on each response.
+"""The HTTP client: one aiohttp session, auth, URLs, and reading answers safely.
 
 This is the only module that sees aiohttp's exceptions; it maps them to
-:mod:`processor.errors` with ``raise ... from exc``.
+:mod:`processor.errors` with ``raise ... from exc``. The verdict on an answer is
+:func:`processor.answers.classify`; header parsing is :mod:`processor.headers` (both
+re-exported here, where they used to live).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
-import re
-import time
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
-from .errors import (
-    APIError,
-    APITimeout,
-    AuthError,
-    BadRequest,
-    QuotaExceeded,
-    RateLimited,
-    ServerError,
-)
+from .answers import Response, classify
+from .errors import APIError, APITimeout, BadRequest, Redirected, ResponseTooLarge, ServerError
+from .headers import MAX_WAIT, RateLimitInfo, parse_duration, parse_retry_after
+from .masking import Masker, header_secrets, is_credential_header
 
-__all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "OpenAIClient", "RateLimitInfo", "Response",
-           "azure_url", "is_azure_url", "join_url", "parse_duration", "parse_retry_after"]
+__all__ = ["AZURE_API_VERSION", "DEFAULT_BASE_URL", "DEFAULT_MAX_RESPONSE_MB", "MAX_WAIT",
+           "OpenAIClient", "RateLimitInfo", "Response", "azure_url", "classify", "is_azure_url",
+           "join_url", "parse_duration", "parse_retry_after"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_RETRY_IN_WORDS = re.compile(
-    r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+|\d+(?:\.\d+)?)"
-    r"(?:\s*(ms|s|sec|seconds?)\b)?", re.I)
-
-
-def parse_duration(text: str) -> float | None:
-    """Parse OpenAI's reset durations ("20ms", "1s", "6m0s", "1h2m3.5s") into seconds."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        return value if math.isfinite(value) and value >= 0 else None
-    total = 0.0
-    pos = 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        value = float(m.group(1))
-        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-        pos = m.end()
-    return total if pos == len(text) and pos else None
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``
-    (seconds or an HTTP date), else None."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            seconds = float(ms) / 1000.0
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(seconds):
-                return max(0.0, seconds)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitInfo:
-    """What the server's ``x-ratelimit-*`` headers said (None where absent)."""
-
-    limit_requests: float | None = None
-    limit_tokens: float | None = None
-    remaining_requests: float | None = None
-    remaining_tokens: float | None = None
-    reset_requests: float | None = None
-    reset_tokens: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        if "x-ratelimit-limit-requests" not in headers and (
-            "x-ratelimit-limit-tokens" not in headers
-        ):
-            return None
-
-        def num(key: str) -> float | None:
-            value = headers.get(key)
-            if value is None:
-                return None
-            try:
-                number = float(value)
-            except ValueError:
-                return None
-            # Nonsense (negative, inf, nan) is as good as no header.
-            return number if math.isfinite(number) and number >= 0 else None
-
-        def dur(key: str) -> float | None:
-            value = headers.get(key)
-            return parse_duration(value) if value is not None else None
-
-        return cls(
-            num("x-ratelimit-limit-requests"),
-            num("x-ratelimit-limit-tokens"),
-            num("x-ratelimit-remaining-requests"),
-            num("x-ratelimit-remaining-tokens"),
-            dur("x-ratelimit-reset-requests"),
-            dur("x-ratelimit-reset-tokens"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A successful answer: status, parsed JSON body, request id, rate-limit headers."""
-
-    status: int
-    body: Any
-    request_id: str | None
-    ratelimit: RateLimitInfo | None = None
+#: The largest answer kept, in MiB. A full embeddings batch (2,048 inputs x 3,072 dims)
+#: is 6,291,456 floats; OpenAI pretty-prints them one per line, 8 spaces of indent, at
+#: most 24 characters ("-2.2250738585072014e-308") and ",\n": 34 bytes each, 214 MB
+#: (204 MiB) in all, plus the envelope. 256 MiB holds that with room to spare.
+DEFAULT_MAX_RESPONSE_MB = 256.0
+#: The most of an error (non-2xx) body that is read: the message is in the first bytes.
+_ERROR_BODY_LIMIT = 1 << 20
 
 
 def join_url(base_url: str, endpoint: str) -> str:
@@ -204,98 +99,31 @@ def azure_url(base_url: str, endpoint: str, model: str | None, api_version: str)
     return urlunsplit((parts.scheme, parts.netloc, full, urlencode(query), ""))
 
 
-def _error_message(body: Any) -> str:
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-    if isinstance(body, str):
-        return body[:300]
-    return ""
-
-
-def _error_code(body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-        for key in ("code", "type"):
-            if isinstance(error.get(key), str):
-                return str(error[key])
-    return None
-
-
-def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Response:
-    """Turn one HTTP answer into a :class:`Response` or raise the matching APIError."""
-    request_id = headers.get("x-request-id") or headers.get("apim-request-id")
-    if 200 <= status < 300:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ServerError(
-                f"HTTP {status} with a body that is not valid JSON ({len(raw)} bytes, truncated?)",
-                status=status, request_id=request_id,
-            ) from None
-        if isinstance(body, dict) and isinstance(body.get("error"), (dict, str)) and not (
-            "choices" in body or "data" in body or "output" in body
-        ):
-            # Some proxies answer 200 with an error body; a Responses object's
-            # "error": null is not one.
-            raise ServerError(f"HTTP {status} with an error body: {_error_message(body)}",
-                              status=status, body=body, request_id=request_id)
-        return Response(status, body, request_id, RateLimitInfo.from_headers(headers))
-    error_body: Any
-    try:
-        error_body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        error_body = raw[:2000].decode("utf-8", "replace")
-    body = error_body
-    message = f"HTTP {status}: {_error_message(body) or 'no message'}"
-    retry_after = parse_retry_after(headers)
-    if retry_after is None and status == 429:
-        # Azure (and some proxies) say it only in words: "Please retry after 6 seconds."
-        hint = _RETRY_IN_WORDS.search(message)
-        if hint:
-            # "6 seconds", "1.2s", "20ms", "8m38.4s" (OpenAI's per-day messages)
-            retry_after = parse_duration(hint.group(1))
-            if retry_after is not None and hint.group(2) and hint.group(2).lower() == "ms":
-                retry_after /= 1000.0
-    kwargs: dict[str, Any] = {"status": status, "body": body, "request_id": request_id,
-                              "retry_after": retry_after,
-                              "ratelimit": RateLimitInfo.from_headers(headers)}
-    code = _error_code(body)
-    kwargs["code"] = code
-    if status == 429:
-        if code == "insufficient_quota":
-            raise QuotaExceeded(message, **kwargs)
-        if "request too large" in message.lower():
-            # Larger than the whole limit: waiting will not help.
-            kwargs["code"] = "request_too_large"
-            raise BadRequest(message, **kwargs)
-        raise RateLimited(message, **kwargs)
-    if status in (408, 409) or status >= 500:
-        raise ServerError(message, **kwargs)
-    if status in (401, 403):
-        raise AuthError(message, **kwargs)
-    raise BadRequest(message, **kwargs)
-
-
 class OpenAIClient:
     """An OpenAI-compatible HTTP client that owns one ``aiohttp.ClientSession``.
+
+    Redirects are never followed (a 3xx is a :class:`~processor.errors.Redirected`): the
+    key must not reach the host a redirect names. The environment's proxy settings and
+    ``~/.netrc`` are not read (``trust_env=False``).
 
     Args:
         base_url: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
         api_key: sent as ``Authorization: Bearer ...`` (or ``api-key`` for Azure);
             never logged, never part of an error message.
-        timeout: seconds for one whole request.
+        timeout: seconds for one whole request, reading the answer included.
         max_connections: connection pool size (match the in-flight cap).
-        headers: extra headers sent with every request.
+        headers: extra headers sent with every request; the values of credential headers
+            (see :func:`processor.masking.is_credential_header`) are masked like keys.
         azure: Azure OpenAI: the key goes in the ``api-key`` header, and unless the
             base URL already names a deployment (``.../openai/deployments/NAME``) or is
             Azure's v1 API (``.../openai/v1``), each request goes to the deployment
             named by its ``model``, with ``?api-version=``.
         api_version: Azure's ``api-version`` query parameter.
         secrets: other keys (sent per request) to mask wherever they might be echoed.
+        secret_headers: headers sent with every request whose values are masked too,
+            whatever their names.
+        max_response_mb: the largest answer read, in MiB; a larger one is a
+            :class:`~processor.errors.ResponseTooLarge`.
     """
 
     def __init__(
@@ -309,28 +137,51 @@ class OpenAIClient:
         azure: bool = False,
         api_version: str = AZURE_API_VERSION,
         secrets: list[str] | None = None,
+        secret_headers: Mapping[str, str] | None = None,
+        max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
     ) -> None:
+        if not max_response_mb > 0:
+            raise ValueError(f"max_response_mb must be positive, got {max_response_mb}")
         self.base_url = base_url
         self.azure = azure
         self.api_version = api_version
-        # Short test keys ("k") would mask every "k"; real keys are long.
-        self._secrets = [k for k in [api_key, *(secrets or [])] if k and len(k) >= 8]
-        self._secret_bytes = [k.encode() for k in self._secrets]  # encoded once, not per answer
+        self.max_response = int(max_response_mb * (1 << 20))
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         h = {"Content-Type": "application/json", "Accept": "application/json"}
-        h.update(headers or {})
+        extra = {**(headers or {}), **(secret_headers or {})}
+        # Header names are case-insensitive: a user's "authorization" replaces ours
+        # rather than going out as a second Authorization header.
+        for name, value in extra.items():
+            _set_header(h, name, value)
         if api_key:
             if azure:
-                h["api-key"] = api_key
+                _set_header(h, "api-key", api_key)
             else:
-                h["Authorization"] = f"Bearer {api_key}"
+                _set_header(h, "Authorization", f"Bearer {api_key}")
         self._headers = h
+        hidden: list[str | None] = [api_key, *(secrets or []), urlsplit(base_url).password]
+        for name, value in extra.items():
+            if name in (secret_headers or {}) or is_credential_header(name):
+                parts = header_secrets(name, value)
+                hidden += parts
+                # The part that matters: the token after "Bearer", else the whole value.
+                scheme = name.lower() in ("authorization", "proxy-authorization")
+                main = parts[1] if scheme and len(parts) > 1 else (parts or [""])[0]
+                if len(main) < 8:
+                    log.warning("the value of header %s is shorter than 8 characters: an echo "
+                                "of it in an answer cannot be masked", name)
+        self._masker = Masker(hidden)
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[tuple[str, str | None], str] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(base_url={self.base_url!r})"
+
+    @property
+    def masker(self) -> Masker:
+        """What this client masks (its keys and credential headers)."""
+        return self._masker
 
     async def __aenter__(self) -> OpenAIClient:
         self._ensure_session()
@@ -353,6 +204,8 @@ class OpenAIClient:
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, headers=self._headers,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
+                # No HTTP(S)_PROXY, no ~/.netrc credentials: only what we were given.
+                trust_env=False,
             )
         return self._session
 
@@ -374,10 +227,7 @@ class OpenAIClient:
         return url
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        return self._masker.text(text)
 
     async def post(
         self,
@@ -396,22 +246,30 @@ class OpenAIClient:
             model: the request's model (names the deployment on Azure).
 
         Returns:
-            The :class:`Response` for a 2xx with a JSON body.
+            The :class:`Response` for a 2xx with a JSON object body.
 
         Raises:
             RateLimited, ServerError, APITimeout: worth retrying.
-            AuthError, BadRequest, QuotaExceeded: not worth retrying.
+            AuthError, BadRequest, QuotaExceeded, Redirected, ResponseTooLarge: not
+            worth retrying.
         """
         session = self._session or self._ensure_session()
+        url = self.url_for(endpoint, model)
         try:
-            async with session.post(self.url_for(endpoint, model), data=payload,
-                                    headers=headers) as resp:
-                raw = await resp.read()
-                for key in self._secret_bytes:
-                    # A proxy or mock that echoes a key must not put it in our files.
-                    if key in raw:
-                        raw = raw.replace(key, b"***")
-                return classify(resp.status, raw, resp.headers)
+            async with session.post(url, data=payload, headers=headers,
+                                    allow_redirects=False) as resp:
+                status = resp.status
+                if 300 <= status < 400:
+                    raise self._redirected(status, url, resp.headers)
+                if 200 <= status < 300:
+                    raw = await _read_capped(resp, self.max_response)
+                    if raw is None:
+                        raise self._too_large(status, resp)
+                else:
+                    # The message is in the first bytes; an endless error page is cut.
+                    raw = await _read_capped(resp, _ERROR_BODY_LIMIT, cut=True)
+                    assert raw is not None
+                return classify(status, raw, resp.headers, self._masker)
         except APIError:
             raise
         except asyncio.TimeoutError as exc:
@@ -420,3 +278,73 @@ class OpenAIClient:
             raise ServerError(self._redact(f"response body cut short: {exc}")) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise APITimeout(self._redact(f"{type(exc).__name__}: {exc}")) from exc
+
+    def _redirected(self, status: int, url: str, headers: Mapping[str, str]) -> Redirected:
+        location = headers.get("location")
+        shown = self._masker.url(location, url) if location else None
+        request_id = headers.get("x-request-id") or headers.get("apim-request-id")
+        where = f"to {shown}" if shown else "with no Location"
+        return Redirected(
+            f"HTTP {status} redirect {where}: not followed (the credentials stay with "
+            "the host they are for, and a redirected POST would not be the request sent); "
+            "if the API moved, give the new address as --base-url",
+            status=status, location=shown, code="redirect",
+            request_id=self._redact(request_id) if request_id else None,
+        )
+
+    def _too_large(self, status: int, resp: aiohttp.ClientResponse) -> ResponseTooLarge:
+        length = resp.content_length
+        size = (f"Content-Length {length:,} bytes" if length is not None and length >
+                self.max_response else "the body ran past it and was not read further")
+        request_id = resp.headers.get("x-request-id") or resp.headers.get("apim-request-id")
+        resp.close()  # the rest is not wanted: drop the connection, do not drain it
+        return ResponseTooLarge(
+            f"HTTP {status} answer larger than --max-response-mb "
+            f"({self.max_response / (1 << 20):g} MiB): {size}",
+            status=status, code="response_too_large",
+            request_id=self._redact(request_id) if request_id else None,
+        )
+
+
+def _set_header(headers: dict[str, str], name: str, value: str) -> None:
+    """Set ``name`` in ``headers``, replacing any spelling of it (names ignore case)."""
+    for existing in [k for k in headers if k.lower() == name.lower()]:
+        del headers[existing]
+    headers[name] = value
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int,
+                       cut: bool = False) -> bytearray | None:
+    """The body, read piece by piece into one buffer, never more than ``cap`` bytes.
+
+    Returns None when the body is larger (``cut``: its first ``cap`` bytes instead). A
+    Content-Length over the cap is refused before reading; a body without one (chunked,
+    compressed, endless) is stopped at the cap; the total timeout bounds a slow one.
+    """
+    length = resp.content_length
+    if length is not None and length > cap and not cut:
+        return None
+    # Sized up front when the length is known (and not compressed): no regrowth, no
+    # slack; otherwise grown as pieces come (bytearray over-allocates by ~1/8).
+    exact = length is not None and "content-encoding" not in resp.headers
+    buf = bytearray(min(length, cap) if exact and length else 0)
+    size = 0
+    content = resp.content
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        end = size + len(chunk)
+        if end > cap:
+            if not cut:
+                return None
+            chunk = chunk[: cap - size]
+            end = cap
+        buf[size:end] = chunk
+        size = end
+        if size == cap and cut:
+            resp.close()
+            break
+    if size < len(buf):
+        del buf[size:]
+    return buf

@@ -15,7 +15,9 @@ The tree::
      │    └── FatalAPIError      no retry will help
      │         ├── AuthError     401 / 403: the key is wrong or revoked
      │         ├── BadRequest    400, 404, 422 and other 4xx
-     │         └── QuotaExceeded 429 with code ``insufficient_quota``
+     │         ├── QuotaExceeded 429 with code ``insufficient_quota``
+     │         ├── Redirected    a 3xx: never followed (the key stays with its host)
+     │         └── ResponseTooLarge  an answer over ``--max-response-mb``
      └── RetriesExhausted        a request used up its attempts (``last_attempt``)
 
 Only :mod:`processor.client` turns aiohttp exceptions into these (``raise ... from exc``).
@@ -39,6 +41,8 @@ __all__ = [
     "OutputError",
     "QuotaExceeded",
     "RateLimited",
+    "Redirected",
+    "ResponseTooLarge",
     "RetriesExhausted",
     "RetryableAPIError",
     "ServerError",
@@ -190,6 +194,24 @@ class QuotaExceeded(FatalAPIError):
     """429 with ``insufficient_quota``: the account is out of credit."""
 
     kind = "insufficient_quota"
+
+
+class Redirected(FatalAPIError):
+    """A 3xx answer. Redirects are not followed: the credentials would go to the host the
+    redirect names, and a 301/302/303 turns the POST into a GET whose answer is not the
+    answer to the request sent. ``location`` is the target, with anything secret masked."""
+
+    kind = "redirect"
+
+    def __init__(self, message: str, *, location: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.location = location
+
+
+class ResponseTooLarge(FatalAPIError):
+    """An answer larger than the client's cap (``--max-response-mb``); it is not kept."""
+
+    kind = "response_too_large"
 
 
 class RetriesExhausted(BatchProcError):

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import orjson
 
-from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, OpenAIClient, is_azure_url
+from .client import (
+    AZURE_API_VERSION,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RESPONSE_MB,
+    OpenAIClient,
+    is_azure_url,
+)
 from .edits import check_edits, edit_notes, unchanged_filter, unreported
 from .engine import Engine, Lane, Sink
 from .errors import OutputError
@@ -87,10 +93,14 @@ class JobConfig:
             for good) are sent again, their earlier records moved to side files. Without
             it, a changed line without a custom_id (named by its position) stops the run
             before anything is sent, and one with a custom_id keeps its old answer.
+        secret_headers: extra headers whose values are masked wherever a server might
+            echo them (credential headers in ``headers`` are masked anyway).
+        max_response_mb: the largest answer kept, in MiB; a larger one is an error
+            record (``response_too_large``).
     """
 
     base_url: str = DEFAULT_BASE_URL
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr
     rpm: float | None = None
     tpm: float | None = None
     max_in_flight: int = 100
@@ -99,10 +109,10 @@ class JobConfig:
     endpoint: str = DEFAULT_ENDPOINT
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     encodings_dir: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     azure: bool | None = None
     api_version: str = AZURE_API_VERSION
-    api_keys: list[tuple[str, str]] = field(default_factory=list)
+    api_keys: list[tuple[str, str]] = field(default_factory=list, repr=False)
     rpd: float | None = None
     tpd: float | None = None
     auto_rpm: bool = True
@@ -118,6 +128,8 @@ class JobConfig:
     backoff_cap: float = 60.0
     allow_download: bool = True
     resend_changed: bool = False
+    secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
 
 
 async def run_job(
@@ -252,7 +264,9 @@ class Parts:
         return OpenAIClient(cfg.base_url, self.default_key, timeout=cfg.timeout,
                             max_connections=cfg.max_in_flight, headers=cfg.headers,
                             azure=self.azure, api_version=cfg.api_version,
-                            secrets=[key for _, key in cfg.api_keys])
+                            secrets=[key for _, key in cfg.api_keys],
+                            secret_headers=cfg.secret_headers,
+                            max_response_mb=cfg.max_response_mb)
 
     def engine(self, client: OpenAIClient, sink: Sink, *,
                on_progress: Callable[[Stats], None] | None = None,

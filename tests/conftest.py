@@ -86,3 +86,8 @@ async def start_cli(job: Path, base_url: str, *extra: str,
         "--max-in-flight", str(max_in_flight), "--plain", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
+
+
+# The hostile server (redirects, echoes, huge/endless bodies, outages, absurd headers)
+# and its foreign host: ``api = await hostile_api(redirect(301))``; see tests/hostile.py.
+from .hostile import hostile_api  # noqa: E402, F401

@@ -1,0 +1,151 @@
+"""Reading the server's headers: Retry-After, x-ratelimit-*, OpenAI's durations.
+
+Every parser here takes any string a server may send (1e308, "inf", " 5", an HTTP date
+in year 9999, garbage) and returns a finite, non-negative number or None; none raises.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+__all__ = ["MAX_WAIT", "RateLimitInfo", "parse_duration", "parse_retry_after",
+           "retry_after_in_words"]
+
+#: The longest wait any header can ask for: a week. A server asking for more (1e17 s, an
+#: HTTP date in year 9999) is broken; the value stays finite, and the engine decides what
+#: a long pause means (it stops the run, to be rerun later).
+MAX_WAIT = 7 * 86400.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_RETRY_IN_WORDS = re.compile(
+    r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+|\d+(?:\.\d+)?)"
+    r"(?:\s*(ms|s|sec|seconds?)\b)?", re.I)
+
+
+def _wait(seconds: float) -> float | None:
+    """A wait fit to use: None for nan, at least 0, at most :data:`MAX_WAIT`."""
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_WAIT)
+
+
+def parse_duration(text: str) -> float | None:
+    """Parse OpenAI's reset durations ("20ms", "1s", "6m0s", "1h2m3.5s", "1.5") into
+    seconds, at most :data:`MAX_WAIT`; None for anything else (negative, nan, garbage)."""
+    text = text.strip()
+    if not text or len(text) > 100:  # no real duration is longer; garbage is not parsed
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        return _wait(value) if math.isfinite(value) and value >= 0 else None
+    total = 0.0
+    pos = 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            return None
+        value = float(m.group(1))
+        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+        pos = m.end()
+    return _wait(total) if pos == len(text) and pos else None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``
+    (seconds or an HTTP date), else None. Never negative, never over :data:`MAX_WAIT`."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            seconds = float(ms) / 1000.0
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(seconds):
+                return _wait(seconds)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return _wait(seconds) if math.isfinite(seconds) else None
+    if len(value) > 100:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        # email.utils raises all of these on garbage ("Mon, 99999999999 Jan 1 ...").
+        return None
+    if when.tzinfo is None:  # "-0000": the RFC says such dates are UTC
+        when = when.replace(tzinfo=timezone.utc)
+    # Arithmetic on aware datetimes, not .timestamp(): that needs the platform's
+    # time_t and fails for year 1 or 9999 on some systems.
+    try:
+        delta = when - datetime.fromtimestamp(time.time(), timezone.utc)
+    except OverflowError:  # year 1 with a negative offset: before datetime.min in UTC
+        return 0.0
+    return _wait(delta.total_seconds())
+
+
+def retry_after_in_words(message: str) -> float | None:
+    """The wait a 429's message asks for when no header says it: Azure (and some proxies)
+    write "Please retry after 6 seconds."; OpenAI "try again in 1.2s" / "20ms" / "8m38.4s"."""
+    hint = _RETRY_IN_WORDS.search(message)
+    if not hint:
+        return None
+    seconds = parse_duration(hint.group(1))
+    if seconds is not None and hint.group(2) and hint.group(2).lower() == "ms":
+        seconds /= 1000.0
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What the server's ``x-ratelimit-*`` headers said (None where absent)."""
+
+    limit_requests: float | None = None
+    limit_tokens: float | None = None
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+    reset_requests: float | None = None
+    reset_tokens: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        if "x-ratelimit-limit-requests" not in headers and (
+            "x-ratelimit-limit-tokens" not in headers
+        ):
+            return None
+
+        def num(key: str) -> float | None:
+            value = headers.get(key)
+            if value is None:
+                return None
+            try:
+                number = float(value)
+            except ValueError:
+                return None
+            # Nonsense (negative, inf, nan) is as good as no header.
+            return number if math.isfinite(number) and number >= 0 else None
+
+        def dur(key: str) -> float | None:
+            value = headers.get(key)
+            return parse_duration(value) if value is not None else None
+
+        return cls(
+            num("x-ratelimit-limit-requests"),
+            num("x-ratelimit-limit-tokens"),
+            num("x-ratelimit-remaining-requests"),
+            num("x-ratelimit-remaining-tokens"),
+            dur("x-ratelimit-reset-requests"),
+            dur("x-ratelimit-reset-tokens"),
+        )
