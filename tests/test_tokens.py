@@ -6,6 +6,7 @@ import base64
 import logging
 import shutil
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import tiktoken_ext  # type: ignore[import-untyped]
 
 from processor.cost import (
     Cost,
+    EncodingLoader,
     ImageFormatError,
     TokenCounter,
     encoding_name_for_model,
@@ -529,3 +531,23 @@ def test_background_loading_prices_with_the_estimate_until_ready() -> None:
     assert later.prompt_tokens > first.prompt_tokens
     assert later == TokenCounter(allow_download=False).cost(body, CHAT)
     assert counter.mode == "exact"
+
+
+def test_two_failed_background_loads_warn_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    both = threading.Barrier(2, timeout=10)  # the two loads fail at the same moment
+
+    def fail(self: EncodingLoader, name: str) -> tuple[None, None, str]:
+        both.wait()
+        return None, None, "unavailable"
+
+    monkeypatch.setattr(EncodingLoader, "_load", fail)
+    counter = TokenCounter(allow_download=False, background=True)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for model in ("gpt-4o", "gpt-4"):  # o200k_base and cl100k_base, one thread each
+            counter.cost({"model": model, "messages": HELLO}, CHAT)
+        counter.wait_loaded(timeout=10)
+    assert len(_warnings(caplog)) == 1
+    assert counter.mode == "estimate"
+    assert counter.encoding_sources == {"o200k_base": None, "cl100k_base": None}

@@ -130,6 +130,7 @@ class EncodingLoader:
         "_dir",
         "_encodings",
         "_loading",
+        "_lock",
         "_log",
         "_sources",
         "_warned",
@@ -152,16 +153,19 @@ class EncodingLoader:
         self._sources: dict[str, str | None] = {}
         self._by_model: dict[str, TextCounter | None] = {}
         self._warned = False
+        self._lock = threading.Lock()  # background loads of two encodings may both fail
 
+    # list(dict.values()) copies atomically: a background load may add an encoding while
+    # these read (iterating the live view would raise "changed size during iteration").
     @property
     def exact_available(self) -> bool:
         """Whether any encoding looked up so far could be loaded."""
-        return any(encoding is not None for encoding in self._encodings.values())
+        return any(encoding is not None for encoding in list(self._encodings.values()))
 
     @property
     def mode(self) -> str:
         """``exact``, ``estimate``, or ``mixed`` (some models' encodings were missing)."""
-        loaded = [encoding is not None for encoding in self._encodings.values()]
+        loaded = [encoding is not None for encoding in list(self._encodings.values())]
         if loaded and all(loaded):
             return "exact"
         return "mixed" if any(loaded) else "estimate"
@@ -178,8 +182,7 @@ class EncodingLoader:
         encoding, source, reason = self._load(name)
         self._sources[name] = source
         self._encodings[name] = encoding  # last: a background load is ready once it is set
-        if encoding is None and not self._warned:
-            self._warned = True
+        if encoding is None and self._first_warning():
             self._log.warning(
                 "exact token counts are unavailable (%s: %s); using the estimate of ~%d "
                 "characters per token. To count exactly offline, pass --encodings-dir "
@@ -190,6 +193,11 @@ class EncodingLoader:
                 CHARS_PER_TOKEN,
             )
         return encoding
+
+    def _first_warning(self) -> bool:
+        with self._lock:
+            first, self._warned = not self._warned, True
+        return first
 
     def _load(self, name: str) -> tuple[tiktoken.Encoding | None, str | None, str]:
         reason = "no --encodings-dir"
