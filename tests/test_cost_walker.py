@@ -10,17 +10,20 @@ import threading
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 import processor.cost.counter as counter_module
 from processor import encodings as compat_encodings
 from processor import images as compat_images
 from processor import tokens as compat_tokens
+from processor.cli import app
 from processor.cost import (
     Cost,
     EncodingLoader,
@@ -37,6 +40,7 @@ from processor.cost import counter as cost_counter
 from processor.cost import encodings as cost_encodings
 from processor.cost import images as cost_images
 from processor.cost import walker as cost_walker
+from processor.jobs import parse_line
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -244,11 +248,43 @@ def test_unknown_shapes_are_charged_by_their_json() -> None:
     ("endpoint", "kind"),
     [(CHAT, Endpoint.CHAT), ("/openai/deployments/d/chat/completions", Endpoint.CHAT),
      (COMPLETIONS, Endpoint.COMPLETIONS), (EMBEDDINGS, Endpoint.EMBEDDINGS),
-     (RESPONSES, Endpoint.RESPONSES), ("/v1/moderations", Endpoint.OTHER), ("", Endpoint.OTHER)],
-    ids=["chat", "azure-chat", "completions", "embeddings", "responses", "moderations", "empty"],
+     (RESPONSES, Endpoint.RESPONSES), ("/v1/moderations", Endpoint.OTHER), ("", Endpoint.OTHER),
+     ("/v1/chat/completions?api-version=2024-10-21", Endpoint.CHAT),
+     ("/v1/embeddings/", Endpoint.EMBEDDINGS),
+     ("/v1/responses/?x=/v1/embeddings", Endpoint.RESPONSES),
+     ("/v1/other?x=/chat/completions", Endpoint.OTHER)],
+    ids=["chat", "azure-chat", "completions", "embeddings", "responses", "moderations", "empty",
+         "query", "trailing-slash", "slash-and-query", "shape-in-query"],
 )
 def test_endpoint_kind(endpoint: str, kind: Endpoint) -> None:
     assert endpoint_kind(endpoint) is kind
+
+
+def test_a_line_url_with_a_query_is_costed_as_its_shape() -> None:
+    """The job reader accepts ``url`` with a query or a trailing slash; the cost follows the
+    same shape (it used to fall back to the body's size, without an exact count)."""
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hello world"}]}
+    counter = TokenCounter(allow_download=False)
+    plain = counter.cost(body, CHAT)
+    for url in (CHAT + "?api-version=2024-10-21", CHAT + "/"):
+        job = parse_line(orjson.dumps({"custom_id": "a", "url": url, "body": body}), 1)
+        assert counter.cost(job.body, job.url) == plain
+        assert counter.exact_prompt_tokens(job.body, job.url) == 3 + 3 + 1 + 2
+
+
+def test_estimate_cli_costs_a_url_with_a_query_as_its_shape(tmp_path: Path) -> None:
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hello world"}],
+            "max_tokens": 5}
+    figures = []
+    for url in (CHAT, CHAT + "?api-version=2024-10-21", CHAT + "/"):
+        job = tmp_path / "job.jsonl"
+        job.write_bytes(orjson.dumps({"custom_id": "a", "url": url, "body": body}) + b"\n")
+        result = CliRunner().invoke(app, ["estimate", str(job), "--offline", "--json"])
+        assert result.exit_code == 0, result.output
+        out = orjson.loads(result.stdout)
+        figures.append((out["prompt_tokens"], out["max_completion_tokens"], out["token_counts"]))
+    # priming + message + "user" + "hello world": 2 tokens exactly, 3 by characters
+    assert figures == [(max(3 + 3 + 1 + 2, 3 + 3 + 1 + 3), 5, "exact")] * 3
 
 
 def test_exact_refusing_a_text_falls_back_to_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,7 +84,9 @@ _EMBEDDINGS = Endpoint.EMBEDDINGS
 
 @functools.lru_cache(maxsize=256)  # a job has a few endpoints; called once per request
 def endpoint_kind(endpoint: str) -> Endpoint:
-    """The shape of requests to ``endpoint`` (a URL path such as ``/v1/chat/completions``)."""
+    """The shape of requests to ``endpoint`` (a URL path such as ``/v1/chat/completions``;
+    a query string and trailing slashes are ignored, as the job reader does)."""
+    endpoint = endpoint.split("?", 1)[0].rstrip("/")
     if endpoint.endswith("/embeddings"):
         return Endpoint.EMBEDDINGS
     if endpoint.endswith("/chat/completions"):  # before /completions, which it also ends
