@@ -102,8 +102,8 @@ def estimate_request_cost(
     """
     kind = endpoint_kind(endpoint)
     prompt = walk(body, kind, REMOTE_IMAGE_SIZE)
-    return Cost(prompt.tokens(chars_estimate), completion_budget(body, kind, default_max_tokens),
-                prompt.images)
+    tokens = prompt.fixed + prompt.images + sum(map(chars_estimate, prompt.texts))
+    return Cost(tokens, completion_budget(body, kind, default_max_tokens), prompt.images)
 
 
 class TokenCounter:
@@ -177,14 +177,27 @@ class TokenCounter:
         Raises:
             ImageFormatError: a ``data:`` image whose header cannot be read (a bad line).
         """
+        # Prompt.tokens, inlined for both counts: this runs once per request sent.
         kind = endpoint_kind(endpoint)
         prompt = walk(body, kind, self._remote)
-        tokens = prompt.tokens(chars_estimate)
-        exact = self._exact(body, prompt)
-        if exact is not None and exact > tokens:
-            tokens = exact
-        return Cost(tokens, completion_budget(body, kind, self._default_max_tokens),
-                    prompt.images)
+        texts = prompt.texts
+        known = prompt.fixed + prompt.images
+        tokens = known + sum(map(chars_estimate, texts))
+        model = body.get("model")
+        count = None
+        if isinstance(model, str):
+            settled = self._loader.settled
+            count = settled[model] if model in settled else self._loader.text_counter(model)
+        if count is not None and prompt.known:
+            try:
+                exact = known + sum(map(count, texts))
+            except Exception:  # a text the tokenizer refuses: the estimate still holds
+                exact = 0
+            if exact > tokens:
+                tokens = exact
+        budget = 0 if kind is _EMBEDDINGS else completion_budget(body, kind,
+                                                                 self._default_max_tokens)
+        return Cost(tokens, budget, prompt.images)
 
     def exact_prompt_tokens(self, body: Mapping[str, Any], endpoint: str) -> int | None:
         """The prompt tokens by tiktoken (images by image math), or ``None`` if no encoding

@@ -16,7 +16,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import tiktoken
 
@@ -127,6 +129,7 @@ class EncodingLoader:
         "_allow_download",
         "_background",
         "_by_model",
+        "settled",
         "_dir",
         "_encodings",
         "_loading",
@@ -152,6 +155,9 @@ class EncodingLoader:
         self._encodings: dict[str, tiktoken.Encoding | None] = {}
         self._sources: dict[str, str | None] = {}
         self._by_model: dict[str, TextCounter | None] = {}
+        #: model -> its counter, for models whose encoding is settled (loaded, or known to
+        #: be missing): a read-only view, for callers to skip the call of text_counter.
+        self.settled: Mapping[str, TextCounter | None] = MappingProxyType(self._by_model)
         self._warned = False
         self._lock = threading.Lock()  # background loads of two encodings may both fail
 

@@ -147,8 +147,8 @@ def walk(
             prompt.texts.append(value)
         else:
             _inputs(prompt, value)
-    elif endpoint is _CHAT and isinstance(body.get("messages"), list):
-        _chat(prompt, body, remote)
+    elif endpoint is _CHAT and isinstance(messages := body.get("messages"), list):
+        _chat(prompt, body, messages, remote)
     elif endpoint is _RESPONSES:
         _responses(prompt, body, remote)
     else:  # another endpoint, or chat without a list of messages
@@ -198,12 +198,12 @@ def _tools(prompt: Prompt, body: Mapping[str, Any]) -> None:
             prompt.texts.append(_json(value))
 
 
-def _chat(prompt: Prompt, body: Mapping[str, Any], remote: _Size) -> None:
-    model = _image_model(body)
-    _tools(prompt, body)
+def _chat(prompt: Prompt, body: Mapping[str, Any], messages: list[Any], remote: _Size) -> None:
+    if "tools" in body or "functions" in body:
+        _tools(prompt, body)
     texts = prompt.texts
     fixed = REPLY_PRIMING
-    for message in body["messages"]:
+    for message in messages:
         # `type(...) is dict` first: JSON gives dicts, and the ABC check costs more
         if not (type(message) is dict or isinstance(message, Mapping)):
             fixed += chars_estimate(_json(message))
@@ -215,7 +215,7 @@ def _chat(prompt: Prompt, body: Mapping[str, Any], remote: _Size) -> None:
                 if key == "name":
                     fixed += TOKENS_PER_NAME
             elif key == "content":
-                _content(prompt, value, model, remote)
+                _content(prompt, value, body, remote)
             elif value is not None:  # tool_calls, function_call, audio, ...
                 texts.append(_json(value))
     prompt.fixed += fixed
@@ -223,9 +223,9 @@ def _chat(prompt: Prompt, body: Mapping[str, Any], remote: _Size) -> None:
 
 def _responses(prompt: Prompt, body: Mapping[str, Any], remote: _Size) -> None:
     # Counted as chat: instructions a system message, a string input one user message.
-    model = _image_model(body)
     prompt.fixed += REPLY_PRIMING
-    _tools(prompt, body)
+    if "tools" in body or "functions" in body:
+        _tools(prompt, body)
     instructions = body.get("instructions")
     if isinstance(instructions, str):
         prompt.fixed += TOKENS_PER_MESSAGE + IMPLIED_ROLE_TOKENS
@@ -238,30 +238,31 @@ def _responses(prompt: Prompt, body: Mapping[str, Any], remote: _Size) -> None:
     for item in value if isinstance(value, list) else [value]:
         if isinstance(item, Mapping) and "content" in item:
             prompt.fixed += TOKENS_PER_MESSAGE
-            _content(prompt, item["content"], model, remote)
+            _content(prompt, item["content"], body, remote)
             role = item.get("role")
             if isinstance(role, str):
                 prompt.texts.append(role)
         else:  # a bare part: input_text, input_image, function_call_output, ...
-            _part(prompt, item, model, remote)
+            _part(prompt, item, body, remote)
 
 
-def _content(prompt: Prompt, content: Any, model: str, remote: _Size) -> None:
+def _content(prompt: Prompt, content: Any, body: Mapping[str, Any], remote: _Size) -> None:
     """A message's content: a string, or a list of parts."""
     if isinstance(content, str):
         prompt.texts.append(content)
     elif isinstance(content, list):
         for part in content:
-            _part(prompt, part, model, remote)
+            _part(prompt, part, body, remote)
     elif content is not None:
         prompt.texts.append(_json(content))
 
 
-def _part(prompt: Prompt, part: Any, model: str, remote: _Size) -> None:
+def _part(prompt: Prompt, part: Any, body: Mapping[str, Any], remote: _Size) -> None:
     if isinstance(part, str):
         prompt.texts.append(part)
     elif isinstance(part, Mapping):
         if part.get("type") in _IMAGE_PARTS:
+            model = _image_model(body)  # images are priced by the request's model
             prompt.images += image_part_tokens(part, model, remote_assumption=remote)
             return
         text = part.get("text")
