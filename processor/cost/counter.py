@@ -181,8 +181,8 @@ class TokenCounter:
         kind = endpoint_kind(endpoint)
         prompt = walk(body, kind, self._remote)
         texts = prompt.texts
-        known = prompt.fixed + prompt.images
-        tokens = known + sum(map(chars_estimate, texts))
+        non_text = prompt.fixed + prompt.images
+        tokens = non_text + sum(map(chars_estimate, texts))
         model = body.get("model")
         count = None
         if isinstance(model, str):
@@ -190,7 +190,7 @@ class TokenCounter:
             count = settled[model] if model in settled else self._loader.text_counter(model)
         if count is not None and prompt.known:
             try:
-                exact = known + sum(map(count, texts))
+                exact = non_text + sum(map(count, texts))
             except Exception:  # a text the tokenizer refuses: the estimate still holds
                 exact = 0
             if exact > tokens:
