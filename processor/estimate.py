@@ -1,7 +1,7 @@
 """What a job will cost and how long it must take, before anything is sent.
 
 :func:`estimate_job` streams a job file through :func:`processor.jobs.iter_jobs` and
-prices every request with the same :class:`~processor.tokens.TokenCounter` the engine
+prices every request with the same :class:`~processor.cost.TokenCounter` the engine
 admits it with, so ``prompt_tokens + max_completion_tokens`` is exactly what the
 engine will charge against ``--tpm``. Dollars come from :data:`PRICES`, list prices
 per million tokens as of :data:`PRICES_AS_OF`, and are an upper bound: completions are
@@ -18,10 +18,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .cost import TokenCounter, base_model_name
 from .errors import ConfigError, JobFormatError
-from .images import base_model_name
 from .jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
-from .tokens import TokenCounter
 
 __all__ = [
     "MAX_BAD_LINE_NUMBERS",

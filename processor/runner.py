@@ -240,7 +240,7 @@ async def _run(
     edit_notes(stats)
     stats.notes.append(f"results: {out_path}")
     stats.notes.append(f"errors:  {err_path}")
-    counter.wait_loaded(timeout=1.0)
+    await counter.wait_loaded_async(timeout=1.0)
     if counter.mode != "exact":
         stats.notes.append(f"token counts: {counter.mode}")
     return stats

