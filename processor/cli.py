@@ -196,6 +196,11 @@ def run(
     loop: Annotated[str, typer.Option(
         help="Event loop: 'auto' (uvloop when installed, the 'fast' extra), 'uvloop' or "
         "'asyncio'.")] = "auto",
+    outage_window: Annotated[float, typer.Option(
+        min=0, max=7 * 86_400.0,
+        help="Seconds the server may stay down (most attempts failing with 5xx or connection "
+        "errors) while batchproc probes it without spending attempts; then the run stops "
+        "(exit 75, rerun to resume). 0: off.")] = 1800.0,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     if not input_path.is_file():
@@ -220,6 +225,7 @@ def run(
         fallback_model=fallback_model, fallback_after=fallback_after,
         refund_unused=refund_unused,
     )
+    config.outage_window = outage_window
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None

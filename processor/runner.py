@@ -69,6 +69,9 @@ class JobConfig:
         grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
         fresh: move old outputs aside and start over.
         retry_failed: send again the requests that failed for good in earlier runs.
+        outage_window: seconds the server may stay down (most attempts failing with
+            5xx or connection errors) while batchproc probes it, spending no attempts,
+            before the run stops (resumable); 0 turns this off.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -99,6 +102,7 @@ class JobConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     allow_download: bool = True
+    outage_window: float = 1800.0
 
 
 async def run_job(
@@ -204,7 +208,8 @@ class Parts:
                                          cap=cfg.backoff_cap),
                       max_in_flight=cfg.max_in_flight, on_progress=on_progress,
                       grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
-                      refund_unused=cfg.refund_unused, before_admit=before_admit)
+                      refund_unused=cfg.refund_unused, before_admit=before_admit,
+                      outage_window=cfg.outage_window)
 
 
 def build_parts(cfg: JobConfig) -> Parts:
