@@ -541,7 +541,7 @@ class Engine:
                 self.stats.learned.add(short)
                 if was_learning or short not in self.stats.limits:
                     log.info("learned %s = %g from the server's headers", short, value)
-        if was_learning and not limiter.learning:
+        if was_learning and not limiter.learning and limiter.learned:
             learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
             self.stats.notes.append(f"limits learned from the server: {learned}")
         for name, value in limiter.ignored.items():

@@ -288,9 +288,11 @@ class Limiter:
     @property
     def learning(self) -> bool:
         """True while an ``auto`` limit has not been learned yet (admit cautiously)."""
-        return (self.auto_requests and "requests/min" not in self.learned) or (
-            self.auto_tokens and "tokens/min" not in self.learned
-        )
+        # A kind whose stated limit is ignored is not waited for: it runs without one.
+        learned, ignored = self.learned, self.ignored
+        return (self.auto_requests and "requests/min" not in learned
+                and "requests/min" not in ignored) or (
+            self.auto_tokens and "tokens/min" not in learned and "tokens/min" not in ignored)
 
     def stop_learning(self) -> None:
         """The server sends no limit headers: give up on learning (run unlimited)."""
@@ -435,9 +437,9 @@ class Limiter:
         limit_tokens = self._screen("tokens/min", limit_tokens)
         if limit_requests or limit_tokens:
             # The server sends limit headers: a kind it leaves out has nothing to learn.
-            if not limit_requests:
+            if not limit_requests and "requests/min" not in self.ignored:
                 self.auto_requests = False
-            if not limit_tokens:
+            if not limit_tokens and "tokens/min" not in self.ignored:
                 self.auto_tokens = False
         for kind, server in (("requests/min", limit_requests), ("tokens/min", limit_tokens)):
             if not server or server <= 0 or not math.isfinite(server):

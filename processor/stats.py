@@ -108,11 +108,11 @@ def clamp_seconds(seconds: float) -> float:
 
 
 def human_duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h10m``, ``3d04h``; ``over 100 years`` beyond MAX_SHOWN."""
+    """``42s``, ``3m05s``, ``2h10m``, ``3d04h``; ``100 years or more`` from MAX_SHOWN on."""
     if seconds is None or seconds != seconds:
         return "?"
-    if seconds > MAX_SHOWN:
-        return "over 100 years"
+    if seconds >= MAX_SHOWN - 1:  # a clamped value, give or take rounding
+        return "100 years or more"
     secs = int(math.ceil(clamp_seconds(seconds)))
     d, rem = divmod(secs, 86_400)
     h, rem = divmod(rem, 3600)
@@ -126,6 +126,6 @@ def clock_at(seconds: float | None) -> str:
     """The local wall-clock time ``seconds`` from now, for "resumes at ..." messages."""
     if seconds is None or seconds != seconds:
         return "?"
-    if seconds > MAX_SHOWN:
-        return "a date over 100 years away"
+    if seconds >= MAX_SHOWN - 1:
+        return "100 years or more from now"
     return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + clamp_seconds(seconds)))

@@ -349,3 +349,16 @@ async def test_limit_headers_never_make_a_request_too_large(tmp_path: Path) -> N
     assert stats.ok == 8 and sink.errors == []
     assert engine.limiter.ignored == {"tokens/min": 5.0}
     assert engine.limiter.too_large(10**9) is None
+
+
+async def test_ignored_limits_do_not_keep_the_run_learning(
+    hostile: Running, tmp_path: Path  # noqa: F811
+) -> None:
+    # While learning (auto), at most 4 requests go at once; a kind whose only stated
+    # limit is ignored must not hold the run there for good.
+    hostile.api.headers = {"x-ratelimit-limit-requests": "0.001",
+                           "x-ratelimit-limit-tokens": "0.001"}
+    job = job_file(tmp_path, 40)
+    stats = await asyncio.wait_for(run_job(job, config(hostile.base_url, max_in_flight=12)), 30)
+    assert stats.ok == 40
+    assert hostile.api.peak_in_flight > 4
