@@ -362,3 +362,18 @@ async def test_ignored_limits_do_not_keep_the_run_learning(
     stats = await asyncio.wait_for(run_job(job, config(hostile.base_url, max_in_flight=12)), 30)
     assert stats.ok == 40
     assert hostile.api.peak_in_flight > 4
+
+
+@pytest.mark.parametrize("in_flight", [1, 16], ids=["one-at-a-time", "sixteen"])
+async def test_an_outage_writes_nothing_off_at_any_concurrency(
+    hostile: Running, tmp_path: Path, in_flight: int  # noqa: F811
+) -> None:
+    # One request at a time never gives the circuit ten samples: it opens instead of
+    # writing a request off while every recent attempt failed.
+    hostile.api.down_until = asyncio.get_running_loop().time() + 0.4
+    job = job_file(tmp_path, 24)
+    stats = await asyncio.wait_for(
+        run_job(job, config(hostile.base_url, max_in_flight=in_flight, max_attempts=2)), 30)
+    assert stats.ok == 24 and stats.failed == 0 and written_off(job) == []
+    assert stats.outages >= 1 and stats.outage_seconds > 0
+    assert stats.outage_since is None  # closed again
