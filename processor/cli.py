@@ -229,6 +229,11 @@ def run(
         min=0.001, help="Largest answer kept, in MiB (default: a full batch of 2,048 "
         "3,072-dim embeddings fits). A larger one becomes an error record "
         "(response_too_large); the run goes on.")] = DEFAULT_MAX_RESPONSE_MB,
+    outage_window: Annotated[float, typer.Option(
+        min=0, max=7 * 86_400.0,
+        help="Seconds the server may stay down (most attempts failing with 5xx or connection "
+        "errors) while batchproc probes it without spending attempts; then the run stops "
+        "(exit 75, rerun to resume). 0: off.")] = 1800.0,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -259,6 +264,7 @@ def run(
     config.headers, config.secret_headers = _split_secret_headers(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
+    config.outage_window = outage_window
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None

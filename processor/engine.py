@@ -6,7 +6,15 @@ retry, else the next new job; waits for a free in-flight slot and for the limite
 then starts one task per attempt. Each task classifies its outcome: a result is
 written, a retryable failure goes back into the requeue (a heap ordered by the time
 it may go again), a final failure is written to the errors file. Memory is bounded
-by ``max_in_flight`` plus the requeue, whatever the size of the input.
+by the flags, whatever the size of the input or what the server sends: at most
+``max_in_flight`` attempts on the wire, and new lines are taken only while the requeue
+holds fewer than ``max_requeue`` (2 x ``max_in_flight``) retries, so at most
+3 x ``max_in_flight`` requests are held at once.
+
+Every wait the engine can enter is bounded: a wait of over :data:`LONG_PAUSE` (a
+server's Retry-After, a spent budget, a limit) stops the run for a later rerun
+instead, and while the server is down (:mod:`processor.circuit`) it probes instead of
+spending attempts, for at most the outage window.
 """
 
 from __future__ import annotations
@@ -16,15 +24,18 @@ import heapq
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
+from .circuit import Circuit
 from .client import Response
 from .errors import (
     APIError,
+    APITimeout,
     AuthError,
     FatalAPIError,
     JobFormatError,
@@ -34,8 +45,8 @@ from .errors import (
 )
 from .jobs import BadLine, Job, RecordIds, error_record, result_record
 from .limits import Limiter
-from .retry import Fallback, RetryPolicy, is_daily_limit
-from .stats import Stats, clock_at, human_duration
+from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
+from .stats import Stats, clamp_seconds, clock_at, human_duration
 from .tokens import Cost
 
 __all__ = ["Engine", "Lane", "Sender", "Sink"]
@@ -48,8 +59,13 @@ PROBE_ANSWERS = 3
 #: admission wait longer than DAILY_STOP_WAIT seconds, the run stops (resumable).
 DAILY_PERIOD = 3600.0
 DAILY_STOP_WAIT = 60.0
-#: a server-requested pause longer than this stops the run (resumable) instead.
+#: any wait longer than this (a server-requested pause, a spent budget, a limit) stops
+#: the run (resumable) instead.
 LONG_PAUSE = 3600.0
+#: 429s in a row, while the server states a limit that cannot be real, that stop the run.
+INSIST_429 = 5
+#: seconds the server may stay down (the outage circuit open) before the run stops.
+OUTAGE_WINDOW = 1800.0
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +111,16 @@ class Sink(Protocol):
     def maybe_sync(self) -> None: ...
 
 
+def _implausible(limiter: Limiter, name: str, value: float) -> str:
+    """``tokens/min 0.001 (below the smallest request, 37 tokens)``: why it cannot be real."""
+    if name.startswith("requests"):
+        return f"{name} {value:g} (below one request)"
+    smallest = limiter.smallest_tokens
+    if value < 1 or not math.isfinite(smallest):
+        return f"{name} {value:g} (below one token)"
+    return f"{name} {value:g} (below the smallest request, {smallest:g} tokens)"
+
+
 def _usage(body: Any) -> tuple[int, int]:
     if isinstance(body, dict):
         usage = body.get("usage")
@@ -126,6 +152,11 @@ class Engine:
         before_admit: awaited before each new request is taken from the source: a
             consumer's back-pressure (the pipeline API waits there while its reader
             lags behind).
+        outage_window: seconds the server may stay down (see :mod:`processor.circuit`)
+            before the run stops, resumable; 0 turns the circuit off (failures then
+            spend attempts whatever the server's state).
+        max_requeue: retries waiting at most before new lines pause (default
+            2 x ``max_in_flight``).
     """
 
     def __init__(
@@ -145,9 +176,13 @@ class Engine:
         fallback: Fallback | None = None,
         refund_unused: bool = False,
         before_admit: Callable[[], Awaitable[None]] | None = None,
+        outage_window: float = OUTAGE_WINDOW,
+        max_requeue: int | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if not outage_window >= 0:
+            raise ValueError(f"outage_window must be >= 0, got {outage_window}")
         self.client = client
         self.lanes = lanes or [Lane(None, limiter)]
         self.limiter = self.lanes[0].limiter
@@ -172,6 +207,20 @@ class Engine:
         self._abort = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._record_id = RecordIds()
+        self.max_requeue = max_requeue if max_requeue is not None else 2 * max_in_flight
+        if self.max_requeue < 1:
+            raise ValueError(f"max_requeue must be >= 1, got {self.max_requeue}")
+        # Probes back off like retries (tests shrink both).
+        base = max(self.policy.base, 1e-3)
+        self.circuit = Circuit(outage_window=outage_window, base=base,
+                               cap=max(self.policy.cap, base)) if outage_window > 0 else None
+        self._probe: Job | None = None
+        #: jobs whose failure the circuit weighs (they get their attempt back if it opens).
+        self._recent: deque[Job] = deque(maxlen=self.circuit.window if self.circuit else 1)
+        #: (lane, counter) pairs already warned about a limit that cannot be real.
+        self._warned: set[tuple[int, str]] = set()
+        #: 429s in a row per lane while it states such a limit.
+        self._refusals: dict[int, int] = {}
 
     # -- control ---------------------------------------------------------------
 
@@ -224,19 +273,37 @@ class Engine:
         requeue = self._requeue
         loop = self._loop
         assert loop is not None
+        circuit = self.circuit
         exhausted = False
         while not self._stopping:
             cap = self.max_in_flight
             if any(lane.limiter.learning for lane in self.lanes if not lane.retired):
                 cap = min(cap, PROBE_IN_FLIGHT)
+            now = loop.time()
+            probe = False
+            if circuit is not None and not circuit.closed:
+                # The server is down: nothing goes but one probe at a time, and the
+                # run stops once the outage outlasts the window.
+                if circuit.expired(now):
+                    self._outage_stop(now)
+                    return
+                if not circuit.can_probe(now):
+                    await self._wait_change(circuit.wake_at() - now)
+                    continue
+                if stats.in_flight >= cap:
+                    await self._wait_change(circuit.expires_at() - now)
+                    continue
+                probe = True
             if stats.in_flight >= cap:
                 await self._wait_change(None)
                 continue
             job: Job | None = None
-            if requeue and requeue[0][0] <= loop.time():
+            if requeue and (probe or requeue[0][0] <= now):
                 job = heapq.heappop(requeue)[2]
                 stats.retrying = len(requeue)
-            elif not exhausted:
+            elif not exhausted and len(requeue) < self.max_requeue:
+                # New lines pause while the requeue is full: what is held stays bounded
+                # however fast the server fails.
                 if self.before_admit is not None:
                     await self.before_admit()
                     if self._stopping:
@@ -249,7 +316,11 @@ class Engine:
                 if job is None:
                     continue
             elif requeue:
-                await self._wait_change(requeue[0][0] - loop.time())
+                wait = requeue[0][0] - now
+                if wait > LONG_PAUSE:  # delays are checked when requeued; never idle here
+                    self._rerun_later(wait, f"the next retry is due in {human_duration(wait)}")
+                    return
+                await self._wait_change(wait)
                 continue
             elif stats.in_flight:
                 await self._wait_change(None)
@@ -259,10 +330,15 @@ class Engine:
             lane = self.lanes[0] if len(self.lanes) == 1 else None
             if lane is None or lane.limiter.try_acquire(job.tokens) > 0:
                 # Not the fast path (one key, capacity available now): wait for some key.
+                # Probes count against the limits like any request.
                 picked = await self._wait_for_capacity(job)
                 if picked is None:
                     return  # never sent: a resumed run will pick it up
                 lane = picked
+            if probe and circuit is not None:
+                circuit.start_probe()
+                self._probe = job
+                stats.probe_every = circuit.interval
             job.lane = lane
             job.sent_at = loop.time()
             job.cum_requests = lane.limiter.cum_requests
@@ -287,6 +363,8 @@ class Engine:
                 wait = lane.limiter.try_acquire(job.tokens)
                 if wait <= 0:
                     return lane
+                if wait != wait:  # NaN: no finite answer from the counters, wait a second
+                    wait = 1.0
                 if best is None or wait < shortest:  # inf waits too: a spent budget
                     best, shortest = lane, wait
             assert best is not None
@@ -301,7 +379,7 @@ class Engine:
 
         A spent daily budget (``--rpd`` / ``--tpd``) never comes back within the run; a
         server that asks for a pause of over an hour (a per-day limit, say) is not
-        worth waiting on either.
+        worth waiting on either, nor is any other wait over :data:`LONG_PAUSE`.
         """
         limiter = lane.limiter
         now = limiter.now()
@@ -310,7 +388,7 @@ class Engine:
         if counter is not None and counter.period >= DAILY_PERIOD:
             self.stats.rerun_later = True
             if math.isfinite(wait):
-                self.stats.resume_at = time.time() + wait
+                self.stats.resume_at = time.time() + clamp_seconds(wait)
                 when = f"the next request fits in {human_duration(wait)} (at {clock_at(wait)})"
             else:
                 when = "it does not refill within a run"
@@ -319,13 +397,20 @@ class Engine:
             return True
         pause = limiter.paused_until - now
         if pause > LONG_PAUSE:
-            self.stats.rerun_later = True
-            self.stats.resume_at = time.time() + pause if math.isfinite(pause) else None
-            until = f" (until {clock_at(pause)})" if math.isfinite(pause) else ""
-            self.stop(f"the server asked to pause for {human_duration(pause)}{until}{key}; "
-                      "rerun the same command then to resume")
+            self._rerun_later(pause, f"the server asked to pause for {human_duration(pause)}{key}")
+            return True
+        if wait > LONG_PAUSE:
+            what = f"{counter.name} {counter.limit:g}" if counter is not None else "the limits"
+            self._rerun_later(wait, f"the next request would wait {human_duration(wait)} "
+                                    f"under {what}{key}")
             return True
         return False
+
+    def _rerun_later(self, wait: float, what: str) -> None:
+        """Stop for a wait of over an hour: exit 75, nothing written off, say when."""
+        self.stats.rerun_later = True
+        self.stats.resume_at = time.time() + clamp_seconds(wait)
+        self.stop(f"{what} (until {clock_at(wait)}); rerun the same command then to resume")
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
@@ -378,11 +463,13 @@ class Engine:
             self._bad(item.line, f"cannot cost request: {type(exc).__name__}: {exc}"[:300],
                       item.custom_id, item.metadata, input_hash=item.line_hash)
             return None
+        # Only a flag can make a request too large: a limit from headers may be wrong.
         too_large = self.limiter.too_large(item.tokens)
         if too_large is not None:
             self._fail(item, "request_too_large",
                        f"request needs {item.tokens} tokens, more than the whole "
-                       f"{too_large.name} limit of {too_large.limit:g}; it can never be admitted")
+                       f"{too_large.name} limit of {too_large.ceiling:g}; it can never be "
+                       "admitted")
             return None
         return item
 
@@ -414,6 +501,8 @@ class Engine:
 
     def _answered(self, job: Job, lane: Lane, response: Response) -> None:
         stats = self.stats
+        self._server_alive(job)
+        self._refusals.pop(id(lane), None)
         try:
             self._learn(job, response.ratelimit, force=False)
         except ValueError as exc:  # nonsense rate-limit headers must not cost the answer
@@ -471,9 +560,18 @@ class Engine:
                 self.stats.learned.add(short)
                 if was_learning or short not in self.stats.limits:
                     log.info("learned %s = %g from the server's headers", short, value)
-        if was_learning and not limiter.learning:
+        if was_learning and not limiter.learning and limiter.learned:
             learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
             self.stats.notes.append(f"limits learned from the server: {learned}")
+        for name, value in limiter.ignored.items():
+            if (id(job.lane), name) not in self._warned:
+                self._warned.add((id(job.lane), name))
+                told = _implausible(limiter, name, value)
+                message = f"ignored the server's stated limit of {told}"
+                if job.lane.name and len(self.lanes) > 1:
+                    message += f" (key ${job.lane.name})"
+                self.stats.notes.append(message)
+                log.warning("%s", message)
 
     def _failed_attempt(self, job: Job, exc: APIError) -> None:
         stats = self.stats
@@ -481,6 +579,7 @@ class Engine:
         assert lane is not None
         job.history.append({"attempt": job.attempts, "status": exc.status, "error": exc.kind,
                             "message": exc.message[:300]})
+        hint = server_hint(exc)
         if exc.ratelimit is not None:
             self._learn(job, exc.ratelimit, force=True, refused=isinstance(exc, RateLimited))
         if isinstance(exc, RateLimited):
@@ -488,7 +587,18 @@ class Engine:
             if is_daily_limit(exc):
                 self._server_daily_limit(job, exc)
                 return
-            lane.limiter.rate_limited(exc.retry_after)
+            # The key's pause, however long: a paused key is avoided, and when every
+            # key waits over an hour, admission stops the run (_too_long).
+            lane.limiter.rate_limited(hint)
+            if self._insists(lane):
+                return
+        elif hint is not None and hint > LONG_PAUSE:
+            # A 503's Retry-After speaks for the whole server, not one key.
+            self._rerun_later(hint, f"the server asked to pause for {human_duration(hint)} "
+                                    f"(HTTP {exc.status})")
+            return
+        if self._outage(job, exc, hint):
+            return
         if isinstance(exc, (AuthError, QuotaExceeded)):
             # The key, not the request, is at fault: the request is never written as
             # failed, so a rerun with a working key sends it.
@@ -516,8 +626,108 @@ class Engine:
             self._fail(job, exc.kind, f"gave up after {job.attempts} attempts: {exc.message}",
                        exc)
             return
-        self._requeue_at(job, self.policy.delay(exc, job.attempts))
+        delay = self.policy.delay(exc, job.attempts)
+        if isinstance(exc, RateLimited) and delay > LONG_PAUSE:
+            delay = 0.0  # the key's pause holds it; another key may take it now
+        self._requeue_at(job, delay)
         stats.retries += 1
+
+    def _insists(self, lane: Lane) -> bool:
+        """Stop when the server keeps refusing (429) while stating limits that cannot be real."""
+        limiter = lane.limiter
+        if not limiter.ignored:
+            self._refusals.pop(id(lane), None)
+            return False
+        count = self._refusals[id(lane)] = self._refusals.get(id(lane), 0) + 1
+        if count < INSIST_429:
+            return False
+        told = "; ".join(_implausible(limiter, k, v) for k, v in limiter.ignored.items())
+        key = f" for key ${lane.name}" if lane.name and len(self.lanes) > 1 else ""
+        self.stats.rerun_later = True
+        self.stop(f"the server refused {count} requests in a row (429){key} while stating a "
+                  f"limit of {told}; rerun the same command once its limits are right")
+        return True
+
+    def _outage(self, job: Job, exc: APIError, hint: float | None) -> bool:
+        """Feed the circuit one failure; True if it was an outage's (attempt given back).
+
+        A 5xx or connection failure while the circuit is open, or one that opens it,
+        does not count against the request's attempts: it is requeued (admission is
+        held by the circuit), and so are, with their attempt back, the recent failures
+        that opened it. Nor is a request written off while most recent attempts failed.
+        """
+        circuit = self.circuit
+        assert self._loop is not None
+        if circuit is None:
+            return False
+        if not isinstance(exc, (ServerError, APITimeout)):
+            self._server_alive(job)
+            return False
+        now = self._loop.time()
+        probe = job is self._probe
+        if probe:
+            self._probe = None
+        was_open = not circuit.closed
+        tripped = circuit.record(True, now, probe=probe, retry_after=hint)
+        if not (was_open or tripped):
+            if self.policy.should_retry(exc, job.attempts) or not circuit.looks_down(now):
+                self._recent.append(job)
+                return False
+            circuit.trip(now, hint)  # it would be written off while the server looks down
+            tripped = True
+        if tripped:
+            self._outage_began(now)
+        else:
+            self.stats.probe_every = circuit.interval
+        job.attempts -= 1
+        if not self._stopping:  # else left for a resumed run
+            self._requeue_at(job, 0.0)
+            self.stats.retries += 1
+        return True
+
+    def _server_alive(self, job: Job) -> None:
+        """An answer (any but a 5xx or a connection failure): the server is up."""
+        circuit = self.circuit
+        if circuit is None:
+            return
+        assert self._loop is not None
+        if job is self._probe:
+            self._probe = None
+        was_open = not circuit.closed
+        now = self._loop.time()
+        circuit.record(False, now)
+        if was_open:
+            stats = self.stats
+            stats.outage_seconds = circuit.total_down(now)
+            stats.outage_since = stats.probe_every = None
+            log.warning("the server answers again; resuming")
+
+    def _outage_began(self, now: float) -> None:
+        circuit = self.circuit
+        assert circuit is not None
+        stats = self.stats
+        stats.outages = circuit.outages
+        stats.outage_since = time.time()
+        stats.probe_every = circuit.interval
+        # The failures that opened it did not count either.
+        for job in self._recent:
+            job.attempts = max(0, job.attempts - 1)
+        self._recent.clear()
+        log.warning("the server looks down (most recent attempts failed with 5xx or "
+                    "connection errors): probing it with one request at a time")
+
+    def _outage_stop(self, now: float) -> None:
+        """The server stayed down for the whole outage window: stop, resumable."""
+        circuit = self.circuit
+        assert circuit is not None
+        stats = self.stats
+        stats.outage_seconds = circuit.total_down(now)
+        stats.rerun_later = True
+        since = time.strftime("%H:%M", time.localtime(stats.outage_since or time.time()))
+        self.stop(f"the server has been down since {since} (5xx answers or connection "
+                  f"errors for {human_duration(circuit.down_for(now))}, longer than the "
+                  f"--outage-window of {human_duration(circuit.outage_window)}); nothing was "
+                  "written off: rerun the same command to resume")
 
     def _requeue_at(self, job: Job, delay: float) -> None:
         assert self._loop is not None
@@ -554,7 +764,7 @@ class Engine:
 
     def _server_daily_limit(self, job: Job, exc: APIError) -> None:
         """The server says a daily limit is spent: stop cleanly (the job stays unanswered)."""
-        wait = exc.retry_after if exc.retry_after is not None else None
+        wait = server_hint(exc)
         when = f" in {human_duration(wait)} (at {clock_at(wait)})" if wait else ""
         self.stats.rerun_later = True
         if wait:
@@ -616,6 +826,8 @@ class Engine:
         while True:
             await asyncio.sleep(self.progress_interval)
             self.stats.retrying = len(self._requeue)
+            if self.circuit is not None and self._loop is not None:
+                self.stats.outage_seconds = self.circuit.total_down(self._loop.time())
             if self.on_progress is not None:
                 try:
                     self.on_progress(self.stats)

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable
 
 from ._types import Clock, Sleep
+from .stats import clamp_seconds
 
 __all__ = ["DAY", "Capacity", "Limiter"]
 
@@ -190,7 +191,8 @@ class Limiter:
     __slots__ = ("counters", "_clock", "_sleep", "paused_until", "_requests", "_tokens", "scale",
                  "min_scale", "decrease", "recovery_per_s", "_scaled_at", "_last_decrease",
                  "auto_requests", "auto_tokens", "learned", "cum_requests", "cum_tokens",
-                 "_mirrors", "sync_interval", "_all", "burst_seconds")
+                 "_mirrors", "sync_interval", "_all", "burst_seconds", "smallest_tokens",
+                 "ignored")
 
     def __init__(
         self,
@@ -223,6 +225,12 @@ class Limiter:
         self.cum_requests = 0.0
         self.cum_tokens = 0.0
         self._mirrors: dict[str, _Mirror] = {}
+        #: the smallest token cost admitted so far (a stated token limit below it cannot be
+        #: real: the server answered that request).
+        self.smallest_tokens = math.inf
+        #: limits the server stated that cannot be real, by counter name (the latest
+        #: value said); they are ignored until it states a plausible one again.
+        self.ignored: dict[str, float] = {}
         self.sync_interval = sync_interval
         self.burst_seconds = burst_seconds
         self._split()
@@ -280,19 +288,47 @@ class Limiter:
     @property
     def learning(self) -> bool:
         """True while an ``auto`` limit has not been learned yet (admit cautiously)."""
-        return (self.auto_requests and "requests/min" not in self.learned) or (
-            self.auto_tokens and "tokens/min" not in self.learned
-        )
+        # A kind whose stated limit is ignored is not waited for: it runs without one.
+        learned, ignored = self.learned, self.ignored
+        return (self.auto_requests and "requests/min" not in learned
+                and "requests/min" not in ignored) or (
+            self.auto_tokens and "tokens/min" not in learned and "tokens/min" not in ignored)
 
     def stop_learning(self) -> None:
         """The server sends no limit headers: give up on learning (run unlimited)."""
         self.auto_requests = self.auto_tokens = False
 
     def too_large(self, tokens: int) -> Capacity | None:
-        """The token counter that ``tokens`` can never fit in (its whole window), if any."""
-        for c in self._tokens:
-            if tokens > c.limit:
+        """The user-given token counter that ``tokens`` can never fit in, if any.
+
+        Only the flags (each counter's ``ceiling``) can make a request too large: a
+        limit learned from headers may be wrong, and a request larger than a counter's
+        burst still goes once the counter is full (then runs it into debt).
+        """
+        for c in self.counters:
+            if not c.unit_cost and math.isfinite(c.ceiling) and tokens > c.ceiling:
                 return c
+        return None
+
+    def plausible(self, kind: str, limit: float) -> bool:
+        """Whether a stated per-minute ``limit`` of ``kind`` can be real.
+
+        A requests limit below one request, or a tokens limit below the smallest
+        request already admitted (which the server then answered), cannot be.
+        """
+        if kind == "requests/min":
+            return limit >= 1.0
+        smallest = self.smallest_tokens  # inf until a request was admitted
+        return limit >= 1.0 and (math.isinf(smallest) or limit >= smallest)
+
+    def _screen(self, kind: str, limit: float | None) -> float | None:
+        """``limit`` if plausible (noting or clearing :attr:`ignored`), else None."""
+        if limit is None or not limit > 0 or not math.isfinite(limit):
+            return None
+        if self.plausible(kind, limit):
+            self.ignored.pop(kind, None)
+            return limit
+        self.ignored[kind] = limit
         return None
 
     def _recover(self, now: float) -> None:
@@ -329,6 +365,8 @@ class Limiter:
         return best
 
     def spend(self, tokens: int, now: float) -> None:
+        if tokens < self.smallest_tokens:
+            self.smallest_tokens = tokens
         self.cum_requests += 1
         self.cum_tokens += tokens
         for c in self._requests:
@@ -349,6 +387,8 @@ class Limiter:
     def try_acquire(self, tokens: int) -> float:
         """Spend now and return 0 if the counters allow, else return the wait (spend nothing)."""
         if not self._all and self.paused_until == -math.inf:
+            if tokens < self.smallest_tokens:
+                self.smallest_tokens = tokens
             self.cum_requests += 1
             self.cum_tokens += tokens
             return 0.0
@@ -378,7 +418,8 @@ class Limiter:
     def pause(self, seconds: float) -> None:
         """Hold all admissions for ``seconds`` (a 429's Retry-After) and drop saved credit."""
         now = self.now()
-        self.paused_until = max(self.paused_until, now + seconds)
+        # Clamped: a server's 1e17 or NaN must neither overflow the clock nor vanish.
+        self.paused_until = max(self.paused_until, now + clamp_seconds(seconds))
         for c in self.counters:
             if c.refill:  # saved-up credit, not a day's budget
                 c.drain(now)
@@ -387,14 +428,18 @@ class Limiter:
         """Adopt the server's per-minute limits where they are lower than ours.
 
         Never goes above the user's flags (each counter's ``ceiling``). In ``auto``
-        mode a missing per-minute counter is created from the server's limit.
+        mode a missing per-minute counter is created from the server's limit. A limit
+        that cannot be real (:meth:`plausible`) is noted in :attr:`ignored` and treated
+        as absent.
         """
         now: float | None = None
+        limit_requests = self._screen("requests/min", limit_requests)
+        limit_tokens = self._screen("tokens/min", limit_tokens)
         if limit_requests or limit_tokens:
             # The server sends limit headers: a kind it leaves out has nothing to learn.
-            if not limit_requests:
+            if not limit_requests and "requests/min" not in self.ignored:
                 self.auto_requests = False
-            if not limit_tokens:
+            if not limit_tokens and "tokens/min" not in self.ignored:
                 self.auto_tokens = False
         for kind, server in (("requests/min", limit_requests), ("tokens/min", limit_tokens)):
             if not server or server <= 0 or not math.isfinite(server):
@@ -441,6 +486,11 @@ class Limiter:
             refused_tokens: the request was refused (429) and so not counted by the
                 server: its tokens (and its one request) are given back to the mirrors.
         """
+        # A stated limit that cannot be real (below one request, or below a request the
+        # server answered) is ignored, mirrors and all: adopting it would write requests
+        # off or idle for hours. The engine warns once and watches for 429s.
+        limit_requests = self._screen("requests/min", limit_requests)
+        limit_tokens = self._screen("tokens/min", limit_tokens)
         self.observe(limit_requests, limit_tokens)
         now = self.now()
         changed = False

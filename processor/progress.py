@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import IO, TYPE_CHECKING, Any
 
-from .stats import Stats
+from .stats import Stats, human_duration
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,14 +62,25 @@ def _rate(value: float, stats: Stats, name: str) -> str:
     return f"{value:,.0f}/{limit:,.0f}{learned}"
 
 
+def outage_line(stats: Stats) -> str:
+    """``server down since 14:02, probing every 8s`` while the server is down, else ``""``."""
+    if stats.outage_since is None:
+        return ""
+    since = time.strftime("%H:%M", time.localtime(stats.outage_since))
+    every = f", probing every {human_duration(stats.probe_every)}" if stats.probe_every else ""
+    return f"server down since {since}{every}"
+
+
 def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
     rpm, tpm, per_s = rates
     total = "?" if stats.total is None else f"{stats.total:,}"
+    outage = outage_line(stats)
     return (
         f"done {stats.done + stats.skipped:,}/{total} ok {stats.ok:,} failed "
         f"{stats.failed + stats.bad_lines:,} retrying {stats.retrying:,} in-flight "
         f"{stats.in_flight:,} 429s {stats.n_429:,} | rpm {_rate(rpm, stats, 'rpm')} "
         f"tpm {_rate(tpm, stats, 'tpm')} | eta {_eta(stats, per_s)}"
+        + (f" | {outage}" if outage else "")
     )
 
 
@@ -146,6 +157,9 @@ class LiveReporter:
             f"429s {stats.n_429:,}  skipped {stats.skipped:,}\n"
             f"rpm {_rate(rpm, stats, 'rpm')}  tpm {_rate(tpm, stats, 'tpm')}"
         )
+        outage = outage_line(stats)
+        if outage:
+            detail += f"\n[bold red]{outage}[/]"
         self._live.update(self._render(detail))
 
     def __enter__(self) -> LiveReporter:
@@ -184,6 +198,8 @@ def summary_dict(stats: Stats) -> dict[str, Any]:
         "fallbacks": stats.fallbacks,
         "retired_keys": list(stats.retired_keys),
         "answered_by_key": dict(stats.answered_by_key),
+        "outage_s": round(stats.outage_seconds, 3),
+        "outages": stats.outages,
     }
 
 
@@ -229,6 +245,11 @@ def format_summary(stats: Stats) -> str:
     if stats.failures:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in stats.failures.most_common())
         lines.append(f"  failures by reason: {reasons}")
+    if stats.outages:
+        times = f" ({stats.outages} times)" if stats.outages > 1 else ""
+        lines.append(f"  outage: {human_duration(stats.outage_seconds)}{times}: the server was "
+                     "down (5xx or connection errors) and probed; no request spent attempts "
+                     "on it")
     if stats.stop_reason:
         lines.append(f"  stopped early: {stats.stop_reason}")
     lines.extend(f"  {note}" for note in stats.notes)

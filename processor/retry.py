@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import APIError, RateLimited, RetryableAPIError
+from .stats import clamp_seconds
 
-__all__ = ["Fallback", "RetryPolicy", "backoff", "is_daily_limit", "should_retry"]
+__all__ = ["Fallback", "RetryPolicy", "backoff", "is_daily_limit", "server_hint",
+           "should_retry"]
+
+
+def server_hint(exc: APIError) -> float | None:
+    """The server's Retry-After in seconds, made safe for arithmetic and timers.
+
+    Any value is possible from a hostile or broken server (or from a custom client):
+    NaN and negatives count as no hint, and anything beyond
+    :data:`~processor.stats.MAX_SHOWN` (a century) as a century. The engine stops the
+    run on any pause over an hour, so the clamp only keeps the numbers finite.
+    """
+    value = exc.retry_after
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    if not seconds >= 0:  # None, NaN, negative
+        return None
+    return clamp_seconds(seconds)
 
 
 def should_retry(exc: BaseException) -> bool:
@@ -63,8 +84,9 @@ class RetryPolicy:
         crowd of 429s does not come back in the same millisecond); otherwise
         exponential backoff with full jitter.
         """
-        if exc.retry_after is not None and exc.retry_after >= 0:
-            return exc.retry_after * (1.0 + 0.1 * self.rng())
+        hint = server_hint(exc)
+        if hint is not None:
+            return hint * (1.0 + 0.1 * self.rng())
         if isinstance(exc, RateLimited):
             # A 429 without a hint: at least a second, the usual refill step.
             return max(1.0, backoff(attempts, base=self.base, cap=self.cap, rng=self.rng))

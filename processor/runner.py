@@ -97,6 +97,9 @@ class JobConfig:
             echo them (credential headers in ``headers`` are masked anyway).
         max_response_mb: the largest answer kept, in MiB; a larger one is an error
             record (``response_too_large``).
+        outage_window: seconds the server may stay down (most attempts failing with
+            5xx or connection errors) while batchproc probes it, spending no attempts,
+            before the run stops (resumable); 0 turns this off.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -130,6 +133,7 @@ class JobConfig:
     resend_changed: bool = False
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
+    outage_window: float = 1800.0
 
 
 async def run_job(
@@ -279,7 +283,8 @@ class Parts:
                                          cap=cfg.backoff_cap),
                       max_in_flight=cfg.max_in_flight, on_progress=on_progress,
                       grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
-                      refund_unused=cfg.refund_unused, before_admit=before_admit)
+                      refund_unused=cfg.refund_unused, before_admit=before_admit,
+                      outage_window=cfg.outage_window)
 
 
 def build_parts(cfg: JobConfig) -> Parts:

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Stats", "clock_at", "human_duration"]
+__all__ = ["MAX_SHOWN", "Stats", "clamp_seconds", "clock_at", "human_duration"]
 
 
 @dataclass(slots=True)
@@ -77,6 +77,14 @@ class Stats:
     changed_failed_examples: list[str] = field(default_factory=list)
     #: changed lines whose earlier records --resend-changed moved aside.
     superseded: int = 0
+    #: wall-clock time (``time.time()``) the server went down, while the outage circuit is open.
+    outage_since: float | None = None
+    #: seconds between two probes while the server is down.
+    probe_every: float | None = None
+    #: seconds the circuit was open in all (finished outages and the current one).
+    outage_seconds: float = 0.0
+    #: how many times the circuit opened.
+    outages: int = 0
 
     @property
     def done(self) -> int:
@@ -99,18 +107,37 @@ class Stats:
         return out
 
 
+#: the longest time any message shows: beyond it, time arithmetic and ``time.localtime``
+#: overflow (a ``Retry-After: 1e17`` is a server's word, not a date).
+MAX_SHOWN = 100 * 365 * 86_400.0
+
+
+def clamp_seconds(seconds: float) -> float:
+    """``seconds`` within [0, MAX_SHOWN]; NaN counts as 0 (no wait is known)."""
+    if seconds != seconds or seconds <= 0:  # NaN or not positive
+        return 0.0
+    return min(seconds, MAX_SHOWN)
+
+
 def human_duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h10m``."""
-    if seconds is None:
+    """``42s``, ``3m05s``, ``2h10m``, ``3d04h``; ``100 years or more`` from MAX_SHOWN on."""
+    if seconds is None or seconds != seconds:
         return "?"
-    secs = int(math.ceil(seconds))
-    h, rem = divmod(secs, 3600)
+    if seconds >= MAX_SHOWN - 1:  # a clamped value, give or take rounding
+        return "100 years or more"
+    secs = int(math.ceil(clamp_seconds(seconds)))
+    d, rem = divmod(secs, 86_400)
+    h, rem = divmod(rem, 3600)
     m, s = divmod(rem, 60)
+    if d:
+        return f"{d}d{h:02d}h"
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def clock_at(seconds: float | None) -> str:
     """The local wall-clock time ``seconds`` from now, for "resumes at ..." messages."""
-    if seconds is None:
+    if seconds is None or seconds != seconds:
         return "?"
-    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + seconds))
+    if seconds >= MAX_SHOWN - 1:
+        return "100 years or more from now"
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + clamp_seconds(seconds)))

@@ -91,9 +91,11 @@ async def test_transient_faults_are_retried(mock_api: Any, tmp_path: Path) -> No
 
 
 async def test_retries_give_up_after_max_attempts(mock_api: Any, tmp_path: Path) -> None:
+    # A server that fails everything is down: with the outage circuit off
+    # (outage_window=0) each request spends its attempts and is written off.
     api = await mock_api(fail_500=1.0)
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
-    stats = await run_job(job, config(api, max_attempts=3))
+    stats = await run_job(job, config(api, max_attempts=3, outage_window=0))
     results, errors = outputs(job)
     assert results == []
     assert len(errors) == 3 and stats.failed == 3

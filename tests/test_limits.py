@@ -705,3 +705,79 @@ def test_refund_gives_back_unused_tokens_up_to_the_bucket() -> None:
     assert lim.wait_time(100, ft.t) == pytest.approx(0.4)
     lim.refund(10_000)
     assert lim.counters[0].available(ft.t) == pytest.approx(100)
+
+
+# --------------------------------------------------------------------------- implausible limits
+
+
+@pytest.mark.parametrize(
+    ("kind", "limit", "smallest", "expected"),
+    [
+        ("requests/min", 0.001, None, False),
+        ("requests/min", 0.999, None, False),
+        ("requests/min", 1.0, None, True),  # one a minute can be real (free tiers: 3)
+        ("tokens/min", 0.5, None, False),
+        ("tokens/min", 1e-300, None, False),
+        ("tokens/min", 5.0, None, True),  # nothing admitted yet to compare with
+        ("tokens/min", 5.0, 37, False),
+        ("tokens/min", 36.0, 37, False),
+        ("tokens/min", 37.0, 37, True),
+        ("tokens/min", 30_000.0, 37, True),
+    ],
+    ids=["rpm-0.001", "rpm-0.999", "rpm-1", "tpm-0.5", "tpm-1e-300", "tpm-5-unseen",
+         "tpm-5-below-37", "tpm-36-below-37", "tpm-37", "tpm-30k"],
+)
+def test_plausible_limits(kind: str, limit: float, smallest: int | None, expected: bool) -> None:
+    lim = Limiter(clock=FakeTime())
+    if smallest is not None:
+        assert lim.try_acquire(smallest) == 0.0
+        lim.try_acquire(smallest + 100)  # larger ones do not move the bar
+    assert lim.plausible(kind, limit) is expected
+
+
+def test_sync_ignores_an_implausible_limit_and_its_mirror() -> None:
+    ft = FakeTime()
+    lim = Limiter(clock=ft, auto_requests=True, auto_tokens=True)
+    lim.spend(40, ft.t)
+    lim.sync(0.001, 0.0, 5.0, 0.0, sent_at=0.0, cum_requests=1, cum_tokens=40)
+    assert lim.ignored == {"requests/min": 0.001, "tokens/min": 5.0}
+    assert lim.counters == [] and lim.learned == {}
+    assert lim.wait_time(40, ft.t) <= 0.0  # no mirror holds it back either
+    assert not lim.learning  # not stuck learning what it will not adopt
+    # The server comes to its senses: learned as usual, and no longer ignored.
+    lim.sync(600.0, 599.0, 60_000.0, 59_000.0, sent_at=0.0, cum_requests=1, cum_tokens=40)
+    assert lim.ignored == {}
+    assert lim.learned == {"requests/min": 600.0, "tokens/min": 60_000.0}
+
+
+def test_only_a_flag_makes_a_request_too_large() -> None:
+    ft = FakeTime()
+    lim = limiter(None, 1000, ft)
+    lim.observe(None, 500)  # the server says less: adopted as a rate...
+    assert next(c.limit for c in lim.counters) == 500
+    assert lim.too_large(800) is None  # ...but not as a verdict on a request
+    too = lim.too_large(1001)
+    assert too is not None and too.ceiling == 1000
+    auto = Limiter(clock=ft, auto_tokens=True)
+    auto.observe(None, 500)
+    assert auto.too_large(10**9) is None  # a learned limit never writes one off
+
+
+async def test_a_request_larger_than_an_adopted_limit_still_goes() -> None:
+    ft = FakeTime()
+    lim = Limiter(clock=ft, sleep=ft.sleep, auto_tokens=True)
+    lim.observe(None, 120.0)  # 2 tokens a second, 2 of burst
+    await lim.acquire(500)  # waits for a full bucket, then runs into debt
+    assert ft.t == 1.0
+    await lim.acquire(10)
+    assert ft.t == pytest.approx(1.0 + (500 - 2 + 2) / 2.0)  # the debt is repaid first
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), -1.0, 1e17, float("inf")],
+                         ids=["nan", "negative", "1e17", "inf"])
+def test_pause_stays_finite(seconds: float) -> None:
+    ft = FakeTime(5.0)
+    lim = Limiter(clock=ft)
+    lim.pause(seconds)
+    assert math.isfinite(lim.paused_until)
+    assert math.isfinite(lim.wait_time(1, ft.t))

@@ -241,3 +241,29 @@ def test_backoff_is_a_float_even_with_an_int_rng() -> None:
     value = backoff(3, rng=lambda: 1)
     assert type(value) is float
     assert value == 4.0
+
+
+@pytest.mark.parametrize(
+    ("hint", "expected"),
+    [
+        (None, None),
+        (float("nan"), None),
+        (-3.0, None),
+        (0.0, 0.0),
+        (20.0, 20.0),
+        (1e17, 100 * 365 * 86_400.0),
+        (float("inf"), 100 * 365 * 86_400.0),
+    ],
+    ids=["none", "nan", "negative", "zero", "20s", "1e17", "inf"],
+)
+def test_server_hint_is_finite_or_none(hint: float | None, expected: float | None) -> None:
+    from processor.retry import server_hint
+
+    assert server_hint(RateLimited("429", retry_after=hint)) == expected
+
+
+def test_delay_with_an_absurd_hint_is_finite() -> None:
+    import math
+
+    delay = RetryPolicy(rng=one).delay(RateLimited("429", retry_after=1e300), 1)
+    assert math.isfinite(delay) and delay == pytest.approx(1.1 * 100 * 365 * 86_400.0)
