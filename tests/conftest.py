@@ -16,6 +16,22 @@ from aiohttp.test_utils import TestServer
 
 from processor.mockserver import STATS_KEY, MockConfig, MockStats, build_app
 
+# Tests reach loopback only: the CLI in subprocesses (and CliRunner) never downloads a
+# tiktoken encoding, and in-process code that would is refused at tiktoken's fetch.
+os.environ["BATCHPROC_OFFLINE"] = "1"
+
+
+def _no_download(blobpath: str) -> bytes:
+    if blobpath.startswith(("http://", "https://")):
+        raise ConnectionError(f"tests are offline: not fetching {blobpath}")
+    with open(blobpath, "rb") as f:
+        return f.read()
+
+
+import tiktoken.load  # noqa: E402
+
+tiktoken.load.read_file = _no_download
+
 
 @dataclass
 class MockAPI:

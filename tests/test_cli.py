@@ -129,3 +129,25 @@ def test_a_key_with_a_trailing_newline_is_stripped(server_url: str, tmp_path: Pa
                        env={"OPENAI_API_KEY": SECRET + "\n"})
     assert code == 0, out
     assert len(read_jsonl(tmp_path / "job.results.jsonl")) == 1
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_offline_never_downloads_an_encoding(server_url: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    import tiktoken
+
+    fetched: list[str] = []
+
+    def get_encoding(name: str) -> object:
+        fetched.append(name)
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", get_encoding)
+    if how == "flag":
+        monkeypatch.delenv("BATCHPROC_OFFLINE", raising=False)
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(2)])
+    args = ["run", str(job), "--base-url", server_url, "--plain"]
+    code, out = invoke(*args, *(["--offline"] if how == "flag" else []))
+    assert code == 0, out
+    assert "downloads disabled" in out
+    assert "cl100k_base" not in fetched and "o200k_base" not in fetched
