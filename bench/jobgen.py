@@ -2,7 +2,7 @@
 
 Every generator returns a :class:`JobFile`: where it is, how many lines, how the
 lines' ids look (``<id_prefix><N>``, N from 1), and the job's total token cost by the
-mock server's own formula (:func:`processor.mockserver.cost_of`).
+mock server's own formula (:func:`processor.testing.cost_of`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from processor.mockserver import cost_of
+from processor.testing import cost_of
 
 CHAT_URL = "/v1/chat/completions"
 EMBED_URL = "/v1/embeddings"

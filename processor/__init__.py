@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .client import OpenAIClient, RateLimitInfo, Response
+from .cost import Cost, TokenCounter, estimate_request_cost
 from .engine import Engine, Lane
 from .errors import (
     APIError,
@@ -25,7 +26,6 @@ from .pipeline import stream_results
 from .retry import Fallback, RetryPolicy, backoff, should_retry
 from .runner import JobConfig, run_job
 from .stats import Stats
-from .tokens import Cost, TokenCounter, estimate_request_cost
 
 __version__ = "0.1.0"
 

@@ -15,13 +15,13 @@ import typer
 
 from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from .commands import io_failure, parse_limit, register
+from .cost import DEFAULT_MAX_TOKENS
 from .errors import BatchProcError, ConfigError, JobLocked, OutputError
 from .jobs import DEFAULT_ENDPOINT
 from .keys import read_keys_file
 from .paths import check_distinct, check_input, check_output
 from .progress import LiveReporter, PlainReporter, format_summary
 from .runner import JobConfig, run_job
-from .tokens import DEFAULT_MAX_TOKENS
 
 __all__ = ["app", "main"]
 
@@ -355,8 +355,8 @@ def mock_server(
         "'reset' (connection reset) or 'mixed'.")] = "502",
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
-    from .mockserver import MockConfig, OutageMode
-    from .mockserver import run as run_mock
+    from .testing import MockConfig, OutageMode
+    from .testing import run as run_mock
 
     modes = [m.value for m in OutageMode]
     if outage_mode not in modes:

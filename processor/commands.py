@@ -15,13 +15,13 @@ from typing import IO, Annotated
 import orjson
 import typer
 
+from .cost import DEFAULT_MAX_TOKENS, TokenCounter
 from .errors import ConfigError
 from .estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
 from .export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from .imagejobs import write_image_jobs
 from .jobs import DEFAULT_ENDPOINT
 from .paths import check_distinct, check_output
-from .tokens import DEFAULT_MAX_TOKENS, TokenCounter
 
 __all__ = ["register"]
 

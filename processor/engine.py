@@ -33,6 +33,7 @@ import orjson
 
 from .circuit import Circuit
 from .client import Response
+from .cost import Cost
 from .errors import (
     APIError,
     APITimeout,
@@ -47,7 +48,6 @@ from .jobs import BadLine, Job, RecordIds, error_record, result_record
 from .limits import Limiter
 from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
 from .stats import Stats, clamp_seconds, clock_at, human_duration
-from .tokens import Cost
 
 __all__ = ["Engine", "Lane", "Sender", "Sink"]
 
@@ -138,7 +138,7 @@ class Engine:
         client: anything with ``async post(endpoint, payload) -> Response``.
         limiter: the capacity counters.
         sink: where result and error records go.
-        cost: a job's admission cost (tokens, or a :class:`~processor.tokens.Cost`);
+        cost: a job's admission cost (tokens, or a :class:`~processor.cost.Cost`);
             may raise ``ValueError`` or
             :class:`~processor.errors.JobFormatError` for a request that cannot be costed.
         policy: retry policy.

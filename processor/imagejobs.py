@@ -1,6 +1,6 @@
 """Build a vision job: one chat request per image in a folder, as Batch API JSONL.
 
-Files are recognised by their header bytes (:func:`processor.images.image_size_from_bytes`),
+Files are recognised by their header bytes (:func:`processor.cost.images.image_size_from_bytes`),
 not by their names: a ``.png`` holding a JPEG is sent as ``image/jpeg``, and a ``.jpg``
 holding text, a truncated header or an impossible size is skipped with a note. Images
 are read, encoded and written one at a time, so memory holds one image, never the folder.
@@ -20,8 +20,8 @@ from typing import IO, Any
 
 import orjson
 
+from .cost.images import ImageFormatError, base_model_name, image_size_from_bytes
 from .errors import ConfigError
-from .images import ImageFormatError, base_model_name, image_size_from_bytes
 
 __all__ = [
     "DETAILS",

@@ -21,6 +21,7 @@ from .client import (
     OpenAIClient,
     is_azure_url,
 )
+from .cost import DEFAULT_MAX_TOKENS, Cost, TokenCounter
 from .edits import check_edits, edit_notes, unchanged_filter, unreported
 from .engine import Engine, Lane, Sink
 from .errors import OutputError
@@ -46,7 +47,6 @@ from .resume import (
 )
 from .retry import Fallback, RetryPolicy
 from .stats import Stats
-from .tokens import DEFAULT_MAX_TOKENS, Cost, TokenCounter
 
 __all__ = ["JobConfig", "Parts", "build_parts", "default_paths", "run_job"]
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from processor.mockserver import STATS_KEY, MockConfig, MockStats, build_app
+from processor.testing import STATS_KEY, MockConfig, MockStats, build_app
 
 # Tests reach loopback only: the CLI in subprocesses (and CliRunner) never downloads a
 # tiktoken encoding, and in-process code that would is refused at tiktoken's fetch.

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from processor.cli import app, main
-from processor.mockserver import MockConfig, serve
+from processor.testing import MockConfig, serve
 
 from .conftest import chat_line, read_jsonl, write_jsonl
 

@@ -20,9 +20,6 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import processor.cost.counter as counter_module
-from processor import encodings as compat_encodings
-from processor import images as compat_images
-from processor import tokens as compat_tokens
 from processor.cli import app
 from processor.cost import (
     Cost,
@@ -36,10 +33,6 @@ from processor.cost import (
     estimate_request_cost,
     walk,
 )
-from processor.cost import counter as cost_counter
-from processor.cost import encodings as cost_encodings
-from processor.cost import images as cost_images
-from processor.cost import walker as cost_walker
 from processor.jobs import parse_line
 
 CHAT = "/v1/chat/completions"
@@ -377,12 +370,3 @@ async def test_wait_loaded_async_with_nothing_loading() -> None:
     assert counter.mode == "estimate"
 
 
-def test_compat_modules_reexport_processor_cost() -> None:
-    for compat, homes in (
-        (compat_tokens, (cost_counter, cost_walker, cost_encodings)),
-        (compat_encodings, (cost_encodings,)),
-        (compat_images, (cost_images,)),
-    ):
-        for name in compat.__all__:
-            home = next(m for m in homes if hasattr(m, name))
-            assert getattr(compat, name) is getattr(home, name), (compat.__name__, name)

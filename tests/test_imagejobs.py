@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from processor import imagejobs
 from processor.commands import register
+from processor.cost.images import image_size_from_data_url
 from processor.imagejobs import image_request, write_image_jobs
-from processor.images import image_size_from_data_url
 
 PROMPT = "Describe this product."
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from processor.mockserver import cost_of
+from processor.testing import cost_of
 from processor.testing.pricing import image_size, price
 
 TESTING = Path(__file__).resolve().parent.parent / "processor" / "testing"

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
 from processor.cli import app
-from processor.mockserver import (
+from processor.testing import (
     STATS_KEY,
     MockConfig,
     MockStats,
@@ -525,7 +525,7 @@ async def test_serve_until_cancelled() -> None:
 
 
 async def test_run_announces_and_stops_quietly_on_ctrl_c() -> None:
-    code = "from processor.mockserver import MockConfig, run; run(MockConfig(), '127.0.0.1', 0)"
+    code = "from processor.testing import MockConfig, run; run(MockConfig(), '127.0.0.1', 0)"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, stderr=asyncio.subprocess.PIPE
     )
@@ -611,7 +611,7 @@ def test_config_rejects_bad_outage(config: dict[str, Any]) -> None:
 
 def test_cli_outage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[MockConfig] = []
-    monkeypatch.setattr("processor.mockserver.run", lambda config, host, port: seen.append(config))
+    monkeypatch.setattr("processor.testing.run", lambda config, host, port: seen.append(config))
     args = ["mock-server", "--port", "0", "--outage-at", "30", "--outage-for", "5",
             "--outage-mode", "reset", "--truncate", "0.1"]
     result = CliRunner().invoke(app, args)
@@ -629,7 +629,7 @@ def test_cli_outage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_cli_refuses_bad_mock_options(monkeypatch: pytest.MonkeyPatch, args: list[str],
                                       message: str) -> None:
-    monkeypatch.setattr("processor.mockserver.run", lambda *a: pytest.fail("server started"))
+    monkeypatch.setattr("processor.testing.run", lambda *a: pytest.fail("server started"))
     result = CliRunner().invoke(app, ["mock-server", *args])
     assert result.exit_code == 2 and message in result.output
 
@@ -663,12 +663,3 @@ async def test_cli_rides_out_a_short_outage(mock_api: Any, tmp_path: Path) -> No
     assert api.stats.outage > 0 and api.stats.ok == 20
     assert not (tmp_path / "job.errors.jsonl").exists() or not read_jsonl(
         tmp_path / "job.errors.jsonl")
-
-
-def test_old_import_path_re_exports_the_package() -> None:
-    import processor.mockserver
-    import processor.testing
-
-    assert processor.mockserver.__all__ == processor.testing.__all__
-    for name in processor.testing.__all__:
-        assert getattr(processor.mockserver, name) is getattr(processor.testing, name)

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 from processor.errors import ConfigError
 from processor.jobs import line_hash
-from processor.mockserver import MockConfig, build_app
 from processor.runner import JobConfig, run_job
 from processor.stats import Stats
+from processor.testing import MockConfig, build_app
 
 BAD_LINES = [
     b"\n",

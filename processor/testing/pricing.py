@@ -3,7 +3,7 @@
 OpenAI's limiter charges a request *before* running it, from the request alone: an
 estimate of the prompt from its characters (about 4 per token) plus the most the answer
 may produce (``max_tokens`` or ``max_completion_tokens``, times ``n``). This module writes
-that down independently of :mod:`processor.tokens` (it imports nothing from the client),
+that down independently of :mod:`processor.cost` (it imports nothing from the client),
 so that an end-to-end test against the mock server can catch a client costing bug:
 
 - chat: the characters of every message's text (string content, text parts, ``name``,
