@@ -99,9 +99,9 @@ def pyspy(cmd: Sequence[str], out: Path, log: Path, env: dict[str, str],
 
 
 def pyinstrument(module_args: Sequence[str], out: Path, log: Path, env: dict[str, str]) -> bool:
-    """Run ``python -m pyinstrument -r json -m processor.cli ...``; False on failure."""
+    """Run ``python -m pyinstrument -r json -m processor.cli.app ...``; False on failure."""
     args = [str(VENV_BIN / "python"), "-m", "pyinstrument", "-r", "json", "-o", str(out),
-            "-m", "processor.cli", *module_args]
+            "-m", "processor.cli.app", *module_args]
     with open(log, "wb") as f:
         proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=1800,
                               check=False)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .client import OpenAIClient, RateLimitInfo, Response
+from .client.http import OpenAIClient, RateLimitInfo, Response
 from .cost import Cost, TokenCounter, estimate_request_cost
-from .engine import Engine, Lane
 from .errors import (
     APIError,
     APITimeout,
@@ -21,10 +20,11 @@ from .errors import (
     ServerError,
 )
 from .jobs import BadLine, Job, ResultWriter, iter_jobs, parse_line
-from .limits import Capacity, Limiter
-from .pipeline import stream_results
-from .retry import Fallback, RetryPolicy, backoff, should_retry
-from .runner import JobConfig, run_job
+from .limits.limiter import Capacity, Limiter
+from .run.engine import Engine, Lane
+from .run.pipeline import stream_results
+from .run.retry import Fallback, RetryPolicy, backoff, should_retry
+from .run.runner import JobConfig, run_job
 from .stats import Stats
 
 __version__ = "0.1.0"

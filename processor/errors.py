@@ -20,7 +20,7 @@ The tree::
      │         └── ResponseTooLarge  an answer over ``--max-response-mb``
      └── RetriesExhausted        a request used up its attempts (``last_attempt``)
 
-Only :mod:`processor.client` turns aiohttp exceptions into these (``raise ... from exc``).
+Only :mod:`processor.client.http` turns aiohttp exceptions into these (``raise ... from exc``).
 """
 
 from __future__ import annotations

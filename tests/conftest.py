@@ -98,7 +98,7 @@ async def start_cli(job: Path, base_url: str, *extra: str,
     """Run ``batchproc JOB`` as a user would, in a subprocess (no key: loopback needs none)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "processor.cli", str(job), "--base-url", base_url,
+        sys.executable, "-m", "processor.cli.app", str(job), "--base-url", base_url,
         "--max-in-flight", str(max_in_flight), "--plain", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
@@ -106,4 +106,4 @@ async def start_cli(job: Path, base_url: str, *extra: str,
 
 # The hostile server (redirects, echoes, huge/endless bodies, outages, absurd headers)
 # and its foreign host: ``api = await hostile_api(redirect(301))``; see tests/hostile.py.
-from .hostile import hostile_api  # noqa: E402, F401
+from tests.hostile import hostile_api  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""The outage circuit on a fake clock, row by row (processor.circuit)."""
+"""The outage circuit on a fake clock, row by row (processor.run.circuit)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from processor.circuit import Circuit, CircuitState
+from processor.run.circuit import Circuit, CircuitState
 
 F, A = True, False  # an outage failure, a sign of life
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from processor.cli import app, main
+from processor.cli.app import app, main
 from processor.testing import MockConfig, serve
-
-from .conftest import chat_line, read_jsonl, write_jsonl
+from tests.conftest import chat_line, read_jsonl, write_jsonl
 
 SECRET = "sk-cli-test-SECRET-77aa"
 

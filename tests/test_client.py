@@ -1,5 +1,5 @@
 """The HTTP client: URLs, auth headers, header parsing and the verdict on each answer
-(processor.client), against aioresponses."""
+(processor.client.http), against aioresponses."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from processor.client import (
+from processor.client.http import (
     OpenAIClient,
     RateLimitInfo,
     Response,
@@ -626,7 +626,7 @@ async def test_a_short_key_is_not_masked_everywhere(mocked: aioresponses) -> Non
 )
 def test_429_retry_hint_in_words(message: str, headers: dict[str, str],
                                  expected: float | None) -> None:
-    from processor.client import classify
+    from processor.client.http import classify
 
     body = orjson.dumps({"error": {"code": "429", "message": message}})
     with pytest.raises(RateLimited) as info:
@@ -635,7 +635,7 @@ def test_429_retry_hint_in_words(message: str, headers: dict[str, str],
 
 
 def test_request_too_large_429_is_not_retried() -> None:
-    from processor.client import classify
+    from processor.client.http import classify
 
     body = orjson.dumps({"error": {"message": "Request too large for gpt-4o on tokens per min "
                                    "(TPM): Limit 30000, Requested 50000.", "code": None}})
@@ -652,7 +652,7 @@ def test_request_too_large_429_is_not_retried() -> None:
     ids=["error-object", "error-string", "responses-null-error", "data-wins"],
 )
 def test_2xx_with_an_error_body(body: Any, error: bool) -> None:
-    from processor.client import classify
+    from processor.client.http import classify
 
     if error:
         with pytest.raises(ServerError):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import processor.cost.counter as counter_module
-from processor.cli import app
+from processor.cli.app import app
 from processor.cost import (
     Cost,
     EncodingLoader,

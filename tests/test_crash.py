@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from .conftest import chat_line, start_cli, write_jsonl
+from tests.conftest import chat_line, start_cli, write_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """Edited inputs between runs, through the real CLI: fixed bad lines, moved lines, changed
-requests, unsendable lines (processor.edits, runner's resume filter)."""
+requests, unsendable lines (processor.store.edits, runner's resume filter)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.edits import explicit_id, find_changes, supersede
 from processor.idset import IdSet
 from processor.jobs import ResultWriter, line_hash
-from processor.resume import load_state
-
-from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
-from .test_cli import invoke, server_url  # noqa: F401 - the fixture
+from processor.store.edits import explicit_id, find_changes, supersede
+from processor.store.resume import load_state
+from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 BLANK = b"\n"
 

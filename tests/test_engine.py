@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from processor import JobConfig, run_job
-from processor.runner import default_paths
-
-from .conftest import chat_line, read_jsonl, write_jsonl
+from processor.run.runner import default_paths
+from tests.conftest import chat_line, read_jsonl, write_jsonl
 
 KEY = "sk-test-DO-NOT-LEAK-4f9a2c"
 

@@ -15,10 +15,17 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from processor.commands import register
+from processor.cli.commands import register
 from processor.cost import TokenCounter
 from processor.errors import ConfigError
-from processor.estimate import PRICES, Price, estimate_job, load_prices, min_seconds, price_for
+from processor.tools.estimate import (
+    PRICES,
+    Price,
+    estimate_job,
+    load_prices,
+    min_seconds,
+    price_for,
+)
 from tests.conftest import write_jsonl
 
 CHAT = "/v1/chat/completions"

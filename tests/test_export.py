@@ -13,10 +13,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from processor import ordering
-from processor.commands import register
-from processor.export import COLUMNS, error_row, iter_rows, result_row
+from processor.cli.commands import register
 from processor.jobs import Job, error_record, result_record
+from processor.tools import ordering
+from processor.tools.export import COLUMNS, error_row, iter_rows, result_row
 from tests.conftest import chat_line, write_jsonl
 
 CHAT = "/v1/chat/completions"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from processor.client import (
+from processor.client.http import (
     MAX_WAIT,
     RateLimitInfo,
     Response,

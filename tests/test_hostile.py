@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from processor.cli import app
-from processor.client import MAX_WAIT, OpenAIClient
+from processor.cli.app import app
+from processor.client.http import MAX_WAIT, OpenAIClient
 from processor.errors import APITimeout, FatalAPIError, RateLimited, Redirected, ServerError
-from processor.runner import JobConfig
-
-from .conftest import chat_line, read_jsonl, write_jsonl
-from .hostile import (
+from processor.run.runner import JobConfig
+from tests.conftest import chat_line, read_jsonl, write_jsonl
+from tests.hostile import (
     Hostile,
     bomb,
     echo,
@@ -255,7 +254,7 @@ async def test_a_dripping_endless_body_ends_with_the_timeout(hostile_api: Any,
 
 
 _RSS_CODE = (
-    "import resource, sys\nfrom processor.cli import main\ntry:\n    main(sys.argv[1:])\n"
+    "import resource, sys\nfrom processor.cli.app import main\ntry:\n    main(sys.argv[1:])\n"
     "finally:\n    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
     " file=sys.stderr)\n")
 

@@ -16,10 +16,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from processor import imagejobs
-from processor.commands import register
+from processor.cli.commands import register
 from processor.cost.images import image_size_from_data_url
-from processor.imagejobs import image_request, write_image_jobs
+from processor.tools import imagejobs
+from processor.tools.imagejobs import image_request, write_image_jobs
 
 PROMPT = "Describe this product."
 

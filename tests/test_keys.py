@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from processor.cli import app
+from processor.cli.app import app
+from processor.cli.keys import parse_keys, read_keys_file
 from processor.errors import ConfigError
-from processor.keys import parse_keys, read_keys_file
-
-from .conftest import chat_line, read_jsonl, write_jsonl
-from .test_cli import server_url  # noqa: F401 - the fixture, served from a thread
+from tests.conftest import chat_line, read_jsonl, write_jsonl
+from tests.test_cli import server_url  # noqa: F401 - the fixture, served from a thread
 
 B64 = "QUJDREVGR0hJSktMTU5PUA=="  # a bare key with base64 padding
 B64_ALNUM = "abcDEF123="  # its "name" part would be an identifier

@@ -1,4 +1,4 @@
-"""Capacity counters and the limiter, on a fake clock that never sleeps (processor.limits).
+"""Capacity counters and the limiter, on a fake clock that never sleeps (processor.limits.limiter).
 
 Rates are chosen so that every wait is a binary fraction (1, 2, 4, 8, 128 units a second):
 the arithmetic is then exact and the expected admission times can be compared with ``==``.
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from processor.limits import Capacity, Limiter
+from processor.limits.limiter import Capacity, Limiter
 
 
 class FakeTime:

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 
 from processor.errors import JobLocked
-from processor.lock import JobLock
-from processor.paths import lock_path
-from processor.runner import JobConfig, run_job
-
-from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from processor.run.runner import JobConfig, run_job
+from processor.store.lock import JobLock
+from processor.store.paths import lock_path
+from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
 
 
 def test_second_lock_names_the_holder_and_release_removes_the_file(tmp_path: Path) -> None:

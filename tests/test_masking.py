@@ -1,4 +1,4 @@
-"""Masking secrets (processor.masking): raw bytes, decoded JSON, text bodies, URLs."""
+"""Masking secrets (processor.client.masking): raw bytes, decoded JSON, text bodies, URLs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.client import classify
+from processor.client.http import classify
+from processor.client.masking import Masker, header_secrets, is_credential_header
 from processor.errors import ServerError
-from processor.masking import Masker, header_secrets, is_credential_header
-
-from .hostile import escape_json
+from tests.hostile import escape_json
 
 KEY = "sk-proj-abc123DEF456ghi789"
 

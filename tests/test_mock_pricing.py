@@ -208,8 +208,7 @@ async def test_client_within_the_servers_limit_gets_no_429(
     # Both sides told the same TPM, the server's bucket empty at start: a client that
     # charges each request at least what the server charges never meets a 429.
     from processor import JobConfig, run_job
-
-    from .conftest import write_jsonl
+    from tests.conftest import write_jsonl
 
     n = 20
     bodies = [make(i) for i in range(n)]

@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
-from processor.cli import app
+from processor.cli.app import app
 from processor.testing import (
     STATS_KEY,
     MockConfig,
@@ -30,8 +30,7 @@ from processor.testing import (
     format_duration,
     serve,
 )
-
-from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
 KEY = "sk-test-0123456789"

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.cost import TokenCounter
-from processor.engine import Engine
 from processor.jobs import DEFAULT_ENDPOINT, Job, iter_jobs
-from processor.limits import Limiter
+from processor.limits.limiter import Limiter
+from processor.run.engine import Engine
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),

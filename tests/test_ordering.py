@@ -9,10 +9,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from processor.cli import app
-from processor.ordering import in_input_order, sort_results
-
-from .conftest import chat_line, write_jsonl
+from processor.cli.app import app
+from processor.tools.ordering import in_input_order, sort_results
+from tests.conftest import chat_line, write_jsonl
 
 
 def result(custom_id: str, answer: str = "a") -> dict[str, object]:

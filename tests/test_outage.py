@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 
 from processor import Engine, JobConfig, Limiter, run_job
-from processor.client import RateLimitInfo, Response
+from processor.client.http import RateLimitInfo, Response
 from processor.errors import RateLimited, ServerError
 from processor.jobs import iter_jobs
-from processor.retry import RetryPolicy
-from processor.runner import default_paths
-
-from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
-from .hostile_engine import Running, hostile  # noqa: F401 - the fixture
+from processor.run.retry import RetryPolicy
+from processor.run.runner import default_paths
+from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.hostile_engine import Running, hostile  # noqa: F401 - the fixture
 
 EXIT_LATER = 75
 

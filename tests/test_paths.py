@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from processor.cli import app
+from processor.cli.app import app
 from processor.errors import ConfigError
-from processor.paths import check_distinct, check_input, check_output, identity, lock_path
-from processor.runner import JobConfig, run_job
-
-from .conftest import chat_line, write_jsonl
+from processor.run.runner import JobConfig, run_job
+from processor.store.paths import check_distinct, check_input, check_output, identity, lock_path
+from tests.conftest import chat_line, write_jsonl
 
 # A port nothing listens on: these runs must stop before they send anything.
 NOWHERE = "http://127.0.0.1:9/v1"
@@ -173,7 +172,7 @@ def test_output_that_is_this_process_stdout(tmp_path: Path, job: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
     with open(out, "wb") as stdout:
         proc = subprocess.run(
-            [sys.executable, "-m", "processor.cli", str(job), "-o", str(out), "--base-url",
+            [sys.executable, "-m", "processor.cli.app", str(job), "-o", str(out), "--base-url",
              NOWHERE, "--plain"], stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert b"this process's stdout" in proc.stderr

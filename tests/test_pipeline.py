@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 
 from processor import JobConfig, stream_results
-
-from .conftest import chat_line
+from tests.conftest import chat_line
 
 
 def cfg(api: Any, **kw: Any) -> JobConfig:

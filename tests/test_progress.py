@@ -1,11 +1,17 @@
-"""What the progress display and the summary say about an outage (processor.progress)."""
+"""What the progress display and the summary say about an outage (processor.cli.progress)."""
 
 from __future__ import annotations
 
 import io
 import time
 
-from processor.progress import PlainReporter, format_summary, outage_line, status_line, summary_dict
+from processor.cli.progress import (
+    PlainReporter,
+    format_summary,
+    outage_line,
+    status_line,
+    summary_dict,
+)
 from processor.stats import Stats
 
 

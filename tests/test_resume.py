@@ -1,4 +1,4 @@
-"""Resume: torn tails, what earlier runs wrote, moving old outputs aside (processor.resume)."""
+"""Resume: torn tails, what earlier runs wrote, moving old outputs aside (store.resume)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ from processor.jobs import (
     line_hash,
     result_record,
 )
-from processor.resume import ScanInterrupted, load_state, move_aside, repair_torn_tail
-
-from .conftest import start_cli
+from processor.store.resume import ScanInterrupted, load_state, move_aside, repair_torn_tail
+from tests.conftest import start_cli
 
 
 def line(obj: Any) -> bytes:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from processor.errors import ConfigError
 from processor.jobs import line_hash
-from processor.runner import JobConfig, run_job
+from processor.run.runner import JobConfig, run_job
 from processor.stats import Stats
 from processor.testing import MockConfig, build_app
 

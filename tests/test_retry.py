@@ -1,4 +1,4 @@
-"""Retry policy: what is retried, backoff with full jitter, Retry-After (processor.retry)."""
+"""Retry policy: what is retried, backoff with full jitter, Retry-After (processor.run.retry)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from processor.errors import (
     RetryableAPIError,
     ServerError,
 )
-from processor.retry import RetryPolicy, backoff, should_retry
+from processor.run.retry import RetryPolicy, backoff, should_retry
 
 Rng = Callable[[], float]
 
@@ -257,7 +257,7 @@ def test_backoff_is_a_float_even_with_an_int_rng() -> None:
     ids=["none", "nan", "negative", "zero", "20s", "1e17", "inf"],
 )
 def test_server_hint_is_finite_or_none(hint: float | None, expected: float | None) -> None:
-    from processor.retry import server_hint
+    from processor.run.retry import server_hint
 
     assert server_hint(RateLimited("429", retry_after=hint)) == expected
 

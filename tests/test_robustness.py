@@ -10,12 +10,11 @@ import orjson
 import pytest
 
 from processor import Engine, JobConfig, Limiter, run_job
-from processor.client import Response
+from processor.client.http import Response
 from processor.errors import RateLimited
 from processor.jobs import iter_jobs
-from processor.runner import default_paths
-
-from .conftest import chat_line, read_jsonl, write_jsonl
+from processor.run.runner import default_paths
+from tests.conftest import chat_line, read_jsonl, write_jsonl
 
 OK_BODY = {"id": "x", "object": "chat.completion", "choices": [{"message": {"content": "hi"}}],
            "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
@@ -61,7 +60,7 @@ def jobs(tmp_path: Path, n: int) -> list[Any]:
 
 
 def engine(sender: ScriptedSender, sink: ListSink, **kw: Any) -> Engine:
-    from processor.retry import RetryPolicy
+    from processor.run.retry import RetryPolicy
 
     return Engine(sender, Limiter(), sink, cost=lambda job: 10,
                   policy=RetryPolicy(5, base=0.001, cap=0.01), **kw)
@@ -144,7 +143,7 @@ async def test_failed_before_is_counted_and_retried_once_each(
     ids=["negative", "nan", "inf"],
 )
 def test_nonsense_rate_limit_headers_are_ignored(header: str, value: str) -> None:
-    from processor.client import RateLimitInfo
+    from processor.client.http import RateLimitInfo
 
     info = RateLimitInfo.from_headers({"x-ratelimit-limit-requests": "100", header: value})
     assert info is not None

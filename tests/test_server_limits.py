@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from processor import JobConfig, run_job
-from processor.runner import default_paths
-
-from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from processor.run.runner import default_paths
+from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
 
 
 def config(api: Any, **kw: Any) -> JobConfig:

@@ -23,13 +23,12 @@ import pytest
 from typer.testing import CliRunner
 
 from processor import jobs
-from processor.cli import app
+from processor.cli.app import app
 from processor.errors import OutputError
 from processor.jobs import LEDGER_ENTRY, ResultWriter, ledger_path
-from processor.resume import repair_torn_tail
-
-from .conftest import chat_line, write_jsonl
-from .test_cli import server_url  # noqa: F401 - the fixture, served from a thread
+from processor.store.resume import repair_torn_tail
+from tests.conftest import chat_line, write_jsonl
+from tests.test_cli import server_url  # noqa: F401 - the fixture, served from a thread
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -54,7 +53,7 @@ async def start_limited(job: Path, base_url: str, limit: int | None,
 
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "processor.cli", str(job), "--base-url", base_url,
+        sys.executable, "-m", "processor.cli.app", str(job), "--base-url", base_url,
         "--max-in-flight", "4", "--plain", *extra, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=env, preexec_fn=preexec)
 
@@ -223,7 +222,7 @@ def test_torn_side_file_is_removed_when_it_cannot_be_written(
 
 
 def test_torn_side_file_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import processor.resume as resume
+    import processor.store.resume as resume
 
     monkeypatch.setattr(resume.time, "strftime", lambda fmt, *a: "T")
     path = tmp_path / "r.jsonl"
@@ -271,7 +270,7 @@ def test_other_commands_on_a_full_disk(tmp_path: Path, command: str) -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    proc = subprocess.run([sys.executable, "-m", "processor.cli", *argv], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "processor.cli.app", *argv], capture_output=True,
                           preexec_fn=preexec, timeout=60)
     text = proc.stderr.decode()
     assert proc.returncode == 74, text

@@ -18,8 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from processor._types import Clock
-
+from .._types import Clock
 from . import bodies
 from .bodies import Answers, error_body
 from .config import STATS_KEY, MockConfig, MockStats, OutageMode

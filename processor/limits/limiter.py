@@ -19,8 +19,8 @@ import asyncio
 import math
 from collections.abc import Iterable
 
-from ._types import Clock, Sleep
-from .stats import clamp_seconds
+from .._types import Clock, Sleep
+from ..stats import clamp_seconds
 
 __all__ = ["DAY", "Capacity", "Limiter"]
 

@@ -7,8 +7,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import APIError, RateLimited, RetryableAPIError
-from .stats import clamp_seconds
+from ..errors import APIError, RateLimited, RetryableAPIError
+from ..stats import clamp_seconds
 
 __all__ = ["Fallback", "RetryPolicy", "backoff", "is_daily_limit", "server_hint",
            "should_retry"]

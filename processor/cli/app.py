@@ -1,4 +1,4 @@
-"""The ``batchproc`` command: a thin typer shell over :func:`processor.runner.run_job`."""
+"""The ``batchproc`` command: a thin typer shell over :func:`processor.run.runner.run_job`."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from urllib.parse import urlsplit
 
 import typer
 
-from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
+from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
+from ..cost import DEFAULT_MAX_TOKENS
+from ..errors import BatchProcError, ConfigError, JobLocked, OutputError
+from ..jobs import DEFAULT_ENDPOINT
+from ..run.runner import JobConfig, run_job
+from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
-from .cost import DEFAULT_MAX_TOKENS
-from .errors import BatchProcError, ConfigError, JobLocked, OutputError
-from .jobs import DEFAULT_ENDPOINT
 from .keys import read_keys_file
-from .paths import check_distinct, check_input, check_output
 from .progress import LiveReporter, PlainReporter, format_summary
-from .runner import JobConfig, run_job
 
 __all__ = ["app", "main"]
 
@@ -355,8 +355,8 @@ def mock_server(
         "'reset' (connection reset) or 'mixed'.")] = "502",
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
-    from .testing import MockConfig, OutageMode
-    from .testing import run as run_mock
+    from ..testing import MockConfig, OutageMode
+    from ..testing import run as run_mock
 
     modes = [m.value for m in OutageMode]
     if outage_mode not in modes:
@@ -386,7 +386,7 @@ def sort(
         min=1000, help="Pairs sorted in memory at a time (memory bound).")] = 100_000,
 ) -> None:
     """Write results in input order, in bounded memory (an external sort on disk)."""
-    from .ordering import sort_results
+    from ..tools.ordering import sort_results
 
     for path in (results, input_path):
         if not path.is_file():

@@ -2,7 +2,7 @@
 
 This is the only module that sees aiohttp's exceptions; it maps them to
 :mod:`processor.errors` with ``raise ... from exc``. The verdict on an answer is
-:func:`processor.answers.classify`; header parsing is :mod:`processor.headers` (both
+:func:`processor.client.answers.classify`; header parsing is :mod:`processor.client.headers` (both
 re-exported here, where they used to live).
 """
 
@@ -17,8 +17,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import aiohttp
 import orjson
 
+from ..errors import APIError, APITimeout, BadRequest, Redirected, ResponseTooLarge, ServerError
 from .answers import Response, classify
-from .errors import APIError, APITimeout, BadRequest, Redirected, ResponseTooLarge, ServerError
 from .headers import MAX_WAIT, RateLimitInfo, parse_duration, parse_retry_after
 from .masking import Masker, header_secrets, is_credential_header
 
@@ -113,7 +113,7 @@ class OpenAIClient:
         timeout: seconds for one whole request, reading the answer included.
         max_connections: connection pool size (match the in-flight cap).
         headers: extra headers sent with every request; the values of credential headers
-            (see :func:`processor.masking.is_credential_header`) are masked like keys.
+            (see :func:`processor.client.masking.is_credential_header`) are masked like keys.
         azure: Azure OpenAI: the key goes in the ``api-key`` header, and unless the
             base URL already names a deployment (``.../openai/deployments/NAME``) or is
             Azure's v1 API (``.../openai/v1``), each request goes to the deployment

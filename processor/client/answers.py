@@ -1,7 +1,7 @@
 """The verdict on one HTTP answer: a :class:`Response`, or the matching APIError.
 
 Pure (no I/O, no aiohttp): :func:`classify` takes the status, the body bytes and the
-headers, masks secrets (:class:`processor.masking.Masker`) and decides.
+headers, masks secrets (:class:`processor.client.masking.Masker`) and decides.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .errors import AuthError, BadRequest, QuotaExceeded, RateLimited, ServerError
+from ..errors import AuthError, BadRequest, QuotaExceeded, RateLimited, ServerError
 from .headers import RateLimitInfo, parse_retry_after, retry_after_in_words
 from .masking import Masker
 

@@ -1,6 +1,7 @@
 """The ``jobs-from-images``, ``estimate`` and ``export`` commands, added to an app by
 :func:`register`. They only parse options and render; the work is in
-:mod:`processor.imagejobs`, :mod:`processor.estimate` and :mod:`processor.export`."""
+:mod:`processor.tools.imagejobs`, :mod:`processor.tools.estimate` and
+:mod:`processor.tools.export`."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from typing import IO, Annotated
 import orjson
 import typer
 
-from .cost import DEFAULT_MAX_TOKENS, TokenCounter
-from .errors import ConfigError
-from .estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
-from .export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
-from .imagejobs import write_image_jobs
-from .jobs import DEFAULT_ENDPOINT
-from .paths import check_distinct, check_output
+from ..cost import DEFAULT_MAX_TOKENS, TokenCounter
+from ..errors import ConfigError
+from ..jobs import DEFAULT_ENDPOINT
+from ..store.paths import check_distinct, check_output
+from ..tools.estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
+from ..tools.export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
+from ..tools.imagejobs import write_image_jobs
 
 __all__ = ["register"]
 

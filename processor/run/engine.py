@@ -13,7 +13,7 @@ holds fewer than ``max_requeue`` (2 x ``max_in_flight``) retries, so at most
 
 Every wait the engine can enter is bounded: a wait of over :data:`LONG_PAUSE` (a
 server's Retry-After, a spent budget, a limit) stops the run for a later rerun
-instead, and while the server is down (:mod:`processor.circuit`) it probes instead of
+instead, and while the server is down (:mod:`processor.run.circuit`) it probes instead of
 spending attempts, for at most the outage window.
 """
 
@@ -31,10 +31,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from .circuit import Circuit
-from .client import Response
-from .cost import Cost
-from .errors import (
+from ..client.http import Response
+from ..cost import Cost
+from ..errors import (
     APIError,
     APITimeout,
     AuthError,
@@ -44,10 +43,11 @@ from .errors import (
     RateLimited,
     ServerError,
 )
-from .jobs import BadLine, Job, RecordIds, error_record, result_record
-from .limits import Limiter
+from ..jobs import BadLine, Job, RecordIds, error_record, result_record
+from ..limits.limiter import Limiter
+from ..stats import Stats, clamp_seconds, clock_at, human_duration
+from .circuit import Circuit
 from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
-from .stats import Stats, clamp_seconds, clock_at, human_duration
 
 __all__ = ["Engine", "Lane", "Sender", "Sink"]
 
@@ -152,7 +152,7 @@ class Engine:
         before_admit: awaited before each new request is taken from the source: a
             consumer's back-pressure (the pipeline API waits there while its reader
             lags behind).
-        outage_window: seconds the server may stay down (see :mod:`processor.circuit`)
+        outage_window: seconds the server may stay down (see :mod:`processor.run.circuit`)
             before the run stops, resumable; 0 turns the circuit off (failures then
             spend attempts whatever the server's state).
         max_requeue: retries waiting at most before new lines pause (default

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .jobs import iter_raw_lines
+from ..jobs import iter_raw_lines
 
 __all__ = ["SortStats", "in_input_order", "sort_results", "sorted_runs"]
 

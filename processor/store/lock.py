@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .errors import JobLocked, OutputError
+from ..errors import JobLocked, OutputError
 
 __all__ = ["JobLock"]
 
@@ -32,7 +32,7 @@ class JobLock:
     """Exclusive locks on a set of lock files, taken together or not at all.
 
     Args:
-        paths: the lock files (e.g. from :func:`processor.paths.lock_path`).
+        paths: the lock files (e.g. from :func:`processor.store.paths.lock_path`).
 
     Raises (from :meth:`acquire`):
         JobLocked: another process holds one of them.

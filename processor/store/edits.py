@@ -28,9 +28,10 @@ from pathlib import Path
 
 import orjson
 
-from .errors import ConfigError
-from .idset import IdSet
-from .jobs import LEDGER_ENTRY, BadLine, Job, iter_raw_lines, ledger_path, line_hash
+from ..errors import ConfigError
+from ..idset import IdSet
+from ..jobs import LEDGER_ENTRY, BadLine, Job, iter_raw_lines, ledger_path, line_hash
+from ..stats import Stats
 from .resume import (
     CHECK_EVERY,
     POSITIONAL_PREFIX,
@@ -39,7 +40,6 @@ from .resume import (
     load_state,
     stop_check,
 )
-from .stats import Stats
 
 __all__ = ["Changes", "check_edits", "edit_notes", "find_changes", "supersede",
            "unchanged_filter", "unreported"]
@@ -114,12 +114,12 @@ def find_changes(
 
     Args:
         src: the job file.
-        state: what the earlier outputs hold (:func:`~processor.resume.load_state`).
+        state: what the earlier outputs hold (:func:`~processor.store.resume.load_state`).
         explicit: also look at lines with a custom_id (parsing those whose custom_id
             is not their first key); otherwise only positional lines are looked at.
         failed: also compare lines whose request failed for good.
         stop: set to abandon the pass (raises
-            :class:`~processor.resume.ScanInterrupted`).
+            :class:`~processor.store.resume.ScanInterrupted`).
     """
     check = stop_check(stop)
     done, failures = state.done, state.failed

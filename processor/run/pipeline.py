@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 
-from .errors import JobFormatError
-from .jobs import BadLine, Job, parse_line
+from ..errors import JobFormatError
+from ..jobs import BadLine, Job, parse_line
+from ..stats import Stats
 from .runner import JobConfig, build_parts
-from .stats import Stats
 
 __all__ = ["stream_results"]
 

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["parse_keys", "read_keys_file"]
 

@@ -1,7 +1,7 @@
 """What people watching a run see: a rich live display, plain log lines, a summary.
 
 The engine knows nothing of this module: it calls ``on_progress(stats)`` a few times a
-second and the reporters here render those :class:`~processor.engine.Stats`.
+second and the reporters here render those :class:`~processor.run.engine.Stats`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import IO, TYPE_CHECKING, Any
 
-from .stats import Stats, human_duration
+from ..stats import Stats, human_duration
 
 if TYPE_CHECKING:
     from rich.console import Console

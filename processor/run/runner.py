@@ -14,18 +14,16 @@ from pathlib import Path
 
 import orjson
 
-from .client import (
+from ..client.http import (
     AZURE_API_VERSION,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RESPONSE_MB,
     OpenAIClient,
     is_azure_url,
 )
-from .cost import DEFAULT_MAX_TOKENS, Cost, TokenCounter
-from .edits import check_edits, edit_notes, unchanged_filter, unreported
-from .engine import Engine, Lane, Sink
-from .errors import OutputError
-from .jobs import (
+from ..cost import DEFAULT_MAX_TOKENS, Cost, TokenCounter
+from ..errors import OutputError
+from ..jobs import (
     DEFAULT_ENDPOINT,
     Job,
     ResultWriter,
@@ -34,10 +32,12 @@ from .jobs import (
     ledger_path,
     line_hash,
 )
-from .limits import Limiter
-from .lock import JobLock
-from .paths import check_job_paths, job_locks
-from .resume import (
+from ..limits.limiter import Limiter
+from ..stats import Stats
+from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
+from ..store.lock import JobLock
+from ..store.paths import check_job_paths, job_locks
+from ..store.resume import (
     POSITIONAL_PREFIX,
     ResumeState,
     ScanInterrupted,
@@ -45,8 +45,8 @@ from .resume import (
     move_aside,
     stop_check,
 )
+from .engine import Engine, Lane, Sink
 from .retry import Fallback, RetryPolicy
-from .stats import Stats
 
 __all__ = ["JobConfig", "Parts", "build_parts", "default_paths", "run_job"]
 
@@ -353,8 +353,8 @@ def _resume_filter(
     A done id whose input line hashes differently from the one answered (per the
     ledger) is counted as changed; its old answer is kept. A failed id whose line
     changed since it failed is a new request: it is sent again. Lines named by their
-    position were compared before the run (:func:`~processor.edits.check_edits`), so they are not
-    hashed again here.
+    position were compared before the run (:func:`~processor.store.edits.check_edits`),
+    so they are not hashed again here.
     """
     if state.empty:
         return None

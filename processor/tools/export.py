@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import orjson
 
-from .jobs import iter_raw_lines
+from ..jobs import iter_raw_lines
 from .ordering import sorted_runs
 
 __all__ = ["CHUNK_SIZE", "COLUMNS", "ExportStats", "error_row", "iter_rows", "result_row",

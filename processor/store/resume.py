@@ -22,9 +22,9 @@ from pathlib import Path
 
 import orjson
 
-from .errors import OutputError
-from .idset import IdSet
-from .jobs import LEDGER_ENTRY, count_lines, ledger_path, parse_hash
+from ..errors import OutputError
+from ..idset import IdSet
+from ..jobs import LEDGER_ENTRY, count_lines, ledger_path, parse_hash
 
 __all__ = ["ResumeState", "ScanInterrupted", "load_state", "move_aside", "repair_torn_tail",
            "stop_check"]

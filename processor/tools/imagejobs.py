@@ -20,8 +20,8 @@ from typing import IO, Any
 
 import orjson
 
-from .cost.images import ImageFormatError, base_model_name, image_size_from_bytes
-from .errors import ConfigError
+from ..cost.images import ImageFormatError, base_model_name, image_size_from_bytes
+from ..errors import ConfigError
 
 __all__ = [
     "DETAILS",

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .cost import TokenCounter, base_model_name
-from .errors import ConfigError, JobFormatError
-from .jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
+from ..cost import TokenCounter, base_model_name
+from ..errors import ConfigError, JobFormatError
+from ..jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
 
 __all__ = [
     "MAX_BAD_LINE_NUMBERS",

@@ -1,0 +1,5 @@
+"""`python -m processor.cli`: the batchproc command."""
+
+from .app import main
+
+main()
