@@ -1,0 +1,72 @@
+"""Red-team findings on the trust fixes (issue 9), each through the real CLI where a user
+would meet it, plus the unit test of the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from processor.resume import load_state
+
+from .conftest import chat_line, read_jsonl, write_jsonl
+from .test_cli import invoke, server_url  # noqa: F401 - the fixture
+
+
+def run(job: Path, url: str, *extra: str) -> tuple[int, str]:
+    return invoke("run", str(job), "--base-url", url, "--rpm", "6000", "--plain", *extra)
+
+
+def batch_record(cid: str, status: int | None, error: dict[str, Any] | None = None) -> bytes:
+    """A line of an OpenAI Batch API output or error file."""
+    response = None if status is None else {
+        "status_code": status, "request_id": "req_1",
+        "body": ({"error": {"message": "bad", "type": "invalid_request_error"}}
+                 if status >= 400 else {"id": "chatcmpl-1", "choices": []})}
+    return orjson.dumps({"id": f"batch_req_{cid}", "custom_id": cid, "response": response,
+                         "error": error}) + b"\n"
+
+
+# --------------------------------------------------------------------------- results of other tools
+
+
+def test_failures_in_an_openai_batch_results_file_are_not_taken_as_answers(
+        server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """OpenAI's Batch API writes failed requests with ``response: null`` and an ``error``
+    (error file) and 4xx/5xx answers with their status: placed as the results file of a
+    rerun, they were counted as answered and never sent again, even with --retry-failed."""
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(4)])
+    results = tmp_path / "job.results.jsonl"
+    results.write_bytes(
+        batch_record("req-0", 200)
+        + batch_record("req-1", None, {"code": "batch_expired", "message": "expired"})
+        + batch_record("req-2", 500))
+    code, out = run(job, server_url)
+    assert code == 1, out  # failed for good earlier: said, and the exit code says so
+    sent = [r["custom_id"] for r in read_jsonl(results)[3:]]
+    assert sent == ["req-3"], out
+    assert "failed for good in an earlier run" in out
+    code, out = run(job, server_url, "--retry-failed")
+    assert code == 0, out
+    ok = {r["custom_id"] for r in read_jsonl(results)
+          if r["response"] and r["response"]["status_code"] == 200}
+    assert ok == {"req-0", "req-1", "req-2", "req-3"}
+    code, out = run(job, server_url)
+    assert code == 0 and len(read_jsonl(results)) == 6, out  # nothing sent twice
+
+
+def test_load_state_counts_only_answers_as_done(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(
+        batch_record("ok", 201) + batch_record("expired", None, {"code": "batch_expired"})
+        + batch_record("refused", 400) + batch_record("odd", 200, {"code": "x"})
+        + b'{"custom_id":"no-status","response":{"body":{}}}\n'
+        + b'{"custom_id":"text-status","response":{"status_code":"200"}}\n'
+        + b'{"custom_id":"later-ok","response":null,"error":{"code":"server_error"}}\n'
+        + batch_record("later-ok", 200))
+    state = load_state(results, tmp_path / "e.jsonl")
+    assert {c for c in ("ok", "no-status", "later-ok") if c in state.done} == {
+        "ok", "no-status", "later-ok"}
+    for cid in ("expired", "refused", "odd", "text-status"):
+        assert cid not in state.done and cid in state.failed, cid
