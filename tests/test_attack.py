@@ -28,7 +28,7 @@ def batch_record(cid: str, status: int | None, error: dict[str, Any] | None = No
                          "error": error}) + b"\n"
 
 
-# --------------------------------------------------------------------------- results of other tools
+# ------------------------------------------------------------------ results of other tools
 
 
 def test_failures_in_an_openai_batch_results_file_are_not_taken_as_answers(
@@ -70,3 +70,32 @@ def test_load_state_counts_only_answers_as_done(tmp_path: Path) -> None:
         "ok", "no-status", "later-ok"}
     for cid in ("expired", "refused", "odd", "text-status"):
         assert cid not in state.done and cid in state.failed, cid
+
+
+# ---------------------------------------------------------------- another job's own files
+
+
+def test_an_output_named_like_another_jobs_ledger_or_lock_is_refused(
+        server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """``--errors A.results.jsonl.ledger`` had the binary ledger of job A "repaired" (its
+    tail cut off as a torn line) and error records appended: A's resume then read garbage.
+    A results file named like a lock is deleted by the run that holds that lock."""
+    first = write_jsonl(tmp_path / "a.jsonl", [chat_line(i) for i in range(3)])
+    code, out = run(first, server_url)
+    assert code == 0, out
+    ledger = tmp_path / "a.results.jsonl.ledger"
+    kept = ledger.read_bytes()
+    other = write_jsonl(tmp_path / "b.jsonl", [b"not json\n", chat_line(7)])
+    link = tmp_path / "innocent.jsonl"
+    link.symlink_to(ledger)
+    for flag, target in (("--errors", ledger), ("--output", ledger), ("--errors", link),
+                         ("--output", tmp_path / "a.results.jsonl.lock")):
+        code, out = run(other, server_url, flag, str(target))
+        assert code == 2 and "give another name" in out, (flag, target, out)
+    assert ledger.read_bytes() == kept
+    assert not (tmp_path / "a.results.jsonl.lock").exists()
+    code, out = invoke("export", str(tmp_path / "a.results.jsonl"), "--output", str(ledger))
+    assert code == 2 and "give another name" in out, out
+    assert ledger.read_bytes() == kept
+    code, out = run(first, server_url)  # A still resumes: nothing sent again
+    assert code == 0 and "3 skipped" in out, out
