@@ -17,7 +17,7 @@ from .client import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from .commands import io_failure, parse_limit, register
 from .errors import BatchProcError, ConfigError, JobLocked, OutputError
 from .jobs import DEFAULT_ENDPOINT
-from .keys import read_keys_file
+from .keys import key_problem, read_keys_file, unquote_key
 from .paths import check_distinct, check_input, check_output
 from .progress import LiveReporter, PlainReporter, format_summary
 from .runner import JobConfig, run_job
@@ -72,9 +72,10 @@ def _resolve_keys(
 def _clean_key(value: str, where: str) -> str:
     """A key without surrounding whitespace (a trailing newline from a file, say);
     refused if it holds other control characters. The message never shows the key."""
-    key = value.strip()
-    if not key or any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        raise typer.BadParameter(f"the API key in {where} is empty or holds control characters")
+    key = unquote_key(value.strip())  # quotes kept by docker --env-file and the like
+    problem = key_problem(key)
+    if problem is not None:
+        raise typer.BadParameter(f"the API key in {where}: {problem}")
     return key
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from processor.resume import load_state
 
-from .conftest import chat_line, read_jsonl, write_jsonl
+from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
 from .test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 
@@ -99,3 +100,82 @@ def test_an_output_named_like_another_jobs_ledger_or_lock_is_refused(
     assert ledger.read_bytes() == kept
     code, out = run(first, server_url)  # A still resumes: nothing sent again
     assert code == 0 and "3 skipped" in out, out
+
+
+# ------------------------------------------------------------------------ keys written like .env
+
+
+REAL_KEY = "sk-proj-attackTESTkey0123456789"
+
+
+def _openai_auth(request: Any) -> Any:
+    """Like OpenAI: only ``Bearer <the key>`` passes; a wrong key is named in the 401
+    (a hostile server names it whole, unquoted)."""
+    from aiohttp import web
+
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if token == REAL_KEY:
+        return None
+    shown = token.strip("\"' ").split()[-1] if token.strip("\"' ") else ""
+    return web.json_response(
+        {"error": {"message": f"Incorrect API key provided: {shown}.", "type":
+                   "invalid_request_error", "param": None, "code": "invalid_api_key"}},
+        status=401)
+
+
+@pytest.mark.parametrize("line", [
+    f'OPENAI_API_KEY="{REAL_KEY}"', f"OPENAI_API_KEY='{REAL_KEY}'",
+    f"export OPENAI_API_KEY={REAL_KEY}", f'export MAIN="{REAL_KEY}"', f'"{REAL_KEY}"',
+])
+async def test_a_keys_file_written_like_a_dotenv_file_sends_the_key_itself(
+        hostile_api: Any, tmp_path: Path, line: str) -> None:
+    """Quotes and ``export`` were sent as part of the key: every request refused, and the
+    server's 401 naming the key (unquoted) went unmasked into the errors file, because
+    only the quoted string was known as the secret."""
+    async def auth(request: Any, api: Any) -> Any:
+        return _openai_auth(request)
+
+    api = await hostile_api(auth)
+    keys = tmp_path / "keys.env"
+    keys.write_text(line + "\n")
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
+    proc = await start_cli(job, api.base_url, "--keys-file", str(keys))
+    out, err = await proc.communicate()
+    text = out.decode() + err.decode()
+    written = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name != "keys.env")
+    assert REAL_KEY not in text and REAL_KEY.encode() not in written
+    assert proc.returncode == 0, text
+    assert len(read_jsonl(tmp_path / "job.results.jsonl")) == 3
+
+
+@pytest.mark.parametrize("line, says", [
+    (f"OPENAI_API_KEY={REAL_KEY} # prod", "spaces"),
+    (f"Bearer {REAL_KEY}", "Bearer"),
+    (f'A="{REAL_KEY}', "spaces or quotes"),
+], ids=["comment", "bearer", "unclosed-quote"])
+def test_keys_that_hold_spaces_or_quotes_are_refused_without_showing_them(
+        tmp_path: Path, line: str, says: str) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(line + "\n")
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(0)])
+    code, out = invoke("run", str(job), "--keys-file", str(keys), "--base-url",
+                       "http://127.0.0.1:9/v1", "--plain")
+    flat = " ".join(out.replace("│", " ").split())
+    assert code == 2 and says in flat and "line 1" in flat, out
+    assert "attack" not in out and "sk-" not in out
+
+
+@pytest.mark.parametrize("value", [f'"{REAL_KEY}"', f"Bearer {REAL_KEY}", f"{REAL_KEY} x"])
+def test_an_env_key_with_quotes_or_bearer_is_cleaned_or_refused(
+        tmp_path: Path, value: str) -> None:
+    """``docker --env-file`` keeps quotes; keys pasted with ``Bearer``: never sent as is."""
+    import typer
+
+    from processor.cli import _clean_key
+
+    if value.startswith('"'):
+        assert _clean_key(value, "$OPENAI_API_KEY") == REAL_KEY
+        return
+    with pytest.raises(typer.BadParameter) as info:
+        _clean_key(value, "$OPENAI_API_KEY")
+    assert "sk-" not in str(info.value) and "$OPENAI_API_KEY" in str(info.value)
