@@ -69,6 +69,10 @@ def _resolve_keys(
     return (_clean_key(found, f"${names[0]}") if found else None), []
 
 
+#: Headers that carry the API key (OpenAI's and Azure's).
+_AUTH_HEADERS = ("authorization", "api-key")
+
+
 def _clean_key(value: str, where: str) -> str:
     """A key without surrounding whitespace (a trailing newline from a file, say);
     refused if it holds other control characters. The message never shows the key."""
@@ -237,8 +241,16 @@ def run(
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="JOBS.jsonl") from None
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    key, keys = _resolve_keys(api_key, api_key_env, keys_file)
-    if key is None and not keys and not _is_local(base):
+    # A credential header of the user's own (a gateway's token) is what authenticates:
+    # the ambient $OPENAI_API_KEY is not read, so it never goes to that gateway.
+    own_auth = [n for n in (h.partition(":")[0].strip() for h in (header or []) + [
+        h for h in (secret_header or []) if ":" in h]) if n.lower() in _AUTH_HEADERS]
+    if own_auth and (api_key or keys_file):
+        raise typer.BadParameter(
+            f"--header {own_auth[0]} and {'--api-key' if api_key else '--keys-file'} both "
+            "give a credential; give one")
+    key, keys = (None, []) if own_auth else _resolve_keys(api_key, api_key_env, keys_file)
+    if key is None and not keys and not own_auth and not _is_local(base):
         typer.echo(
             f"error: no API key: set ${api_key_env} (or --api-key-env NAME) for {base}", err=True
         )

@@ -179,3 +179,41 @@ def test_an_env_key_with_quotes_or_bearer_is_cleaned_or_refused(
     with pytest.raises(typer.BadParameter) as info:
         _clean_key(value, "$OPENAI_API_KEY")
     assert "sk-" not in str(info.value) and "$OPENAI_API_KEY" in str(info.value)
+
+
+# ------------------------------------------------------------ --header Authorization vs $KEY
+
+
+async def test_an_authorization_header_is_not_replaced_by_the_env_key(
+        hostile_api: Any, tmp_path: Path) -> None:
+    """``--header 'Authorization: Bearer <proxy token>'`` for a gateway, with
+    $OPENAI_API_KEY set in the shell: the OpenAI key silently replaced the header and
+    went to the gateway."""
+    import asyncio
+    import os
+    import sys
+
+    api = await hostile_api()
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
+    env_key, token = "sk-ambient-openai-key-0123456789", "gw-token-abcdefgh12345"
+    env = {**os.environ, "OPENAI_API_KEY": env_key}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor.cli", "run", str(job), "--base-url", api.base_url,
+        "--plain", "--header", f"Authorization: Bearer {token}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert len(api.requests) == 3
+    for seen in api.requests:
+        assert [v for k, v in seen.header_list if k.lower() == "authorization"] == [
+            f"Bearer {token}"]
+        assert env_key.encode() not in repr(seen).encode()
+    # Given both explicitly: which one is meant cannot be told; refused before sending.
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-explicit-key-0123456789\n")
+    for extra in (["--api-key", "sk-explicit-key-0123456789"], ["--keys-file", str(keys)]):
+        code, text = invoke("run", str(job), "--base-url", api.base_url, "--plain",
+                            "--header", f"authorization: Bearer {token}", *extra)
+        assert code == 2 and "give one" in " ".join(text.replace("│", " ").split()), text
+        assert token not in text and "sk-explicit" not in text
+    assert len(api.requests) == 3
