@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 from collections.abc import Coroutine
@@ -67,6 +68,13 @@ def _resolve_keys(
         return None, [(n, _clean_key(os.environ[n], f"${n}")) for n in names]
     found = os.environ.get(names[0]) if names else None
     return (_clean_key(found, f"${names[0]}") if found else None), []
+
+
+def _finite(ctx: typer.Context, param: typer.CallbackParam, value: float) -> float:
+    """Refuse nan and inf (``min=`` lets nan through: no comparison holds for it)."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 #: Headers that carry the API key (OpenAI's and Azure's).
@@ -184,7 +192,8 @@ def run(
     max_in_flight: Annotated[int, typer.Option(min=1, help="Most requests on the wire at once.")]
     = 100,
     max_attempts: Annotated[int, typer.Option(min=1, help="Attempts per request.")] = 5,
-    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per attempt.")] = 600.0,
+    timeout: Annotated[float, typer.Option(min=0.001, callback=_finite,
+                                           help="Seconds per attempt.")] = 600.0,
     default_max_tokens: Annotated[int, typer.Option(
         min=0, help="Completion tokens charged when a request states no max_tokens.")]
     = DEFAULT_MAX_TOKENS,
@@ -206,7 +215,8 @@ def run(
         "answer (for servers that count real usage; OpenAI counts max_tokens up front).")]
     = False,
     grace: Annotated[float, typer.Option(
-        min=0, help="Seconds in-flight requests get after Ctrl-C / SIGTERM.")] = 30.0,
+        min=0, callback=_finite,
+        help="Seconds in-flight requests get after Ctrl-C / SIGTERM.")] = 30.0,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start over: move old outputs aside (never deleted).")] = False,
     retry_failed: Annotated[bool, typer.Option(
@@ -231,7 +241,8 @@ def run(
         "echoes it; Authorization, api-key, x-api-key, Cookie and other credential "
         "headers are masked anyway. Values under 8 characters cannot be masked.")] = None,
     max_response_mb: Annotated[float, typer.Option(
-        min=0.001, help="Largest answer kept, in MiB (default: a full batch of 2,048 "
+        min=0.001, callback=_finite,
+        help="Largest answer kept, in MiB (default: a full batch of 2,048 "
         "3,072-dim embeddings fits). A larger one becomes an error record "
         "(response_too_large); the run goes on.")] = DEFAULT_MAX_RESPONSE_MB,
 ) -> None:

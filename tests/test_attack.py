@@ -217,3 +217,28 @@ async def test_an_authorization_header_is_not_replaced_by_the_env_key(
         assert code == 2 and "give one" in " ".join(text.replace("│", " ").split()), text
         assert token not in text and "sk-explicit" not in text
     assert len(api.requests) == 3
+
+
+# --------------------------------------------------------------------------- nan and inf options
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--grace", "--max-response-mb"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_nan_or_inf_options_are_usage_errors(tmp_path: Path, option: str, value: str) -> None:
+    """``min=`` lets nan through: --max-response-mb nan/inf ended in a traceback, --timeout
+    inf made every attempt an OverflowError retried as a server error."""
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(0)])
+    code, out = invoke("run", str(job), "--base-url", "http://127.0.0.1:9/v1", "--plain",
+                       f"{option}={value}")
+    flat = " ".join(out.replace("│", " ").split())
+    assert code == 2 and option in flat and "Traceback" not in out, out
+    assert not (tmp_path / "job.results.jsonl").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": float("inf")}, {"timeout": float("nan")},
+                                    {"max_response_mb": float("inf")}, {"timeout": 0.0}])
+def test_the_client_refuses_non_finite_settings(kwargs: dict[str, float]) -> None:
+    from processor.client import OpenAIClient
+
+    with pytest.raises(ValueError, match="positive finite"):
+        OpenAIClient("http://127.0.0.1:9/v1", **kwargs)
