@@ -242,3 +242,23 @@ def test_the_client_refuses_non_finite_settings(kwargs: dict[str, float]) -> Non
 
     with pytest.raises(ValueError, match="positive finite"):
         OpenAIClient("http://127.0.0.1:9/v1", **kwargs)
+
+
+# --------------------------------------------------------------------------- bad lines on a rerun
+
+
+def test_a_rerun_names_the_bad_lines_that_are_still_bad(
+        server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """A rerun said "0 bad lines", showed done 3/4 and named nothing: the line reported
+    bad in the first run, still bad, was silently left out."""
+    job = write_jsonl(tmp_path / "job.jsonl",
+                      [chat_line(0), b'{"custom_id": "x", oops}\n', chat_line(2), chat_line(3)])
+    code, out = run(job, server_url)
+    assert code == 1 and "1 bad lines" in out, out
+    code, out = run(job, server_url)
+    flat = " ".join(out.split())
+    assert "1 bad line(s) reported in an earlier run are still bad (lines 2)" in flat, out
+    assert len(read_jsonl(tmp_path / "job.errors.jsonl")) == 1  # not written again
+    write_jsonl(job, [chat_line(0), chat_line(1), chat_line(2), chat_line(3)])
+    code, out = run(job, server_url)
+    assert code == 0 and "still bad" not in out, out
