@@ -321,7 +321,12 @@ def _write_all(f: IO[bytes], data: bytes) -> None:
 
 
 def ledger_path(results_path: Path) -> Path:
-    """The ledger beside a results file: ``<results>.ledger``."""
+    """The ledger beside a results file: ``<results>.ledger``. A results path that is a
+    symlink has its ledger beside the file it names, so every name of the results file
+    reads and writes one ledger (as its lock is one, see :func:`processor.paths.lock_path`)."""
+    results_path = Path(results_path)
+    if os.path.islink(results_path):
+        results_path = Path(os.path.realpath(results_path))
     return results_path.with_name(results_path.name + ".ledger")
 
 

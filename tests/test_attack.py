@@ -262,3 +262,33 @@ def test_a_rerun_names_the_bad_lines_that_are_still_bad(
     write_jsonl(job, [chat_line(0), chat_line(1), chat_line(2), chat_line(3)])
     code, out = run(job, server_url)
     assert code == 0 and "still bad" not in out, out
+
+
+# --------------------------------------------------------------------------- symlinked results
+
+
+def test_a_results_file_reached_through_a_symlink_keeps_its_one_ledger(
+        server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """``-o link.jsonl`` (a symlink to data/real.jsonl) read and wrote link.jsonl.ledger:
+    the real ledger was not found ("no ledger beside it"), an edit to an answered line
+    went unnoticed, and the file had two ledgers that each missed answers."""
+    (tmp_path / "data").mkdir()
+    real, link = tmp_path / "data" / "real.jsonl", tmp_path / "link.jsonl"
+    link.symlink_to(Path("data") / "real.jsonl")
+    bare = {"model": "gpt-4o-mini", "max_tokens": 8}
+
+    def lines(*texts: str) -> list[Any]:
+        return [{"body": {**bare, "messages": [{"role": "user", "content": t}]}}
+                for t in texts]
+
+    job = write_jsonl(tmp_path / "job.jsonl", lines("a", "b"))
+    assert run(job, server_url, "-o", str(real))[0] == 0
+    write_jsonl(job, lines("a", "b", "c"))
+    code, out = run(job, server_url, "-o", str(link))
+    assert code == 0 and "no ledger" not in out and "1 ok" in out, out
+    assert not (tmp_path / "link.jsonl.ledger").exists()
+    write_jsonl(job, lines("a", "B", "c"))  # an answered bare line changed
+    for name in (real, link):
+        code, out = run(job, server_url, "-o", str(name))
+        assert code == 2 and "lines 2" in out, out
+    assert len(read_jsonl(real)) == 3
