@@ -220,9 +220,12 @@ def _failed_id(raw: bytes) -> str | None:
 
 def _split(path: Path, stamp: str, leaves: Callable[[bytes], bool],
            record: int = 0) -> tuple[Path, int] | None:
-    """Rewrite ``path`` without the records ``leaves`` picks, which go to a side file."""
+    """Rewrite ``path`` without the records ``leaves`` picks, which go to a side file.
+    A symlink is followed: the file it names is rewritten, the link stays a link."""
     if not path.exists():
         return None
+    if os.path.islink(path):
+        path = Path(os.path.realpath(path))
     side = path.with_name(f"{path.name}.superseded-{stamp}")
     tmp = path.with_name(f"{path.name}.rewrite-{stamp}")
     n = 0

@@ -320,12 +320,16 @@ def _read_ledger(path: Path, state: ResumeState, check: Callable[[], None] | Non
 
 def move_aside(path: Path) -> Path | None:
     """Rename ``path`` to ``<name>.<timestamp>.bak`` (for ``--fresh``); never delete it.
+    A symlink is followed: the file it names is renamed beside itself, so the new run
+    writes through the link to where the user keeps it.
 
     Raises:
         OutputError: the rename failed (the file is left where it was).
     """
     if not path.exists():
         return None
+    if os.path.islink(path):  # the file a link names moves; the link is left dangling
+        path = Path(os.path.realpath(path))
     stamp = time.strftime('%Y%m%dT%H%M%S')
     target = path.with_name(f"{path.name}.{stamp}.bak")
     n = 1

@@ -292,3 +292,33 @@ def test_a_results_file_reached_through_a_symlink_keeps_its_one_ledger(
         code, out = run(job, server_url, "-o", str(name))
         assert code == 2 and "lines 2" in out, out
     assert len(read_jsonl(real)) == 3
+
+
+def test_resend_changed_and_fresh_act_on_the_file_a_symlinked_output_names(
+        server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """--resend-changed replaced the symlink -o link.jsonl with a rewritten regular file
+    (the real file kept the superseded answers, and the ledger was no longer found);
+    --fresh renamed the link, not the file, so new results landed beside the link."""
+    (tmp_path / "data").mkdir()
+    real, link = tmp_path / "data" / "real.jsonl", tmp_path / "link.jsonl"
+    link.symlink_to(Path("data") / "real.jsonl")
+    bare = {"model": "gpt-4o-mini", "max_tokens": 8}
+
+    def lines(*texts: str) -> list[Any]:
+        return [{"body": {**bare, "messages": [{"role": "user", "content": t}]}}
+                for t in texts]
+
+    job = write_jsonl(tmp_path / "job.jsonl", lines("a", "b", "c"))
+    assert run(job, server_url, "-o", str(link))[0] == 0
+    write_jsonl(job, lines("a", "B", "c"))
+    code, out = run(job, server_url, "-o", str(link), "--resend-changed")
+    assert code == 0 and "1 ok" in out, out
+    assert link.is_symlink() and len(read_jsonl(real)) == 3
+    assert list((tmp_path / "data").glob("real.jsonl.superseded-*"))
+    code, out = run(job, server_url, "-o", str(link))
+    assert code == 0 and "no ledger" not in out and "3 skipped" in out, out
+    code, out = run(job, server_url, "-o", str(link), "--fresh")
+    assert code == 0 and "3 ok" in out, out
+    assert link.is_symlink() and len(read_jsonl(real)) == 3
+    assert len(list((tmp_path / "data").glob("real.jsonl.2*.bak"))) == 1
+    assert len(list((tmp_path / "data").glob("real.jsonl.ledger.*.bak"))) == 1
