@@ -322,3 +322,43 @@ def test_resend_changed_and_fresh_act_on_the_file_a_symlinked_output_names(
     assert link.is_symlink() and len(read_jsonl(real)) == 3
     assert len(list((tmp_path / "data").glob("real.jsonl.2*.bak"))) == 1
     assert len(list((tmp_path / "data").glob("real.jsonl.ledger.*.bak"))) == 1
+
+
+# ---------------------------------------------------------------- hard links and the lock
+
+
+async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
+        mock_api: Any, tmp_path: Path) -> None:
+    """Lock files are named after the output, so ``-o hard-link.jsonl`` (another name of
+    the same file) took other locks: two runs appended to one results file and sent the
+    same requests twice."""
+    import asyncio
+    import os
+    import signal
+
+    api = await mock_api(latency_ms=300, seed=5)
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(30)])
+    results = tmp_path / "job.results.jsonl"
+    link = tmp_path / "hard.jsonl"
+    for resume in (False, True):  # the file created by the run, then there at its start
+        before = results.stat().st_size if results.exists() else 0
+        first = await start_cli(job, api.base_url, max_in_flight=1)
+        for _ in range(500):  # until it has written an answer: it holds its locks
+            if results.exists() and results.stat().st_size > before:
+                break
+            assert first.returncode is None
+            await asyncio.sleep(0.01)
+        if not link.exists():
+            os.link(results, link)
+        second = await start_cli(job, api.base_url, "-o", str(link), "--errors",
+                                 str(tmp_path / "other.errors.jsonl"))
+        _, err = await second.communicate()
+        assert second.returncode == 75 and "hard link" in err.decode(), (resume, err.decode())
+        first.send_signal(signal.SIGINT)
+        _, err = await first.communicate()
+        assert first.returncode == 130, err.decode()
+    api.config.latency_ms = 0
+    code = await (await start_cli(job, api.base_url, "-o", str(link))).wait()
+    assert code == 0
+    ids = [r["custom_id"] for r in read_jsonl(results)]
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(30))  # each once
