@@ -195,7 +195,7 @@ def _custom_id(raw: bytes) -> tuple[str | None, bool]:
     Batch API writes failures as ``"response": null`` with an ``error``, and 4xx/5xx
     answers with their status; such a line is a failure, not an answer."""
     m = _FAST_ID.match(raw)
-    if m is not None and raw.rstrip().endswith(b',"error":null}'):
+    if m is not None and raw.endswith((b',"error":null}\n', b',"error":null}')):
         try:
             value = orjson.loads(m.group(1))
         except orjson.JSONDecodeError:
