@@ -13,6 +13,7 @@ parameter and is left alone)::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -28,6 +29,7 @@ import orjson
 
 from .errors import JobFormatError, OutputError
 from .idset import IdSet, fingerprint
+from .store.lock import lock_in_place
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -321,7 +323,12 @@ def _write_all(f: IO[bytes], data: bytes) -> None:
 
 
 def ledger_path(results_path: Path) -> Path:
-    """The ledger beside a results file: ``<results>.ledger``."""
+    """The ledger beside a results file: ``<results>.ledger``. A results path that is a
+    symlink has its ledger beside the file it names, so every name of the results file
+    reads and writes one ledger (as its lock is one, see :func:`processor.paths.lock_path`)."""
+    results_path = Path(results_path)
+    if os.path.islink(results_path):
+        results_path = Path(os.path.realpath(results_path))
     return results_path.with_name(results_path.name + ".ledger")
 
 
@@ -379,9 +386,17 @@ class ResultWriter:
         self.failure: OutputError | None = None
 
     def _open(self, path: Path) -> IO[bytes]:
-        """Open ``path`` for appending, unbuffered (creating its folder)."""
+        """Open ``path`` for appending, unbuffered (creating its folder). A file this
+        opening creates is locked in place (see :mod:`processor.lock`): an existing one
+        was, by the run's :class:`~processor.lock.JobLock`."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "ab", buffering=0)
+        new = not os.path.lexists(path)
+        f = open(path, "ab", buffering=0)
+        if new and not lock_in_place(f.fileno()):
+            f.close()
+            raise OSError(errno.EBUSY, "another run is writing this file under another "
+                          "name (a hard link)")
+        return f
 
     def _appender(self, path: Path) -> _Appender:
         try:

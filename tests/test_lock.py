@@ -102,11 +102,12 @@ async def test_two_processes_second_refuses_with_75(mock_api: Any, tmp_path: Pat
     text = err.decode()
     assert second.returncode == 75, text
     assert f"PID {first.pid} on {socket.gethostname()}" in text
-    # Another run whose errors file is this run's ledger: refused (it would corrupt it).
+    # Another run whose errors file is this run's ledger: refused (it would corrupt it),
+    # by its name before any lock is taken (so also when no run holds it).
     ledger = await start_cli(job, api.base_url, "-o", str(tmp_path / "o2.jsonl"),
                              "--errors", str(tmp_path / "job.results.jsonl.ledger"))
     _, err = await ledger.communicate()
-    assert ledger.returncode == 75, err.decode()
+    assert ledger.returncode == 2 and "give another name" in err.decode(), err.decode()
     # Another results file but the same errors file: also refused.
     third = await start_cli(job, api.base_url, "-o", str(tmp_path / "other.jsonl"))
     _, err = await third.communicate()

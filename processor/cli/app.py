@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 from collections.abc import Coroutine
@@ -20,7 +21,7 @@ from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
-from .keys import read_keys_file
+from .keys import key_problem, read_keys_file, unquote_key
 from .progress import LiveReporter, PlainReporter, format_summary
 
 __all__ = ["app", "main"]
@@ -69,12 +70,24 @@ def _resolve_keys(
     return (_clean_key(found, f"${names[0]}") if found else None), []
 
 
+def _finite(ctx: typer.Context, param: typer.CallbackParam, value: float) -> float:
+    """Refuse nan and inf (``min=`` lets nan through: no comparison holds for it)."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+#: Headers that carry the API key (OpenAI's and Azure's).
+_AUTH_HEADERS = ("authorization", "api-key")
+
+
 def _clean_key(value: str, where: str) -> str:
     """A key without surrounding whitespace (a trailing newline from a file, say);
     refused if it holds other control characters. The message never shows the key."""
-    key = value.strip()
-    if not key or any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        raise typer.BadParameter(f"the API key in {where} is empty or holds control characters")
+    key = unquote_key(value.strip())  # quotes kept by docker --env-file and the like
+    problem = key_problem(key)
+    if problem is not None:
+        raise typer.BadParameter(f"the API key in {where}: {problem}")
     return key
 
 
@@ -179,7 +192,8 @@ def run(
     max_in_flight: Annotated[int, typer.Option(min=1, help="Most requests on the wire at once.")]
     = 100,
     max_attempts: Annotated[int, typer.Option(min=1, help="Attempts per request.")] = 5,
-    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per attempt.")] = 600.0,
+    timeout: Annotated[float, typer.Option(min=0.001, callback=_finite,
+                                           help="Seconds per attempt.")] = 600.0,
     default_max_tokens: Annotated[int, typer.Option(
         min=0, help="Completion tokens charged when a request states no max_tokens.")]
     = DEFAULT_MAX_TOKENS,
@@ -201,7 +215,8 @@ def run(
         "answer (for servers that count real usage; OpenAI counts max_tokens up front).")]
     = False,
     grace: Annotated[float, typer.Option(
-        min=0, help="Seconds in-flight requests get after Ctrl-C / SIGTERM.")] = 30.0,
+        min=0, callback=_finite,
+        help="Seconds in-flight requests get after Ctrl-C / SIGTERM.")] = 30.0,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start over: move old outputs aside (never deleted).")] = False,
     retry_failed: Annotated[bool, typer.Option(
@@ -226,7 +241,8 @@ def run(
         "echoes it; Authorization, api-key, x-api-key, Cookie and other credential "
         "headers are masked anyway. Values under 8 characters cannot be masked.")] = None,
     max_response_mb: Annotated[float, typer.Option(
-        min=0.001, help="Largest answer kept, in MiB (default: a full batch of 2,048 "
+        min=0.001, callback=_finite,
+        help="Largest answer kept, in MiB (default: a full batch of 2,048 "
         "3,072-dim embeddings fits). A larger one becomes an error record "
         "(response_too_large); the run goes on.")] = DEFAULT_MAX_RESPONSE_MB,
     offline: Annotated[bool, typer.Option(
@@ -246,8 +262,16 @@ def run(
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="JOBS.jsonl") from None
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    key, keys = _resolve_keys(api_key, api_key_env, keys_file)
-    if key is None and not keys and not _is_local(base):
+    # A credential header of the user's own (a gateway's token) is what authenticates:
+    # the ambient $OPENAI_API_KEY is not read, so it never goes to that gateway.
+    own_auth = [n for n in (h.partition(":")[0].strip() for h in (header or []) + [
+        h for h in (secret_header or []) if ":" in h]) if n.lower() in _AUTH_HEADERS]
+    if own_auth and (api_key or keys_file):
+        raise typer.BadParameter(
+            f"--header {own_auth[0]} and {'--api-key' if api_key else '--keys-file'} both "
+            "give a credential; give one")
+    key, keys = (None, []) if own_auth else _resolve_keys(api_key, api_key_env, keys_file)
+    if key is None and not keys and not own_auth and not _is_local(base):
         typer.echo(
             f"error: no API key: set ${api_key_env} (or --api-key-env NAME) for {base}", err=True
         )

@@ -4,8 +4,13 @@ A line is ``NAME=KEY`` only when NAME is an identifier (letters, digits and ``_`
 not starting with a digit) and KEY is not empty padding; any other line is a bare
 key, named ``<file>:<line>``. So a bare key holding ``=`` (base64 padding,
 ``abc==``) stays a key and never becomes a label. Blank lines and ``#`` comments
-are skipped. No message ever shows any part of a key: only the file, the line
-number and a name.
+are skipped. A file written like a ``.env`` file works too: ``export NAME=KEY`` and a
+key in matching quotes (``NAME="KEY"``) give the key itself. A key is one token (an
+HTTP bearer token never holds spaces or quotes): a line whose key still holds any
+(an inline ``# comment``, ``Bearer KEY``, an unclosed quote) is refused, since sending
+it would fail, and a server naming the key in its refusal would name a string that
+is not the one masked. No message ever shows any part of a key: only the file, the
+line number and a name.
 """
 
 from __future__ import annotations
@@ -16,9 +21,31 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["parse_keys", "read_keys_file"]
+__all__ = ["key_problem", "parse_keys", "read_keys_file", "unquote_key"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def unquote_key(value: str) -> str:
+    """``value`` without one pair of matching surrounding quotes (``"k"``, ``'k'``)."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1].strip()
+    return value
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an API key, in words that never show it; None if it can."""
+    if not key:
+        return "the key is empty"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return "the key holds control characters"
+    if key.split(None, 1)[0].lower() in ("bearer", "basic") and len(key.split()) > 1:
+        return ("the key starts with 'Bearer': give the key alone (batchproc adds "
+                "'Bearer ')")
+    if any(ch.isspace() or ch in "\"'" for ch in key):
+        return ("the key holds spaces or quotes (an API key never does: an inline "
+                "# comment, or an unclosed quote?)")
+    return None
 
 
 def read_keys_file(path: Path) -> list[tuple[str, str]]:
@@ -55,14 +82,17 @@ def parse_keys(data: bytes, label: str, *, where: str | None = None) -> list[tup
             raise ConfigError(f"{where}, line {number}: not UTF-8 text") from None
         if not line or line.startswith("#"):
             continue
+        if line.startswith("export ") and "=" in line:
+            line = line.removeprefix("export ").lstrip()
         name, sep, value = line.partition("=")
         name, value = name.strip(), value.strip()
         if sep and _NAME.fullmatch(name) and value.strip("="):
-            key = value
+            key = unquote_key(value)
         else:
-            name, key = f"{label}:{number}", line
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-            raise ConfigError(f"{where}, line {number}: the key holds control characters")
+            name, key = f"{label}:{number}", unquote_key(line)
+        problem = key_problem(key)
+        if problem is not None:
+            raise ConfigError(f"{where}, line {number}: {problem}")
         if name in names:
             raise ConfigError(f"{where}, line {number}: the name {name} is already used on "
                               f"line {names[name]}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from types import TracebackType
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -140,8 +141,9 @@ class OpenAIClient:
         secret_headers: Mapping[str, str] | None = None,
         max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
     ) -> None:
-        if not max_response_mb > 0:
-            raise ValueError(f"max_response_mb must be positive, got {max_response_mb}")
+        for setting, number in (("max_response_mb", max_response_mb), ("timeout", timeout)):
+            if not 0 < number < math.inf:  # nan and inf too
+                raise ValueError(f"{setting} must be a positive finite number, got {number}")
         self.base_url = base_url
         self.azure = azure
         self.api_version = api_version

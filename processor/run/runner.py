@@ -174,7 +174,8 @@ async def run_job(
     # Before anything is read or written: paths that would destroy data, then the
     # lock, held across the resume scan and the torn-line repair to the last write.
     check_job_paths(src, out_path, err_path)
-    with JobLock(job_locks(out_path, err_path)):
+    with JobLock(job_locks(out_path, err_path),
+                 files=[out_path, err_path, ledger_path(out_path)]):
         return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
                           count_total)
 

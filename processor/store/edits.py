@@ -220,9 +220,12 @@ def _failed_id(raw: bytes) -> str | None:
 
 def _split(path: Path, stamp: str, leaves: Callable[[bytes], bool],
            record: int = 0) -> tuple[Path, int] | None:
-    """Rewrite ``path`` without the records ``leaves`` picks, which go to a side file."""
+    """Rewrite ``path`` without the records ``leaves`` picks, which go to a side file.
+    A symlink is followed: the file it names is rewritten, the link stays a link."""
     if not path.exists():
         return None
+    if os.path.islink(path):
+        path = Path(os.path.realpath(path))
     side = path.with_name(f"{path.name}.superseded-{stamp}")
     tmp = path.with_name(f"{path.name}.rewrite-{stamp}")
     n = 0
@@ -314,7 +317,8 @@ def unreported(
     items: Iterable[Job | BadLine], state: ResumeState, stats: Stats,
     sendable: Callable[[Job], bool],
 ) -> Iterator[Job | BadLine]:
-    """Leave out bad lines reported before; note earlier bad lines that are now valid.
+    """Leave out bad lines reported before (named in a note: the job is not complete);
+    note earlier bad lines that are now valid.
 
     A bad line is known by its content: the k-th occurrence of the same bad bytes is
     left out only if at least k were reported. A valid request is never left out
@@ -329,14 +333,23 @@ def unreported(
         yield from items
         return
     resent = state.superseded
+    # Lines still bad, reported before (not written again): how many, the first ten.
+    still, still_lines = 0, []
+
     for item in items:
         if counts.get(item.line_hash, 0) > 0:
             counts[item.line_hash] -= 1
             if isinstance(item, BadLine) or not sendable(item):
+                still += 1
+                if still <= 10:
+                    still_lines.append(item.line)
                 continue
         elif isinstance(item, BadLine):
             if item.line in legacy:
                 legacy.discard(item.line)
+                still += 1
+                if still <= 10:
+                    still_lines.append(item.line)
                 continue
         if isinstance(item, Job) and item.line in reported and item.custom_id not in resent:
             stats.fixed_sent += 1
@@ -346,6 +359,12 @@ def unreported(
     # The whole input was read: reports whose bytes are nowhere in it now were fixed or
     # removed (known by content, so right even when lines moved).
     stats.fixed_lines = sum(n for n in counts.values() if n > 0) + len(legacy)
+    if still:
+        more = ", ..." if still > 10 else ""
+        stats.notes.append(
+            f"{still:,} bad line(s) reported in an earlier run are still bad (lines "
+            f"{', '.join(str(n) for n in still_lines)}{more}); their records are in the "
+            "errors file already, not written again: fix them and rerun")
 
 
 def edit_notes(stats: Stats) -> None:

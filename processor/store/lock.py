@@ -5,6 +5,10 @@ on any exit, ``kill -9`` included; a lock file left by a killed run is simply ta
 over. The file holds the holder's PID, host and start time, for the message a second
 run prints. It is removed on release (after checking, on acquiring, that the file
 locked is still the one at the path, so a removal never lets two runs in).
+
+Lock files are named after the output's (real) name, so a hard link, another name of
+the same file, has its own: the outputs themselves are also locked in place (``flock``
+on the file), when the run starts if they exist, else when the run creates them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from types import TracebackType
 
 from ..errors import JobLocked, OutputError
 
-__all__ = ["JobLock"]
+__all__ = ["JobLock", "lock_in_place"]
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +43,37 @@ class JobLock:
         OutputError: a lock file cannot be created or written.
     """
 
-    __slots__ = ("paths", "_held")
+    __slots__ = ("paths", "files", "_held", "_files")
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], files: Sequence[Path] = ()) -> None:
         self.paths = list(dict.fromkeys(paths))
+        #: outputs locked in place when they exist (their other names, hard links, have
+        #: other lock files); :func:`lock_in_place` covers the ones created later.
+        self.files = list(dict.fromkeys(files))
         self._held: list[tuple[Path, int]] = []
+        self._files: list[int] = []
 
     def acquire(self) -> None:
         try:
             for path in self.paths:
                 self._held.append((path, _lock_one(path)))
+            for path in self.files:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue  # not there yet (or unreadable: opening it later says why)
+                self._files.append(fd)
+                if not lock_in_place(fd):
+                    raise JobLocked(f"{path} (locked in place: another name of this file, "
+                                    "a hard link, is being written)")
         except BaseException:
             self.release()
             raise
 
     def release(self) -> None:
         """Remove the lock files and let go (also safe when nothing is held)."""
+        while self._files:
+            os.close(self._files.pop())
         while self._held:
             path, fd = self._held.pop()
             try:
@@ -70,6 +89,18 @@ class JobLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def lock_in_place(fd: int) -> bool:
+    """``flock`` an output file itself (every name of it, hard links included, meets
+    there); False if another process holds it. A file system without locks: True."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def _lock_one(path: Path) -> int:

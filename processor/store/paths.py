@@ -121,19 +121,31 @@ def check_input(path: Path, what: str = "input") -> None:
 _RUN_HINT = "outputs are appended to and read back on resume; give a file"
 
 
-def check_output(path: Path, what: str, hint: str = _RUN_HINT) -> None:
+# Names batchproc gives its own files beside an output: a ledger (binary hashes, read
+# on every resume) and a lock (deleted when its run ends). Never a user's output.
+_OWN_SUFFIXES = {".ledger": "the ledger of a results file (binary; read to resume that job)",
+                 ".lock": "a lock file (deleted when the run holding it ends)"}
+
+
+def check_output(path: Path, what: str, hint: str = _RUN_HINT, *,
+                 own_file: bool = False) -> None:
     """An output must be a regular file, or not exist yet in a folder that can hold it.
 
     Args:
         path: the output.
         what: its role in messages, e.g. ``--output``.
         hint: what the user should do instead, for a stream or a non-file.
+        own_file: a ledger or lock of this run; else a name (or symlink target) ending
+            in ``.ledger`` or ``.lock`` is refused: it is another job's ledger or lock,
+            which writing to would destroy (a lock file is even deleted at its run's end).
 
     Raises:
         ConfigError: naming ``what`` (e.g. ``--output``) and the reason.
     """
     if _STREAM.match(os.path.abspath(path)):
         raise ConfigError(f"{what} {path} is a process's stream, not a file: {hint}")
+    if not own_file:
+        _check_not_own(path, what)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -151,6 +163,15 @@ def check_output(path: Path, what: str, hint: str = _RUN_HINT) -> None:
     stream = _std_streams().get(("inode", st.st_dev, st.st_ino))
     if stream is not None:
         raise ConfigError(f"{what} {path} is this process's {stream}; give another file")
+
+
+def _check_not_own(path: Path, what: str) -> None:
+    for name in {Path(path).name, Path(os.path.realpath(path)).name}:
+        for suffix, kind in _OWN_SUFFIXES.items():
+            if name.endswith(suffix):
+                raise ConfigError(f"{what} {path} is named like {kind}: batchproc keeps "
+                                  f"the names ending in {suffix} for its own files; give "
+                                  "another name")
 
 
 def _check_parent(path: Path, what: str) -> None:
@@ -219,5 +240,7 @@ def check_job_paths(src: Path, results: Path, errors: Path) -> None:
               ("the errors lock", lock_path(errors)),
               ("the ledger lock", lock_path(ledger_path(results)))]
     for role, path in writes:
-        check_output(path, role)
+        check_output(path, role, own_file=True)
     check_distinct([("the input", src)], writes)
+    for role, path in writes[:2]:
+        _check_not_own(path, role)

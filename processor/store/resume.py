@@ -52,10 +52,12 @@ def stop_check(flag: threading.Event | None) -> Callable[[], None] | None:
 
 log = logging.getLogger(__name__)
 
-# Our own records start {"id":"batch_req_...","custom_id":"..."; read the id from the
-# first bytes without parsing a possibly large response body. Other writers' lines
-# fall back to a full parse.
-_FAST_ID = re.compile(rb'\{"id":"[^"\\]*","custom_id":("(?:[^"\\]|\\.)*")')
+# Our own records start {"id":"batch_req_...","custom_id":"...","response":{"status_code":2xx
+# and end ,"error":null}; read the id from the first bytes without parsing a possibly
+# large response body. Other lines (other writers, OpenAI Batch API failures with the
+# same prefix) fall back to a full parse.
+_FAST_ID = re.compile(
+    rb'\{"id":"[^"\\]*","custom_id":("(?:[^"\\]|\\.)*"),"response":\{"status_code":2\d\d,')
 
 
 @dataclass(slots=True)
@@ -187,23 +189,34 @@ def _save_new(beside: Path, name: str, data: bytes) -> Path:
     return side
 
 
-def _custom_id(raw: bytes) -> tuple[str | None, dict[str, object] | None]:
+def _custom_id(raw: bytes) -> tuple[str | None, bool]:
+    """The ``custom_id`` of a results line (None: not a record), and whether the line
+    holds an answer: no ``error`` and, where a status is given, a 2xx one. OpenAI's
+    Batch API writes failures as ``"response": null`` with an ``error``, and 4xx/5xx
+    answers with their status; such a line is a failure, not an answer."""
     m = _FAST_ID.match(raw)
-    if m is not None:
+    if m is not None and raw.endswith((b',"error":null}\n', b',"error":null}')):
         try:
             value = orjson.loads(m.group(1))
         except orjson.JSONDecodeError:
             value = None
         if isinstance(value, str):
-            return value, None
+            return value, True
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, False
     if not isinstance(obj, dict):
-        return None, None
+        return None, False
     cid = obj.get("custom_id")
-    return (cid if isinstance(cid, str) else None), obj
+    if not isinstance(cid, str):
+        return None, False
+    response = obj.get("response", {})
+    status = response.get("status_code") if isinstance(response, dict) else None
+    answered = (isinstance(response, dict) and not obj.get("error")
+                and ("status_code" not in response
+                     or (type(status) is int and 200 <= status < 300)))
+    return cid, answered
 
 
 def load_state(results: Path, errors: Path, *,
@@ -234,9 +247,14 @@ def load_state(results: Path, errors: Path, *,
             for n, raw in enumerate(f):
                 if check is not None and not n % CHECK_EVERY:
                     check()
-                cid, _ = _custom_id(raw)
+                cid, answered = _custom_id(raw)
                 if cid is None:
                     state.invalid_lines += 1
+                elif not answered:
+                    # A failure (another tool's results file): failed for good, not done;
+                    # --retry-failed sends it again.
+                    if state.failed.add(cid, 0) and cid.startswith(POSITIONAL_PREFIX):
+                        state.positional += 1
                 elif state.done.add(cid) and cid.startswith(POSITIONAL_PREFIX):
                     state.positional += 1
     if with_ledger:
@@ -302,12 +320,16 @@ def _read_ledger(path: Path, state: ResumeState, check: Callable[[], None] | Non
 
 def move_aside(path: Path) -> Path | None:
     """Rename ``path`` to ``<name>.<timestamp>.bak`` (for ``--fresh``); never delete it.
+    A symlink is followed: the file it names is renamed beside itself, so the new run
+    writes through the link to where the user keeps it.
 
     Raises:
         OutputError: the rename failed (the file is left where it was).
     """
     if not path.exists():
         return None
+    if os.path.islink(path):  # the file a link names moves; the link is left dangling
+        path = Path(os.path.realpath(path))
     stamp = time.strftime('%Y%m%dT%H%M%S')
     target = path.with_name(f"{path.name}.{stamp}.bak")
     n = 1
