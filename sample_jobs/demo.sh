@@ -12,7 +12,7 @@ if [ "$PORT" = auto ]; then
     PORT=$("$BIN/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 fi
 name=$(basename "$JOB" .jsonl)
-rm -f "$OUT/$name.results.jsonl" "$OUT/$name.errors.jsonl"
+rm -f "$OUT/$name.results.jsonl" "$OUT/$name.errors.jsonl" "$OUT/$name.results.jsonl.ledger"
 
 "$BIN/batchproc" mock-server --port "$PORT" --rpm 600 --tpm 60000 --latency-ms 80 \
     --latency-jitter-ms 40 --fail-500 0.05 --seed 1 &
