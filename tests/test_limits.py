@@ -514,7 +514,7 @@ def test_rate_limited_pauses_and_slows_down() -> None:
     lim = limiter(240, None, ft)
     lim.rate_limited(2.0)
     assert lim.paused_until == 2.0
-    assert lim.scale == pytest.approx(0.9)
+    assert lim.backoff.scale == pytest.approx(0.9)
     assert lim.counters[0].rate == pytest.approx(4 * 0.9)
 
 
@@ -530,22 +530,22 @@ def test_rate_limited_decreases_at_most_once_per_cooldown() -> None:
     lim = limiter(240, None, ft)
     for _ in range(20):  # a burst of in-flight 429s coming back together
         lim.rate_limited(0.5)
-    assert lim.scale == pytest.approx(0.9)
+    assert lim.backoff.scale == pytest.approx(0.9)
     ft.t = 1.0
     lim.rate_limited(0.5)
     # Recovered 1 s x 0.01 first, then decreased again.
-    assert lim.scale == pytest.approx(0.91 * 0.9)
+    assert lim.backoff.scale == pytest.approx(0.91 * 0.9)
 
 
 def test_rate_limited_never_goes_below_min_scale() -> None:
     ft = FakeTime()
     lim = limiter(240, None, ft)
-    lim.recovery_per_s = 0.0  # isolate the floor from the recovery
+    lim.backoff.recovery_per_s = 0.0  # isolate the floor from the recovery
     for i in range(200):
         ft.t = float(i)
         lim.rate_limited(0.0)
-    assert lim.scale == pytest.approx(lim.min_scale)
-    assert lim.counters[0].rate == pytest.approx(4 * lim.min_scale)
+    assert lim.backoff.scale == pytest.approx(lim.backoff.min_scale)
+    assert lim.counters[0].rate == pytest.approx(4 * lim.backoff.min_scale)
 
 
 def test_repeated_429s_settle_where_recovery_balances_the_decrease() -> None:
@@ -555,7 +555,7 @@ def test_repeated_429s_settle_where_recovery_balances_the_decrease() -> None:
         ft.t = float(i)
         lim.rate_limited(0.0)
     # s = (s + 0.01) * 0.9  =>  s = 0.09
-    assert lim.scale == pytest.approx(0.09, rel=1e-3)
+    assert lim.backoff.scale == pytest.approx(0.09, rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -568,7 +568,7 @@ def test_scale_recovers_linearly(later: float, expected: float) -> None:
     lim = limiter(240, None, ft)
     lim.rate_limited(0.0)
     lim.wait_time(1, later)
-    assert lim.scale == pytest.approx(expected)
+    assert lim.backoff.scale == pytest.approx(expected)
     assert lim.counters[0].rate == pytest.approx(4 * expected)
 
 
@@ -577,7 +577,7 @@ def test_rate_limited_on_a_limiter_without_counters_only_pauses() -> None:
     lim = Limiter(clock=ft)
     lim.rate_limited(3.0)
     assert lim.paused_until == 3.0
-    assert lim.scale == 1.0
+    assert lim.backoff.scale == 1.0
 
 
 # -- float rounding, server sync, auto limits, daily budgets, refunds ------------------
@@ -643,7 +643,7 @@ async def test_foreign_spending_is_learned_and_slows_the_refill() -> None:
             admitted.append(ft.t)
             lim.sync(600, server, None, None, sent_at=ft.t, cum_requests=lim.cum_requests,
                      cum_tokens=lim.cum_tokens)
-    foreign = lim.foreign_rates["requests/min"]
+    foreign = lim.server.foreign_rates["requests/min"]
     assert foreign == pytest.approx(300, rel=0.1)  # the other client's 5/s
     late = [t for t in admitted if t > admitted[-1] - 10]
     assert len(late) / 10 == pytest.approx(5, rel=0.15)  # our share: ~5/s
@@ -692,7 +692,7 @@ def test_429_back_off_leaves_the_daily_budget_alone() -> None:
     daily = {c.name: c for c in lim.counters if not c.refill}
     assert daily["requests/day"].available(ft.t) == 99
     assert daily["tokens/day"].available(ft.t) == 1_000_000 - 100
-    assert daily["requests/day"].scale == 1.0 and lim.scale < 1.0
+    assert daily["requests/day"].scale == 1.0 and lim.backoff.scale < 1.0
 
 
 def test_refund_gives_back_unused_tokens_up_to_the_bucket() -> None:
@@ -732,7 +732,7 @@ def test_plausible_limits(kind: Unit, limit: float, smallest: int | None, expect
     if smallest is not None:
         assert lim.try_acquire(smallest) == 0.0
         lim.try_acquire(smallest + 100)  # larger ones do not move the bar
-    assert lim.plausible(kind, limit) is expected
+    assert lim.server.plausible(kind, limit) is expected
 
 
 def test_sync_ignores_an_implausible_limit_and_its_mirror() -> None:

@@ -196,7 +196,7 @@ def test_limiter_mirrors_then_waits_for_them() -> None:
     lim.sync(600.0, 0.0, None, None, sent_at=0.0, cum_requests=0, cum_tokens=0)
     # No flag, but the server's requests counter is empty: 0.1 s for one more at 10/s.
     assert lim.try_acquire(1) == pytest.approx(0.1)
-    assert lim.foreign_rates == {"requests/min": 0.0}
+    assert lim.server.foreign_rates == {"requests/min": 0.0}
     assert lim.counters == []  # a mirror is no counter of ours: flags and back-off skip it
 
 

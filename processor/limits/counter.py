@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-__all__ = ["DAY", "MINUTE", "Counter", "Unit", "counter_name"]
+__all__ = ["DAY", "MINUTE", "Counter", "Unit", "counter_name", "flag_counters"]
 
 MINUTE = 60.0
 DAY = 86_400.0
@@ -161,3 +161,29 @@ class Counter:
         """Credit available now (negative while in debt)."""
         self._refill(now)
         return self.level
+
+
+def flag_counters(
+    rpm: float | None,
+    tpm: float | None,
+    rpd: float | None = None,
+    tpd: float | None = None,
+    *,
+    burst_seconds: float = 1.0,
+    now: float | None = None,
+) -> list[Counter]:
+    """The counters for the usual flags (None means no limit), per minute then per day.
+
+    Daily counters (``rpd``, ``tpd``) are budgets for the run: they start full, are
+    spent at no more than the per-minute rates, and never refill within the run
+    (the server's day does not restart when we do; rerun when it has).
+    """
+    counters = []
+    for unit, limit in ((Unit.REQUESTS, rpm), (Unit.TOKENS, tpm)):
+        if limit:
+            counters.append(Counter(unit, limit, burst_seconds=burst_seconds, now=now))
+    for unit, budget in ((Unit.REQUESTS, rpd), (Unit.TOKENS, tpd)):
+        if budget:
+            counters.append(Counter(unit, budget, period=DAY, burst_seconds=DAY, now=now,
+                                    initial=budget, refill=False))
+    return counters

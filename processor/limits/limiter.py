@@ -16,10 +16,56 @@ from collections.abc import Iterable
 
 from .._types import Clock
 from ..stats import clamp_seconds
-from .counter import DAY, MINUTE, Counter, Unit
+from .counter import Counter, Unit, flag_counters
 from .server import ServerLimits
 
-__all__ = ["Limiter"]
+__all__ = ["Backoff", "Limiter"]
+
+
+class Backoff:
+    """The slow-down after 429s, applied to a limiter's counters.
+
+    A 429 despite our counters means the server sees less capacity than we were told
+    (another client spends the same budget, or the flags are too high): the rates drop
+    by ``decrease`` (to no less than ``min_scale`` x the limits), then recover linearly
+    by ``recovery_per_s`` toward them. Budgets (``--rpd`` / ``--tpd``) are not rates and
+    are left alone.
+    """
+
+    __slots__ = ("counters", "scale", "min_scale", "decrease", "recovery_per_s", "_scaled_at",
+                 "_last_decrease")
+
+    def __init__(self, counters: list[Counter]) -> None:
+        self.counters = counters  # the limiter's own list: counters added later are included
+        self.scale = 1.0
+        self.min_scale = 0.05
+        self.decrease = 0.9
+        self.recovery_per_s = 0.01
+        self._scaled_at = -math.inf
+        self._last_decrease = -math.inf
+
+    def refused(self, now: float, cooldown: float) -> None:
+        """A 429 at ``now``: slow down, at most once per ``cooldown`` seconds.
+
+        Requests already in flight when the first 429 came back would be refused too;
+        counting each of their 429s would collapse the rate.
+        """
+        if self.counters and now - self._last_decrease >= cooldown:
+            self._last_decrease = now
+            self.recover(now)
+            self._set(max(self.min_scale, self.scale * self.decrease), now)
+
+    def recover(self, now: float) -> None:
+        """Recover linearly toward the full rates (called before each wait is computed)."""
+        if self.scale < 1.0:
+            self._set(min(1.0, self.scale + (now - self._scaled_at) * self.recovery_per_s), now)
+
+    def _set(self, scale: float, now: float) -> None:
+        self.scale = scale
+        self._scaled_at = now
+        for c in self.counters:
+            if c.refill:  # a budget is not a rate: back-off does not shrink it
+                c.set_scale(scale, now)
 
 
 class Limiter:
@@ -39,8 +85,7 @@ class Limiter:
         burst_seconds: the burst of a counter learned in ``auto`` mode.
     """
 
-    __slots__ = ("counters", "_clock", "paused_until", "_requests", "_tokens", "scale",
-                 "min_scale", "decrease", "recovery_per_s", "_scaled_at", "_last_decrease",
+    __slots__ = ("counters", "_clock", "paused_until", "_requests", "_tokens", "backoff",
                  "server", "cum_requests", "cum_tokens", "_all", "burst_seconds")
 
     def __init__(
@@ -56,14 +101,7 @@ class Limiter:
         self.counters = list(counters)
         self._clock = clock
         self.paused_until = -math.inf
-        # Back-off after 429s: multiply the rates by ``decrease`` (at most once per
-        # cool-down), then recover linearly by ``recovery_per_s`` toward the limits.
-        self.scale = 1.0
-        self.min_scale = 0.05
-        self.decrease = 0.9
-        self.recovery_per_s = 0.01
-        self._scaled_at = -math.inf
-        self._last_decrease = -math.inf
+        self.backoff = Backoff(self.counters)
         auto = {Unit.REQUESTS} if auto_requests else set()
         self.server = ServerLimits(auto | ({Unit.TOKENS} if auto_tokens else set()),
                                    sync_interval)
@@ -92,21 +130,9 @@ class Limiter:
         rpd: float | None = None,
         tpd: float | None = None,
     ) -> Limiter:
-        """A limiter for the usual flags (None means no limit).
-
-        Daily counters (``rpd``, ``tpd``) are budgets for the run: they start full, are
-        spent at no more than the per-minute rates, and never refill within the run
-        (the server's day does not restart when we do; rerun when it has).
-        """
-        now = clock() if clock else None
-        counters = []
-        for unit, limit in ((Unit.REQUESTS, rpm), (Unit.TOKENS, tpm)):
-            if limit:
-                counters.append(Counter(unit, limit, burst_seconds=burst_seconds, now=now))
-        for unit, budget in ((Unit.REQUESTS, rpd), (Unit.TOKENS, tpd)):
-            if budget:
-                counters.append(Counter(unit, budget, period=DAY, burst_seconds=DAY, now=now,
-                                        initial=budget, refill=False))
+        """A limiter for the usual flags (None means no limit): see :func:`flag_counters`."""
+        counters = flag_counters(rpm, tpm, rpd, tpd, burst_seconds=burst_seconds,
+                                 now=clock() if clock else None)
         return cls(counters, clock=clock, auto_requests=auto_requests,
                    auto_tokens=auto_tokens, burst_seconds=burst_seconds)
 
@@ -135,22 +161,13 @@ class Limiter:
 
     @property
     def ignored(self) -> dict[str, float]:
-        """Stated limits that cannot be real, by counter name: see :meth:`plausible`."""
+        """Stated limits that cannot be real, by counter name (:meth:`ServerLimits.plausible`)."""
         return self.server.ignored
 
     @property
     def smallest_tokens(self) -> float:
         """The smallest token cost admitted so far (inf before the first)."""
         return self.server.smallest_tokens
-
-    @property
-    def foreign_rates(self) -> dict[str, float]:
-        """Per-minute rates other clients of the key seem to spend, by counter name."""
-        return self.server.foreign_rates
-
-    def plausible(self, unit: Unit, limit: float) -> bool:
-        """Whether a stated per-minute ``limit`` of ``unit`` can be real."""
-        return self.server.plausible(unit, limit)
 
     # -- admission -------------------------------------------------------------------
 
@@ -168,8 +185,8 @@ class Limiter:
 
     def wait_time(self, tokens: int, now: float) -> float:
         """Seconds until a request of ``tokens`` may go."""
-        if self.scale < 1.0:
-            self._recover(now)
+        if self.backoff.scale < 1.0:
+            self.backoff.recover(now)
         wait = self.paused_until - now
         for c in self._requests:
             wait = max(wait, c.wait_time(1, now))
@@ -204,9 +221,7 @@ class Limiter:
         may change it) and asks again; a 429 meanwhile may have lengthened it.
         """
         if not self._all and self.paused_until == -math.inf:
-            self.server.admitted(tokens)
-            self.cum_requests += 1
-            self.cum_tokens += tokens
+            self.spend(tokens, 0.0)  # no counter to charge: the clock is not even read
             return 0.0
         now = self.now()
         wait = self.wait_time(tokens, now)
@@ -236,66 +251,29 @@ class Limiter:
                 c.drain(now)
 
     def rate_limited(self, retry_after: float | None, cooldown: float = 1.0) -> None:
-        """React to a 429: pause for the server's hint and slow down.
-
-        A 429 despite our counters means the server sees less capacity than we were
-        told (another client spends the same budget, or the flags are too high), so
-        the rates drop by ``decrease``. Requests already in flight when the first 429
-        came back would be refused too; counting each of their 429s would collapse the
-        rate, so at most one decrease happens per ``cooldown`` seconds.
-        """
+        """React to a 429: pause for the server's hint (1 s without one) and slow down
+        (:class:`Backoff`, at most once per ``cooldown`` seconds)."""
         self.pause(retry_after if retry_after is not None else 1.0)
-        now = self.now()
-        if self.counters and now - self._last_decrease >= cooldown:
-            self._last_decrease = now
-            self._recover(now)
-            self._set_scale(max(self.min_scale, self.scale * self.decrease), now)
-
-    def _recover(self, now: float) -> None:
-        if self.scale < 1.0:
-            scale = min(1.0, self.scale + (now - self._scaled_at) * self.recovery_per_s)
-            self._set_scale(scale, now)
-
-    def _set_scale(self, scale: float, now: float) -> None:
-        self.scale = scale
-        self._scaled_at = now
-        for c in self.counters:
-            if c.refill:  # a budget is not a rate: back-off does not shrink it
-                c.set_scale(scale, now)
+        self.backoff.refused(self.now(), cooldown)
 
     # -- learning from headers -------------------------------------------------------
 
     def observe(self, limit_requests: float | None, limit_tokens: float | None) -> None:
         """Adopt the server's per-minute limits where they are lower than ours.
 
-        Never goes above the user's flags (each counter's ``ceiling``). In ``auto``
-        mode a missing per-minute counter is created from the server's limit. A limit
-        that cannot be real (:meth:`plausible`) is noted in :attr:`ignored` and treated
-        as absent.
+        Never above the user's flags; in ``auto`` mode a missing per-minute counter is
+        created (:meth:`ServerLimits.adopt`). A limit that cannot be real is noted in
+        :attr:`ignored` and treated as absent.
         """
         self._adopt(self.server.stated({Unit.REQUESTS: limit_requests,
                                         Unit.TOKENS: limit_tokens}))
 
     def _adopt(self, said: dict[Unit, float]) -> None:
-        """Apply plausible stated per-minute limits to the counters (see :meth:`observe`)."""
-        now: float | None = None
-        for unit, server in said.items():
-            auto = unit in self.server.auto
-            counter = next((c for c in self.counters
-                            if c.unit is unit and c.period == MINUTE), None)
-            now = self.now() if now is None else now
-            if counter is None:
-                if auto:
-                    counter = Counter(unit, server, burst_seconds=self.burst_seconds, now=now)
-                    counter.ceiling = math.inf
-                    counter.set_scale(self.scale, now)
-                    self.add(counter)
-                    self.server.learned[unit.per_minute] = server
-                continue
-            if abs(counter.limit - min(server, counter.ceiling)) > 1e-9:
-                counter.set_limit(min(server, counter.ceiling), now)
-                if auto:
-                    self.server.learned[unit.per_minute] = server
+        if said:
+            for counter in self.server.adopt(said, self.counters, self.now(),
+                                             scale=self.backoff.scale,
+                                             burst_seconds=self.burst_seconds):
+                self.add(counter)
 
     def sync(
         self,
@@ -325,20 +303,11 @@ class Limiter:
         # A stated limit that cannot be real (below one request, or below a request the
         # server answered) is ignored, mirrors and all: adopting it would write requests
         # off or idle for hours. The engine warns once and watches for 429s.
-        limits = self.server.stated({Unit.REQUESTS: limit_requests, Unit.TOKENS: limit_tokens})
-        self._adopt(limits)
-        now = self.now()
-        changed = False
-        for unit, remaining, spent in (
-            (Unit.REQUESTS, remaining_requests, self.cum_requests - cum_requests),
-            (Unit.TOKENS, remaining_tokens, self.cum_tokens - cum_tokens),
-        ):
-            limit = limits.get(unit)
-            if not limit or remaining is None:
-                continue
-            level = remaining + max(0.0, now - sent_at) * limit / MINUTE - spent
-            refused = None if refused_tokens is None else unit.amount(float(refused_tokens))
-            new = self.server.mirror(unit, limit, level, now, force=force, refused=refused)
-            changed = changed or new is not None
-        if changed:
+        said = self.server.stated({Unit.REQUESTS: limit_requests, Unit.TOKENS: limit_tokens})
+        self._adopt(said)
+        remaining = {Unit.REQUESTS: remaining_requests, Unit.TOKENS: remaining_tokens}
+        spent = {Unit.REQUESTS: self.cum_requests - cum_requests,
+                 Unit.TOKENS: self.cum_tokens - cum_tokens}
+        if self.server.sync_mirrors(said, remaining, spent, sent_at=sent_at, now=self.now(),
+                                    force=force, refused_tokens=refused_tokens):
             self._split()

@@ -140,6 +140,51 @@ class ServerLimits:
         mirror.sync(limit, level, now, self.sync_interval, force)
         return None
 
+    def adopt(self, said: dict[Unit, float], counters: list[Counter], now: float, *,
+              scale: float, burst_seconds: float) -> list[Counter]:
+        """Bring our per-minute ``counters`` to the limits ``said`` (see :meth:`stated`).
+
+        A counter goes down to a lower stated limit, or back up to at most its flag (its
+        ``ceiling``). In ``auto`` mode a unit without a per-minute counter gets one: those
+        are returned for the limiter to add (running at its back-off ``scale``).
+        """
+        new = []
+        for unit, limit in said.items():
+            auto = unit in self.auto
+            counter = next((c for c in counters if c.unit is unit and c.period == MINUTE), None)
+            if counter is None:
+                if auto:
+                    counter = Counter(unit, limit, burst_seconds=burst_seconds, now=now)
+                    counter.ceiling = math.inf  # learned, not a flag: see Limiter.too_large
+                    counter.set_scale(scale, now)
+                    new.append(counter)
+                    self.learned[unit.per_minute] = limit
+                continue
+            if abs(counter.limit - min(limit, counter.ceiling)) > 1e-9:
+                counter.set_limit(min(limit, counter.ceiling), now)
+                if auto:
+                    self.learned[unit.per_minute] = limit
+        return new
+
+    def sync_mirrors(self, said: dict[Unit, float], remaining: dict[Unit, float | None],
+                     spent: dict[Unit, float], *, sent_at: float, now: float, force: bool,
+                     refused_tokens: int | None) -> bool:
+        """Bring the mirrors in step with one answer's headers; True if one was created.
+
+        ``remaining``: the ``x-ratelimit-remaining-*`` values; ``spent``: what we spent
+        since the answered request was admitted at ``sent_at``, by unit.
+        """
+        created = False
+        for unit, limit in said.items():
+            left = remaining[unit]
+            if left is None:
+                continue
+            level = left + max(0.0, now - sent_at) * limit / MINUTE - spent[unit]
+            refused = None if refused_tokens is None else unit.amount(float(refused_tokens))
+            created = self.mirror(unit, limit, level, now, force=force,
+                                  refused=refused) is not None or created
+        return created
+
     @property
     def foreign_rates(self) -> dict[str, float]:
         """Per-minute rates other clients of the key seem to spend, by counter name."""
