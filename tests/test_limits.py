@@ -139,9 +139,9 @@ def test_counter_rejects_bad_limits(limit: float, period: float) -> None:
         Counter(Unit.TOKENS, limit, period=period)
 
 
-def test_counter_oversize_amount_waits_for_a_full_bucket_then_runs_into_debt() -> None:
-    c = Counter(Unit.TOKENS, 480, now=0.0)  # 8 a second, bucket of 8
-    assert c.wait_time(40, 0.0) == 1.0  # waits only for a full bucket, not 5 s
+def test_counter_oversize_amount_waits_for_a_full_counter_then_runs_into_debt() -> None:
+    c = Counter(Unit.TOKENS, 480, now=0.0)  # 8 a second, size 8
+    assert c.wait_time(40, 0.0) == 1.0  # waits only for a full counter, not 5 s
     assert c.wait_time(40, 1.0) == 0.0
     c.spend(40, 1.0)
     assert c.available(1.0) == -32.0
@@ -163,7 +163,7 @@ def test_counter_drain_drops_credit_but_keeps_debt() -> None:
     [
         # Refilled at the old rate (1/s) up to the change, then the new rate applies.
         (600, 2.0, 10.0, 100.0, 2.0),
-        # Lowered: saved credit is cut to the new, smaller bucket.
+        # Lowered: saved credit is cut to the new, smaller size.
         (6, 8.0, 0.1, 1.0, 1.0),
         # Same limit: nothing changes but the refill.
         (60, 4.0, 1.0, 10.0, 4.0),
@@ -209,7 +209,7 @@ def test_counter_set_limit_rejects_non_positive(limit: float) -> None:
         (240, None, 500, 0.25),
         (None, 480, 4, 0.5),
         (None, 480, 8, 1.0),
-        (None, 480, 400, 1.0),  # oversize: waits for a full bucket only
+        (None, 480, 400, 1.0),  # oversize: waits for a full counter only
         (120, 240, 4, 1.0),  # tokens are the slower counter
         (60, 480, 4, 1.0),  # requests are the slower counter
     ],
@@ -269,7 +269,7 @@ def test_add_counter_joins_the_right_group() -> None:
 @pytest.mark.parametrize(
     ("tpm", "tokens", "expected"),
     [(480, 481, "tokens/min"), (480, 10**6, "tokens/min"), (480, 480, None), (480, 9, None)],
-    ids=["one-over", "far-over", "exactly-the-limit", "over-bucket-under-limit"],
+    ids=["one-over", "far-over", "exactly-the-limit", "over-size-under-limit"],
 )
 def test_too_large(tpm: float, tokens: int, expected: str | None) -> None:
     lim = limiter(None, tpm, FakeTime())
@@ -291,9 +291,9 @@ def test_too_large_names_the_flag_it_exceeds() -> None:
 
 async def test_oversize_request_runs_into_debt_and_later_ones_wait() -> None:
     ft = FakeTime()
-    lim = limiter(None, 480, ft)  # 8 tokens a second, bucket of 8
+    lim = limiter(None, 480, ft)  # 8 tokens a second, size 8
     await take(lim, ft, 40)
-    assert ft.t == 1.0  # a full bucket, then into debt
+    assert ft.t == 1.0  # a full counter, then into debt
     await take(lim, ft, 1)
     assert ft.t == 1.0 + 33 / 8  # repays 32 of debt plus its own 1 token
     await take(lim, ft, 8)
@@ -342,14 +342,14 @@ async def test_steady_rate_never_exceeds_the_limit_in_any_window(
 
 async def test_idle_credit_allows_one_burst_then_the_rate() -> None:
     ft = FakeTime()
-    lim = limiter(240, None, ft, burst_seconds=2.0)  # 4 a second, bucket of 8
-    ft.t = 100.0  # idle long enough to fill the bucket
+    lim = limiter(240, None, ft, burst_seconds=2.0)  # 4 a second, size 8
+    ft.t = 100.0  # idle long enough to fill the counter
     times = await admit(lim, ft, [1] * 300)
     assert times[:8] == [100.0] * 8  # the saved-up burst goes at once
     assert times[8] == 100.25
     ones = [1] * len(times)
     for width in (2.0, 5.0, 60.0):
-        # Token bucket bound: the rate over the window plus one bucket of saved credit.
+        # Token bucket bound: the rate over the window plus one counter's size of saved credit.
         assert max_in_window(times, ones, width) <= 4 * width + 8
     assert times[-1] == 100.0 + (300 - 8) / 4
 
@@ -357,7 +357,7 @@ async def test_idle_credit_allows_one_burst_then_the_rate() -> None:
 async def test_token_counter_rate_with_mixed_sizes() -> None:
     ft = FakeTime()
     rate = 128.0
-    lim = limiter(None, rate * 60, ft)  # bucket of 128 tokens
+    lim = limiter(None, rate * 60, ft)  # size 128 tokens
     sizes = [1, 50, 128, 7, 100, 64, 3] * 60
     times = await admit(lim, ft, sizes)
     for width in (1.0, 3.0, 10.0, 60.0):
@@ -607,7 +607,7 @@ async def test_server_remaining_below_ours_slows_us_down() -> None:
     start = ft.t
     await admit(lim, ft, [1] * 5)
     # Our own counter alone would allow these 5 in 0.5 s; the mirror of the server's
-    # bucket has 2 and refills at 10/s, so the 5th waits until 3 more refilled.
+    # counter has 2 and refills at 10/s, so the 5th waits until 3 more refilled.
     assert ft.t - start >= 0.3 - 1e-9
 
 
@@ -629,7 +629,7 @@ async def test_foreign_spending_is_learned_and_slows_the_refill() -> None:
     admitted: list[float] = []
     for _ in range(400):
         await take(lim, ft, 1)
-        # The server's bucket: refills 10/s, the other client takes 5/s of it.
+        # The server's counter: refills 10/s, the other client takes 5/s of it.
         server = min(600.0, server + (ft.t - last) * (10 - 5))
         last = ft.t
         if server < 1:
@@ -695,9 +695,9 @@ def test_429_back_off_leaves_the_daily_budget_alone() -> None:
     assert daily["requests/day"].scale == 1.0 and lim.backoff.scale < 1.0
 
 
-def test_refund_gives_back_unused_tokens_up_to_the_bucket() -> None:
+def test_refund_gives_back_unused_tokens_up_to_the_size() -> None:
     ft = FakeTime()
-    lim = limiter(None, 6000, ft)  # 100 tokens/s, bucket 100
+    lim = limiter(None, 6000, ft)  # 100 tokens/s, size 100
     ft.t = 1.0
     assert lim.try_acquire(100) == 0.0
     assert lim.wait_time(100, ft.t) == pytest.approx(1.0)
@@ -767,7 +767,7 @@ async def test_a_request_larger_than_an_adopted_limit_still_goes() -> None:
     ft = FakeTime()
     lim = Limiter(clock=ft, auto_tokens=True)
     lim.observe(None, 120.0)  # 2 tokens a second, 2 of burst
-    await take(lim, ft, 500)  # waits for a full bucket, then runs into debt
+    await take(lim, ft, 500)  # waits for a full counter, then runs into debt
     assert ft.t == 1.0
     await take(lim, ft, 10)
     assert ft.t == pytest.approx(1.0 + (500 - 2 + 2) / 2.0)  # the debt is repaid first

@@ -221,7 +221,10 @@ class Limiter:
         may change it) and asks again; a 429 meanwhile may have lengthened it.
         """
         if not self._all and self.paused_until == -math.inf:
-            self.spend(tokens, 0.0)  # no counter to charge: the clock is not even read
+            # No counter to charge (the hot path of an unlimited run): not even the clock.
+            self.server.admitted(tokens)
+            self.cum_requests += 1
+            self.cum_tokens += tokens
             return 0.0
         now = self.now()
         wait = self.wait_time(tokens, now)
