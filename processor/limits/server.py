@@ -2,9 +2,10 @@
 
 :class:`ServerLimits` screens the per-minute limits a server states (a limit below one
 request, or below a request the server has answered, cannot be real), tells which
-``auto`` limits are still to be learned, and keeps a :class:`Mirror` of each of the
-server's own counters. It decides nothing about admission: the
-:class:`~processor.limits.limiter.Limiter` adopts the limits and waits for the mirrors.
+``auto`` limits are still to be learned, brings our per-minute counters to the limits
+stated (never above the flags) and keeps a :class:`Mirror` of each of the server's own
+counters. It decides nothing about admission: the
+:class:`~processor.limits.limiter.Limiter` waits for its counters and the mirrors.
 """
 
 from __future__ import annotations
