@@ -20,7 +20,7 @@ from .errors import (
     ServerError,
 )
 from .jobs import BadLine, Job, ResultWriter, iter_jobs, parse_line
-from .limits.limiter import Capacity, Limiter
+from .limits import Capacity, Counter, Limiter, Unit
 from .run.engine import Engine, Lane
 from .run.pipeline import stream_results
 from .run.retry import Fallback, RetryPolicy, backoff, should_retry
@@ -39,6 +39,7 @@ __all__ = [
     "Capacity",
     "ConfigError",
     "Cost",
+    "Counter",
     "Engine",
     "Fallback",
     "FatalAPIError",
@@ -59,6 +60,7 @@ __all__ = [
     "ServerError",
     "Stats",
     "TokenCounter",
+    "Unit",
     "__version__",
     "backoff",
     "estimate_request_cost",

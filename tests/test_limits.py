@@ -1,4 +1,4 @@
-"""Capacity counters and the limiter, on a fake clock that never sleeps (processor.limits.limiter).
+"""Counters and the limiter, on a fake clock that never sleeps (processor.limits).
 
 Rates are chosen so that every wait is a binary fraction (1, 2, 4, 8, 128 units a second):
 the arithmetic is then exact and the expected admission times can be compared with ``==``.
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from processor.limits.limiter import Capacity, Limiter
+from processor.limits import DAY, Counter, Limiter, Unit
 
 
 class FakeTime:
@@ -30,21 +30,23 @@ class FakeTime:
         self.t += seconds
 
 
-async def _never_sleep(seconds: float) -> None:
-    raise AssertionError(f"unexpected sleep({seconds})")
-
-
 def limiter(
     rpm: float | None, tpm: float | None, ft: FakeTime, *, burst_seconds: float = 1.0
 ) -> Limiter:
-    return Limiter.per_minute(rpm, tpm, burst_seconds=burst_seconds, clock=ft, sleep=ft.sleep)
+    return Limiter.per_minute(rpm, tpm, burst_seconds=burst_seconds, clock=ft)
+
+
+async def take(lim: Limiter, ft: FakeTime, tokens: int) -> None:
+    """Admit one request as the engine does: try, sleep exactly the wait returned, retry."""
+    while (wait := lim.try_acquire(tokens)) > 0:
+        await ft.sleep(wait)
 
 
 async def admit(lim: Limiter, ft: FakeTime, sizes: list[int]) -> list[float]:
-    """Acquire each size in turn; return the admission times."""
+    """Admit each size in turn; return the admission times."""
     times = []
     for tokens in sizes:
-        await lim.acquire(tokens)
+        await take(lim, ft, tokens)
         times.append(ft.t)
     return times
 
@@ -63,7 +65,7 @@ def max_in_window(times: list[float], weights: list[int], width: float) -> float
     return best
 
 
-# --------------------------------------------------------------------------- Capacity
+# --------------------------------------------------------------------------- Counter
 
 
 @pytest.mark.parametrize(
@@ -79,15 +81,15 @@ def max_in_window(times: list[float], weights: list[int], width: float) -> float
     ],
     ids=["60rpm", "240rpm", "120rpm", "6rpm", "480tpm-full", "480tpm-half", "per-day"],
 )
-def test_capacity_starts_empty(limit: float, period: float, amount: int, expected: float) -> None:
-    c = Capacity("c", limit, period=period, now=100.0)
+def test_counter_starts_empty(limit: float, period: float, amount: int, expected: float) -> None:
+    c = Counter(Unit.TOKENS, limit, period=period, now=100.0)
     assert c.available(100.0) == 0.0
     assert c.wait_time(amount, 100.0) == pytest.approx(expected)
     assert c.wait_time(amount, 100.0 + expected) == 0.0
 
 
 @pytest.mark.parametrize(
-    ("limit", "burst_seconds", "expected_capacity"),
+    ("limit", "burst_seconds", "expected_size"),
     [
         (600, 1.0, 10.0),
         (600, 5.0, 50.0),
@@ -98,12 +100,12 @@ def test_capacity_starts_empty(limit: float, period: float, amount: int, expecte
     ],
     ids=["1s", "5s", "half-s", "floor-of-one", "no-burst", "90k-tpm"],
 )
-def test_capacity_burst_cap(limit: float, burst_seconds: float, expected_capacity: float) -> None:
-    c = Capacity("c", limit, burst_seconds=burst_seconds, now=0.0)
-    assert c.capacity == pytest.approx(expected_capacity)
+def test_counter_burst_cap(limit: float, burst_seconds: float, expected_size: float) -> None:
+    c = Counter(Unit.TOKENS, limit, burst_seconds=burst_seconds, now=0.0)
+    assert c.size == pytest.approx(expected_size)
     # However long it idles, credit stops at the cap.
-    assert c.available(10_000.0) == pytest.approx(expected_capacity)
-    assert c.available(1_000_000.0) == pytest.approx(expected_capacity)
+    assert c.available(10_000.0) == pytest.approx(expected_size)
+    assert c.available(1_000_000.0) == pytest.approx(expected_size)
 
 
 @pytest.mark.parametrize(
@@ -111,18 +113,18 @@ def test_capacity_burst_cap(limit: float, burst_seconds: float, expected_capacit
     [(0.0, 0.0), (0.25, 2.5), (0.5, 5.0), (1.0, 10.0), (3.0, 10.0)],
     ids=["now", "quarter", "half", "full", "capped"],
 )
-def test_capacity_refills_linearly(elapsed: float, expected: float) -> None:
-    c = Capacity("tokens/min", 600, now=0.0)
+def test_counter_refills_linearly(elapsed: float, expected: float) -> None:
+    c = Counter(Unit.TOKENS, 600, now=0.0)
     assert c.available(elapsed) == pytest.approx(expected)
 
 
-def test_capacity_initial_credit_is_capped() -> None:
-    assert Capacity("c", 600, now=0.0, initial=4).available(0.0) == 4
-    assert Capacity("c", 600, now=0.0, initial=1_000).available(0.0) == 10
+def test_counter_initial_credit_is_capped() -> None:
+    assert Counter(Unit.TOKENS, 600, now=0.0, initial=4).available(0.0) == 4
+    assert Counter(Unit.TOKENS, 600, now=0.0, initial=1_000).available(0.0) == 10
 
 
-def test_capacity_without_now_starts_its_clock_at_first_use() -> None:
-    c = Capacity("c", 60)
+def test_counter_without_now_starts_its_clock_at_first_use() -> None:
+    c = Counter(Unit.TOKENS, 60)
     assert c.wait_time(1, 5_000.0) == 1.0
     assert c.available(5_000.5) == pytest.approx(0.5)
 
@@ -132,14 +134,14 @@ def test_capacity_without_now_starts_its_clock_at_first_use() -> None:
     [(0, 60.0), (-5, 60.0), (60, 0.0), (60, -1.0), (math.nan, 60.0)],
     ids=["zero-limit", "negative-limit", "zero-period", "negative-period", "nan-limit"],
 )
-def test_capacity_rejects_bad_limits(limit: float, period: float) -> None:
+def test_counter_rejects_bad_limits(limit: float, period: float) -> None:
     with pytest.raises(ValueError, match="positive"):
-        Capacity("c", limit, period=period)
+        Counter(Unit.TOKENS, limit, period=period)
 
 
-def test_capacity_oversize_amount_waits_for_a_full_bucket_then_runs_into_debt() -> None:
-    c = Capacity("tokens/min", 480, now=0.0)  # 8 a second, bucket of 8
-    assert c.wait_time(40, 0.0) == 1.0  # waits only for a full bucket, not 5 s
+def test_counter_oversize_amount_waits_for_a_full_counter_then_runs_into_debt() -> None:
+    c = Counter(Unit.TOKENS, 480, now=0.0)  # 8 a second, size 8
+    assert c.wait_time(40, 0.0) == 1.0  # waits only for a full counter, not 5 s
     assert c.wait_time(40, 1.0) == 0.0
     c.spend(40, 1.0)
     assert c.available(1.0) == -32.0
@@ -147,8 +149,8 @@ def test_capacity_oversize_amount_waits_for_a_full_bucket_then_runs_into_debt() 
     assert c.wait_time(1, 1.0) == 4.125
 
 
-def test_capacity_drain_drops_credit_but_keeps_debt() -> None:
-    c = Capacity("c", 600, now=0.0, initial=10)
+def test_counter_drain_drops_credit_but_keeps_debt() -> None:
+    c = Counter(Unit.TOKENS, 600, now=0.0, initial=10)
     c.drain(0.0)
     assert c.available(0.0) == 0.0
     c.spend(5, 0.0)
@@ -157,41 +159,41 @@ def test_capacity_drain_drops_credit_but_keeps_debt() -> None:
 
 
 @pytest.mark.parametrize(
-    ("new_limit", "at", "expected_rate", "expected_capacity", "expected_level"),
+    ("new_limit", "at", "expected_rate", "expected_size", "expected_level"),
     [
         # Refilled at the old rate (1/s) up to the change, then the new rate applies.
         (600, 2.0, 10.0, 100.0, 2.0),
-        # Lowered: saved credit is cut to the new, smaller bucket.
+        # Lowered: saved credit is cut to the new, smaller size.
         (6, 8.0, 0.1, 1.0, 1.0),
         # Same limit: nothing changes but the refill.
         (60, 4.0, 1.0, 10.0, 4.0),
     ],
     ids=["raised", "lowered-caps-credit", "unchanged"],
 )
-def test_capacity_set_limit(
+def test_counter_set_limit(
     new_limit: float,
     at: float,
     expected_rate: float,
-    expected_capacity: float,
+    expected_size: float,
     expected_level: float,
 ) -> None:
-    c = Capacity("c", 60, burst_seconds=10.0, now=0.0)
+    c = Counter(Unit.TOKENS, 60, burst_seconds=10.0, now=0.0)
     c.set_limit(new_limit, at)
     assert c.limit == new_limit
     assert c.rate == pytest.approx(expected_rate)
-    assert c.capacity == pytest.approx(expected_capacity)
+    assert c.size == pytest.approx(expected_size)
     assert c.available(at) == pytest.approx(expected_level)
 
 
-def test_capacity_set_limit_new_rate_applies_after_the_change() -> None:
-    c = Capacity("c", 60, burst_seconds=10.0, now=0.0)
+def test_counter_set_limit_new_rate_applies_after_the_change() -> None:
+    c = Counter(Unit.TOKENS, 60, burst_seconds=10.0, now=0.0)
     c.set_limit(600, 2.0)
     assert c.available(3.0) == pytest.approx(12.0)  # 2 at 1/s, then 10 at 10/s
 
 
 @pytest.mark.parametrize("limit", [0, -1], ids=["zero", "negative"])
-def test_capacity_set_limit_rejects_non_positive(limit: float) -> None:
-    c = Capacity("c", 60, now=0.0)
+def test_counter_set_limit_rejects_non_positive(limit: float) -> None:
+    c = Counter(Unit.TOKENS, 60, now=0.0)
     with pytest.raises(ValueError, match="positive"):
         c.set_limit(limit, 1.0)
     assert c.limit == 60
@@ -207,7 +209,7 @@ def test_capacity_set_limit_rejects_non_positive(limit: float) -> None:
         (240, None, 500, 0.25),
         (None, 480, 4, 0.5),
         (None, 480, 8, 1.0),
-        (None, 480, 400, 1.0),  # oversize: waits for a full bucket only
+        (None, 480, 400, 1.0),  # oversize: waits for a full counter only
         (120, 240, 4, 1.0),  # tokens are the slower counter
         (60, 480, 4, 1.0),  # requests are the slower counter
     ],
@@ -219,26 +221,25 @@ async def test_first_request_waits_for_the_first_credit(
 ) -> None:
     ft = FakeTime()
     lim = limiter(rpm, tpm, ft)
-    await lim.acquire(tokens)
+    await take(lim, ft, tokens)
     assert ft.t == first_at
     assert ft.sleeps == [first_at]
 
 
 async def test_no_counters_never_waits() -> None:
-    lim = Limiter.per_minute(None, None, clock=lambda: 0.0, sleep=_never_sleep)
+    lim = Limiter.per_minute(None, None, clock=lambda: 0.0)
     assert lim.counters == []
     for _ in range(1_000):
-        await lim.acquire(10**9)
-    assert lim.try_acquire(5) == 0.0
+        assert lim.try_acquire(10**9) == 0.0
+    assert lim.cum_requests == 1_000 and lim.cum_tokens == 1_000 * 10**9
 
 
 async def test_default_clock_is_the_running_loop() -> None:
     import asyncio
 
-    lim = Limiter([Capacity("requests/min", 6_000, initial=100, unit_cost=True)],
-                  sleep=_never_sleep)
+    lim = Limiter([Counter(Unit.REQUESTS, 6_000, initial=100)])
     assert lim.now() == pytest.approx(asyncio.get_running_loop().time(), abs=1.0)
-    await lim.acquire(1)  # credit was there: no sleep
+    assert lim.try_acquire(1) == 0.0  # credit was there: no wait
     assert lim.counters[0].available(lim.now()) == pytest.approx(99, abs=0.5)
 
 
@@ -254,9 +255,9 @@ def test_try_acquire_spends_only_when_admitted() -> None:
 
 def test_add_counter_joins_the_right_group() -> None:
     ft = FakeTime()
-    lim = Limiter(clock=ft, sleep=ft.sleep)
-    lim.add(Capacity("requests/day", 86_400, period=86_400, now=0.0, unit_cost=True))
-    lim.add(Capacity("tokens/min", 480, now=0.0))
+    lim = Limiter(clock=ft)
+    lim.add(Counter(Unit.REQUESTS, 86_400, period=DAY, now=0.0))
+    lim.add(Counter(Unit.TOKENS, 480, now=0.0))
     assert lim.too_large(481) is lim.counters[1]
     assert lim.wait_time(8, 0.0) == 1.0
     assert lim.wait_time(1, 0.0) == 1.0  # the request counter still needs its 1 s
@@ -268,7 +269,7 @@ def test_add_counter_joins_the_right_group() -> None:
 @pytest.mark.parametrize(
     ("tpm", "tokens", "expected"),
     [(480, 481, "tokens/min"), (480, 10**6, "tokens/min"), (480, 480, None), (480, 9, None)],
-    ids=["one-over", "far-over", "exactly-the-limit", "over-bucket-under-limit"],
+    ids=["one-over", "far-over", "exactly-the-limit", "over-size-under-limit"],
 )
 def test_too_large(tpm: float, tokens: int, expected: str | None) -> None:
     lim = limiter(None, tpm, FakeTime())
@@ -280,32 +281,31 @@ def test_too_large_ignores_request_counters() -> None:
     assert limiter(60, None, FakeTime()).too_large(10**9) is None
 
 
-async def test_acquire_over_the_whole_limit_raises_without_spending() -> None:
-    ft = FakeTime()
-    lim = limiter(60, 480, ft)
-    with pytest.raises(ValueError, match=r"481 tokens.*tokens/min.*480"):
-        await lim.acquire(481)
-    assert ft.sleeps == []
+def test_too_large_names_the_flag_it_exceeds() -> None:
+    # What the engine's request_too_large message says: the counter's name and its flag.
+    lim = limiter(60, 480, FakeTime())
+    found = lim.too_large(481)
+    assert found is not None and (found.name, found.ceiling) == ("tokens/min", 480)
     assert [c.available(0.0) for c in lim.counters] == [0.0, 0.0]
 
 
 async def test_oversize_request_runs_into_debt_and_later_ones_wait() -> None:
     ft = FakeTime()
-    lim = limiter(None, 480, ft)  # 8 tokens a second, bucket of 8
-    await lim.acquire(40)
-    assert ft.t == 1.0  # a full bucket, then into debt
-    await lim.acquire(1)
+    lim = limiter(None, 480, ft)  # 8 tokens a second, size 8
+    await take(lim, ft, 40)
+    assert ft.t == 1.0  # a full counter, then into debt
+    await take(lim, ft, 1)
     assert ft.t == 1.0 + 33 / 8  # repays 32 of debt plus its own 1 token
-    await lim.acquire(8)
+    await take(lim, ft, 8)
     assert ft.t == 1.0 + 33 / 8 + 1.0
 
 
 async def test_whole_limit_request_goes_once_then_blocks_for_the_window() -> None:
     ft = FakeTime()
     lim = limiter(None, 480, ft)
-    await lim.acquire(480)
+    await take(lim, ft, 480)
     assert ft.t == 1.0
-    await lim.acquire(1)
+    await take(lim, ft, 1)
     # 472 of debt plus one token at 8 a second: the minute's budget really was spent.
     assert ft.t == 1.0 + 473 / 8
 
@@ -342,14 +342,14 @@ async def test_steady_rate_never_exceeds_the_limit_in_any_window(
 
 async def test_idle_credit_allows_one_burst_then_the_rate() -> None:
     ft = FakeTime()
-    lim = limiter(240, None, ft, burst_seconds=2.0)  # 4 a second, bucket of 8
-    ft.t = 100.0  # idle long enough to fill the bucket
+    lim = limiter(240, None, ft, burst_seconds=2.0)  # 4 a second, size 8
+    ft.t = 100.0  # idle long enough to fill the counter
     times = await admit(lim, ft, [1] * 300)
     assert times[:8] == [100.0] * 8  # the saved-up burst goes at once
     assert times[8] == 100.25
     ones = [1] * len(times)
     for width in (2.0, 5.0, 60.0):
-        # Token bucket bound: the rate over the window plus one bucket of saved credit.
+        # Token bucket bound: the rate over the window plus one counter's size of saved credit.
         assert max_in_window(times, ones, width) <= 4 * width + 8
     assert times[-1] == 100.0 + (300 - 8) / 4
 
@@ -357,7 +357,7 @@ async def test_idle_credit_allows_one_burst_then_the_rate() -> None:
 async def test_token_counter_rate_with_mixed_sizes() -> None:
     ft = FakeTime()
     rate = 128.0
-    lim = limiter(None, rate * 60, ft)  # bucket of 128 tokens
+    lim = limiter(None, rate * 60, ft)  # size 128 tokens
     sizes = [1, 50, 128, 7, 100, 64, 3] * 60
     times = await admit(lim, ft, sizes)
     for width in (1.0, 3.0, 10.0, 60.0):
@@ -385,13 +385,13 @@ async def test_requests_and_tokens_both_hold() -> None:
 
 async def test_pause_holds_admissions_and_drains_credit() -> None:
     ft = FakeTime()
-    lim = Limiter([Capacity("requests/min", 60, now=0.0, initial=1, unit_cost=True)],
-                  clock=ft, sleep=ft.sleep)
+    lim = Limiter([Counter(Unit.REQUESTS, 60, now=0.0, initial=1)],
+                  clock=ft)
     assert lim.wait_time(1, 0.0) == 0.0  # the saved credit would let one go now
     lim.pause(0.25)
     assert lim.paused_until == 0.25
     assert lim.counters[0].available(0.0) == 0.0
-    await lim.acquire(1)
+    await take(lim, ft, 1)
     # Not at 0.25 when the pause ends: the saved credit is gone, so a full second.
     assert ft.t == 1.0
 
@@ -403,10 +403,10 @@ async def test_pause_holds_admissions_and_drains_credit() -> None:
 )
 async def test_pause_then_acquire(seconds: float, expected: float) -> None:
     ft = FakeTime()
-    lim = Limiter([Capacity("requests/min", 60, now=0.0, initial=1, unit_cost=True)],
-                  clock=ft, sleep=ft.sleep)
+    lim = Limiter([Counter(Unit.REQUESTS, 60, now=0.0, initial=1)],
+                  clock=ft)
     lim.pause(seconds)
-    await lim.acquire(1)
+    await take(lim, ft, 1)
     assert ft.t == expected
 
 
@@ -423,20 +423,20 @@ def test_pause_never_shortens_an_earlier_pause() -> None:
 
 async def test_pause_holds_a_limiter_without_counters() -> None:
     ft = FakeTime(start=10.0)
-    lim = Limiter(clock=ft, sleep=ft.sleep)
+    lim = Limiter(clock=ft)
     lim.pause(3.0)
     assert lim.try_acquire(1) == 3.0
-    await lim.acquire(1)
+    await take(lim, ft, 1)
     assert ft.t == 13.0
 
 
 async def test_pause_keeps_debt() -> None:
     ft = FakeTime()
     lim = limiter(None, 480, ft)
-    await lim.acquire(40)  # t=1, 32 tokens of debt
+    await take(lim, ft, 40)  # t=1, 32 tokens of debt
     lim.pause(1.0)
     assert lim.counters[0].available(1.0) == -32.0
-    await lim.acquire(1)
+    await take(lim, ft, 1)
     assert ft.t == 1.0 + 33 / 8  # the debt, not the pause, decides
 
 
@@ -444,21 +444,21 @@ async def test_pause_keeps_debt() -> None:
 
 
 @pytest.mark.parametrize(
-    ("scale", "expected_rate", "expected_capacity"),
+    ("scale", "expected_rate", "expected_size"),
     [(1.0, 10.0, 10.0), (0.5, 5.0, 5.0), (0.05, 0.5, 1.0)],
     ids=["full", "half", "floor-of-one"],
 )
-def test_capacity_set_scale(scale: float, expected_rate: float, expected_capacity: float) -> None:
-    c = Capacity("tokens/min", 600, now=0.0, initial=10)
+def test_counter_set_scale(scale: float, expected_rate: float, expected_size: float) -> None:
+    c = Counter(Unit.TOKENS, 600, now=0.0, initial=10)
     c.set_scale(scale, 0.0)
     assert c.rate == pytest.approx(expected_rate)
-    assert c.capacity == pytest.approx(expected_capacity)
-    assert c.available(0.0) == pytest.approx(min(10.0, expected_capacity))
+    assert c.size == pytest.approx(expected_size)
+    assert c.available(0.0) == pytest.approx(min(10.0, expected_size))
     assert c.limit == 600  # the limit itself is unchanged
 
 
-def test_capacity_scale_survives_set_limit() -> None:
-    c = Capacity("c", 600, now=0.0)
+def test_counter_scale_survives_set_limit() -> None:
+    c = Counter(Unit.TOKENS, 600, now=0.0)
     c.set_scale(0.5, 0.0)
     c.set_limit(240, 0.0)
     assert c.rate == pytest.approx(2.0)
@@ -484,8 +484,8 @@ def test_observe_adopts_lower_server_limits(
     lim = limiter(*flags, ft)
     lim.observe(*server)
     got = (
-        next((c.limit for c in lim.counters if c.unit_cost), None),
-        next((c.limit for c in lim.counters if not c.unit_cost), None),
+        next((c.limit for c in lim.counters if c.unit is Unit.REQUESTS), None),
+        next((c.limit for c in lim.counters if c.unit is Unit.TOKENS), None),
     )
     assert got == expected
 
@@ -503,8 +503,8 @@ def test_observe_goes_back_up_to_the_flag_but_not_past_it() -> None:
 
 def test_observe_leaves_non_minute_counters_alone() -> None:
     ft = FakeTime()
-    lim = Limiter([Capacity("requests/day", 10_000, period=86_400, now=0.0, unit_cost=True)],
-                  clock=ft, sleep=ft.sleep)
+    lim = Limiter([Counter(Unit.REQUESTS, 10_000, period=DAY, now=0.0)],
+                  clock=ft)
     lim.observe(5, None)
     assert lim.counters[0].limit == 10_000
 
@@ -514,7 +514,7 @@ def test_rate_limited_pauses_and_slows_down() -> None:
     lim = limiter(240, None, ft)
     lim.rate_limited(2.0)
     assert lim.paused_until == 2.0
-    assert lim.scale == pytest.approx(0.9)
+    assert lim.backoff.scale == pytest.approx(0.9)
     assert lim.counters[0].rate == pytest.approx(4 * 0.9)
 
 
@@ -530,22 +530,22 @@ def test_rate_limited_decreases_at_most_once_per_cooldown() -> None:
     lim = limiter(240, None, ft)
     for _ in range(20):  # a burst of in-flight 429s coming back together
         lim.rate_limited(0.5)
-    assert lim.scale == pytest.approx(0.9)
+    assert lim.backoff.scale == pytest.approx(0.9)
     ft.t = 1.0
     lim.rate_limited(0.5)
     # Recovered 1 s x 0.01 first, then decreased again.
-    assert lim.scale == pytest.approx(0.91 * 0.9)
+    assert lim.backoff.scale == pytest.approx(0.91 * 0.9)
 
 
 def test_rate_limited_never_goes_below_min_scale() -> None:
     ft = FakeTime()
     lim = limiter(240, None, ft)
-    lim.recovery_per_s = 0.0  # isolate the floor from the recovery
+    lim.backoff.recovery_per_s = 0.0  # isolate the floor from the recovery
     for i in range(200):
         ft.t = float(i)
         lim.rate_limited(0.0)
-    assert lim.scale == pytest.approx(lim.min_scale)
-    assert lim.counters[0].rate == pytest.approx(4 * lim.min_scale)
+    assert lim.backoff.scale == pytest.approx(lim.backoff.min_scale)
+    assert lim.counters[0].rate == pytest.approx(4 * lim.backoff.min_scale)
 
 
 def test_repeated_429s_settle_where_recovery_balances_the_decrease() -> None:
@@ -555,7 +555,7 @@ def test_repeated_429s_settle_where_recovery_balances_the_decrease() -> None:
         ft.t = float(i)
         lim.rate_limited(0.0)
     # s = (s + 0.01) * 0.9  =>  s = 0.09
-    assert lim.scale == pytest.approx(0.09, rel=1e-3)
+    assert lim.backoff.scale == pytest.approx(0.09, rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -568,16 +568,16 @@ def test_scale_recovers_linearly(later: float, expected: float) -> None:
     lim = limiter(240, None, ft)
     lim.rate_limited(0.0)
     lim.wait_time(1, later)
-    assert lim.scale == pytest.approx(expected)
+    assert lim.backoff.scale == pytest.approx(expected)
     assert lim.counters[0].rate == pytest.approx(4 * expected)
 
 
 def test_rate_limited_on_a_limiter_without_counters_only_pauses() -> None:
     ft = FakeTime()
-    lim = Limiter(clock=ft, sleep=ft.sleep)
+    lim = Limiter(clock=ft)
     lim.rate_limited(3.0)
     assert lim.paused_until == 3.0
-    assert lim.scale == 1.0
+    assert lim.backoff.scale == 1.0
 
 
 # -- float rounding, server sync, auto limits, daily budgets, refunds ------------------
@@ -607,7 +607,7 @@ async def test_server_remaining_below_ours_slows_us_down() -> None:
     start = ft.t
     await admit(lim, ft, [1] * 5)
     # Our own counter alone would allow these 5 in 0.5 s; the mirror of the server's
-    # bucket has 2 and refills at 10/s, so the 5th waits until 3 more refilled.
+    # counter has 2 and refills at 10/s, so the 5th waits until 3 more refilled.
     assert ft.t - start >= 0.3 - 1e-9
 
 
@@ -628,8 +628,8 @@ async def test_foreign_spending_is_learned_and_slows_the_refill() -> None:
     server, last, refused = 0.0, 0.0, 0
     admitted: list[float] = []
     for _ in range(400):
-        await lim.acquire(1)
-        # The server's bucket: refills 10/s, the other client takes 5/s of it.
+        await take(lim, ft, 1)
+        # The server's counter: refills 10/s, the other client takes 5/s of it.
         server = min(600.0, server + (ft.t - last) * (10 - 5))
         last = ft.t
         if server < 1:
@@ -643,7 +643,7 @@ async def test_foreign_spending_is_learned_and_slows_the_refill() -> None:
             admitted.append(ft.t)
             lim.sync(600, server, None, None, sent_at=ft.t, cum_requests=lim.cum_requests,
                      cum_tokens=lim.cum_tokens)
-    foreign = lim.foreign_rates["requests/min"]
+    foreign = lim.server.foreign_rates["requests/min"]
     assert foreign == pytest.approx(300, rel=0.1)  # the other client's 5/s
     late = [t for t in admitted if t > admitted[-1] - 10]
     assert len(late) / 10 == pytest.approx(5, rel=0.15)  # our share: ~5/s
@@ -652,7 +652,7 @@ async def test_foreign_spending_is_learned_and_slows_the_refill() -> None:
 
 async def test_auto_learns_limits_from_headers() -> None:
     ft = FakeTime()
-    lim = Limiter.per_minute(None, None, clock=ft, sleep=ft.sleep, auto_requests=True,
+    lim = Limiter.per_minute(None, None, clock=ft, auto_requests=True,
                              auto_tokens=True)
     assert lim.learning
     lim.observe(120, 60_000)
@@ -673,7 +673,7 @@ def test_observe_never_goes_above_the_flags() -> None:
 
 async def test_daily_budget_starts_full_and_binds_when_spent() -> None:
     ft = FakeTime()
-    lim = Limiter.per_minute(6000, None, rpd=5, clock=ft, sleep=ft.sleep)
+    lim = Limiter.per_minute(6000, None, rpd=5, clock=ft)
     await admit(lim, ft, [1] * 5)
     assert ft.t < 1.0  # the day's budget was there to spend at the per-minute rate
     now = ft.t
@@ -685,19 +685,19 @@ async def test_daily_budget_starts_full_and_binds_when_spent() -> None:
 
 def test_429_back_off_leaves_the_daily_budget_alone() -> None:
     ft = FakeTime()
-    lim = Limiter.per_minute(6000, 60_000, rpd=100, tpd=1_000_000, clock=ft, sleep=ft.sleep)
+    lim = Limiter.per_minute(6000, 60_000, rpd=100, tpd=1_000_000, clock=ft)
     ft.t = 1.0
     assert lim.try_acquire(100) == 0.0
     lim.rate_limited(2.0)
     daily = {c.name: c for c in lim.counters if not c.refill}
     assert daily["requests/day"].available(ft.t) == 99
     assert daily["tokens/day"].available(ft.t) == 1_000_000 - 100
-    assert daily["requests/day"].scale == 1.0 and lim.scale < 1.0
+    assert daily["requests/day"].scale == 1.0 and lim.backoff.scale < 1.0
 
 
-def test_refund_gives_back_unused_tokens_up_to_the_bucket() -> None:
+def test_refund_gives_back_unused_tokens_up_to_the_size() -> None:
     ft = FakeTime()
-    lim = limiter(None, 6000, ft)  # 100 tokens/s, bucket 100
+    lim = limiter(None, 6000, ft)  # 100 tokens/s, size 100
     ft.t = 1.0
     assert lim.try_acquire(100) == 0.0
     assert lim.wait_time(100, ft.t) == pytest.approx(1.0)
@@ -713,26 +713,26 @@ def test_refund_gives_back_unused_tokens_up_to_the_bucket() -> None:
 @pytest.mark.parametrize(
     ("kind", "limit", "smallest", "expected"),
     [
-        ("requests/min", 0.001, None, False),
-        ("requests/min", 0.999, None, False),
-        ("requests/min", 1.0, None, True),  # one a minute can be real (free tiers: 3)
-        ("tokens/min", 0.5, None, False),
-        ("tokens/min", 1e-300, None, False),
-        ("tokens/min", 5.0, None, True),  # nothing admitted yet to compare with
-        ("tokens/min", 5.0, 37, False),
-        ("tokens/min", 36.0, 37, False),
-        ("tokens/min", 37.0, 37, True),
-        ("tokens/min", 30_000.0, 37, True),
+        (Unit.REQUESTS, 0.001, None, False),
+        (Unit.REQUESTS, 0.999, None, False),
+        (Unit.REQUESTS, 1.0, None, True),  # one a minute can be real (free tiers: 3)
+        (Unit.TOKENS, 0.5, None, False),
+        (Unit.TOKENS, 1e-300, None, False),
+        (Unit.TOKENS, 5.0, None, True),  # nothing admitted yet to compare with
+        (Unit.TOKENS, 5.0, 37, False),
+        (Unit.TOKENS, 36.0, 37, False),
+        (Unit.TOKENS, 37.0, 37, True),
+        (Unit.TOKENS, 30_000.0, 37, True),
     ],
     ids=["rpm-0.001", "rpm-0.999", "rpm-1", "tpm-0.5", "tpm-1e-300", "tpm-5-unseen",
          "tpm-5-below-37", "tpm-36-below-37", "tpm-37", "tpm-30k"],
 )
-def test_plausible_limits(kind: str, limit: float, smallest: int | None, expected: bool) -> None:
+def test_plausible_limits(kind: Unit, limit: float, smallest: int | None, expected: bool) -> None:
     lim = Limiter(clock=FakeTime())
     if smallest is not None:
         assert lim.try_acquire(smallest) == 0.0
         lim.try_acquire(smallest + 100)  # larger ones do not move the bar
-    assert lim.plausible(kind, limit) is expected
+    assert lim.server.plausible(kind, limit) is expected
 
 
 def test_sync_ignores_an_implausible_limit_and_its_mirror() -> None:
@@ -765,11 +765,11 @@ def test_only_a_flag_makes_a_request_too_large() -> None:
 
 async def test_a_request_larger_than_an_adopted_limit_still_goes() -> None:
     ft = FakeTime()
-    lim = Limiter(clock=ft, sleep=ft.sleep, auto_tokens=True)
+    lim = Limiter(clock=ft, auto_tokens=True)
     lim.observe(None, 120.0)  # 2 tokens a second, 2 of burst
-    await lim.acquire(500)  # waits for a full bucket, then runs into debt
+    await take(lim, ft, 500)  # waits for a full counter, then runs into debt
     assert ft.t == 1.0
-    await lim.acquire(10)
+    await take(lim, ft, 10)
     assert ft.t == pytest.approx(1.0 + (500 - 2 + 2) / 2.0)  # the debt is repaid first
 
 

@@ -44,7 +44,7 @@ from ..errors import (
     ServerError,
 )
 from ..jobs import BadLine, Job, RecordIds, error_record, result_record
-from ..limits.limiter import Limiter
+from ..limits import Limiter, Unit
 from ..stats import Stats, clamp_seconds, clock_at, human_duration
 from .circuit import Circuit
 from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
@@ -113,7 +113,7 @@ class Sink(Protocol):
 
 def _implausible(limiter: Limiter, name: str, value: float) -> str:
     """``tokens/min 0.001 (below the smallest request, 37 tokens)``: why it cannot be real."""
-    if name.startswith("requests"):
+    if name == Unit.REQUESTS.per_minute:
         return f"{name} {value:g} (below one request)"
     smallest = limiter.smallest_tokens
     if value < 1 or not math.isfinite(smallest):
@@ -554,7 +554,7 @@ class Engine:
                      cum_tokens=job.cum_tokens, force=force,
                      refused_tokens=job.tokens if refused else None)
         for name, value in limiter.learned.items():
-            short = "rpm" if name.startswith("requests") else "tpm"
+            short = "rpm" if name == Unit.REQUESTS.per_minute else "tpm"
             if self.stats.limits.get(short) != value:
                 self.stats.limits[short] = value
                 self.stats.learned.add(short)
