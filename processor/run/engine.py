@@ -43,9 +43,10 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
-from ..jobs import BadLine, Job, RecordIds, error_record, result_record
+from ..jobs import BadLine, Job
 from ..limits.limiter import Limiter
 from ..stats import Stats, clamp_seconds, clock_at, human_duration
+from ..store.records import RecordIds, error_record, result_record
 from .circuit import Circuit
 from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
 

@@ -23,18 +23,11 @@ from ..client.http import (
 )
 from ..cost import DEFAULT_MAX_TOKENS, Cost, TokenCounter
 from ..errors import OutputError
-from ..jobs import (
-    DEFAULT_ENDPOINT,
-    Job,
-    ResultWriter,
-    count_lines,
-    iter_jobs,
-    ledger_path,
-    line_hash,
-)
+from ..jobs import DEFAULT_ENDPOINT, Job, count_lines, iter_jobs, line_hash
 from ..limits.limiter import Limiter
 from ..stats import Stats
 from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
+from ..store.ledger import ledger_path
 from ..store.lock import JobLock
 from ..store.paths import check_job_paths, job_locks
 from ..store.resume import (
@@ -45,6 +38,7 @@ from ..store.resume import (
     move_aside,
     stop_check,
 )
+from ..store.writer import ResultWriter
 from .engine import Engine, Lane, Sink
 from .retry import Fallback, RetryPolicy
 

@@ -30,13 +30,14 @@ import orjson
 
 from ..errors import ConfigError
 from ..idset import IdSet
-from ..jobs import LEDGER_ENTRY, BadLine, Job, iter_raw_lines, ledger_path, line_hash
+from ..jobs import BadLine, Job, iter_raw_lines, line_hash
 from ..stats import Stats
+from .ledger import LEDGER_ENTRY, ledger_path
+from .records import read_custom_id
 from .resume import (
     CHECK_EVERY,
     POSITIONAL_PREFIX,
     ResumeState,
-    _custom_id,
     load_state,
     stop_check,
 )
@@ -186,7 +187,7 @@ def supersede(results: Path, errors: Path, ids: IdSet) -> list[tuple[Path, int]]
     moved: list[tuple[Path, int]] = []
 
     def changed_result(raw: bytes) -> bool:
-        cid = _custom_id(raw)[0]
+        cid = read_custom_id(raw)[0]
         return cid is not None and cid in ids
 
     def changed_failure(raw: bytes) -> bool:

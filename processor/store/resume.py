@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections import Counter
@@ -24,7 +23,9 @@ import orjson
 
 from ..errors import OutputError
 from ..idset import IdSet
-from ..jobs import LEDGER_ENTRY, count_lines, ledger_path, parse_hash
+from ..jobs import count_lines
+from .ledger import ledger_path, read_ledger
+from .records import parse_hash, read_custom_id
 
 __all__ = ["ResumeState", "ScanInterrupted", "load_state", "move_aside", "repair_torn_tail",
            "stop_check"]
@@ -51,14 +52,6 @@ def stop_check(flag: threading.Event | None) -> Callable[[], None] | None:
     return check
 
 log = logging.getLogger(__name__)
-
-# Our own records start {"id":"batch_req_...","custom_id":"...","response":{"status_code":2xx
-# and end ,"error":null}; read the id from the first bytes without parsing a possibly
-# large response body. Other lines (other writers, OpenAI Batch API failures with the
-# same prefix) fall back to a full parse.
-_FAST_ID = re.compile(
-    rb'\{"id":"[^"\\]*","custom_id":("(?:[^"\\]|\\.)*"),"response":\{"status_code":2\d\d,')
-
 
 @dataclass(slots=True)
 class ResumeState:
@@ -189,36 +182,6 @@ def _save_new(beside: Path, name: str, data: bytes) -> Path:
     return side
 
 
-def _custom_id(raw: bytes) -> tuple[str | None, bool]:
-    """The ``custom_id`` of a results line (None: not a record), and whether the line
-    holds an answer: no ``error`` and, where a status is given, a 2xx one. OpenAI's
-    Batch API writes failures as ``"response": null`` with an ``error``, and 4xx/5xx
-    answers with their status; such a line is a failure, not an answer."""
-    m = _FAST_ID.match(raw)
-    if m is not None and raw.endswith((b',"error":null}\n', b',"error":null}')):
-        try:
-            value = orjson.loads(m.group(1))
-        except orjson.JSONDecodeError:
-            value = None
-        if isinstance(value, str):
-            return value, True
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, False
-    if not isinstance(obj, dict):
-        return None, False
-    cid = obj.get("custom_id")
-    if not isinstance(cid, str):
-        return None, False
-    response = obj.get("response", {})
-    status = response.get("status_code") if isinstance(response, dict) else None
-    answered = (isinstance(response, dict) and not obj.get("error")
-                and ("status_code" not in response
-                     or (type(status) is int and 200 <= status < 300)))
-    return cid, answered
-
-
 def load_state(results: Path, errors: Path, *,
                stop: threading.Event | None = None) -> ResumeState:
     """Repair both files' tails, then collect what they hold.
@@ -247,7 +210,7 @@ def load_state(results: Path, errors: Path, *,
             for n, raw in enumerate(f):
                 if check is not None and not n % CHECK_EVERY:
                     check()
-                cid, answered = _custom_id(raw)
+                cid, answered = read_custom_id(raw)
                 if cid is None:
                     state.invalid_lines += 1
                 elif not answered:
@@ -258,7 +221,8 @@ def load_state(results: Path, errors: Path, *,
                 elif state.done.add(cid) and cid.startswith(POSITIONAL_PREFIX):
                     state.positional += 1
     if with_ledger:
-        _read_ledger(ledger, state, check)
+        read_ledger(ledger, state.done, check)
+        state.has_ledger = True
     if errors.exists():
         with open(errors, "rb") as f:
             for n, raw in enumerate(f):
@@ -294,28 +258,6 @@ def _read_error(raw: bytes, state: ResumeState) -> None:
         if state.failed.add(cid, hashed) and cid.startswith(POSITIONAL_PREFIX):
             state.positional += 1
         state.failed_hashes = state.failed_hashes or bool(hashed)
-
-
-def _read_ledger(path: Path, state: ResumeState, check: Callable[[], None] | None) -> None:
-    size = LEDGER_ENTRY.size
-    length = path.stat().st_size
-    if length % size:
-        # A torn last entry (a crash or a full disk mid-write): cut it, or every later
-        # entry would be read out of step.
-        with open(path, "rb+") as f:
-            f.truncate(length - length % size)
-    with open(path, "rb") as f:
-        while chunk := f.read(size * 4096):
-            if check is not None:
-                check()
-            whole = len(chunk) - len(chunk) % size
-            for fp, digest in LEDGER_ENTRY.iter_unpack(chunk[:whole]):
-                # Only ids the results file holds: an entry whose result line was torn
-                # off must not make that request look done.
-                state.done.update_fingerprint(fp, digest)
-            if whole < len(chunk):
-                break
-    state.has_ledger = True
 
 
 def move_aside(path: Path) -> Path | None:
