@@ -21,10 +21,11 @@ from .errors import (
 )
 from .jobs import BadLine, Job, iter_jobs, parse_line
 from .limits.limiter import Capacity, Limiter
+from .run.config import JobConfig
 from .run.engine import Engine, Lane
 from .run.pipeline import stream_results
 from .run.retry import Fallback, RetryPolicy, backoff, should_retry
-from .run.runner import JobConfig, run_job
+from .run.runner import run_job
 from .stats import Stats
 from .store.writer import ResultWriter
 
