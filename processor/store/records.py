@@ -142,6 +142,8 @@ _HEAD = re.compile(
     rb'"response":(?:\{"status_code":(\d\d\d),|null,)')
 _ANSWER_END = (b',"error":null}\n', b',"error":null}')
 _ERROR_KEY = b',"error":{"code":"'
+#: matches of _ERROR_KEY tried before giving up on the fast path.
+_ERROR_TRIES = 4
 
 
 def fast_read(raw: bytes) -> tuple[str | None, bool, dict[str, Any] | None] | None:
@@ -152,7 +154,7 @@ def fast_read(raw: bytes) -> tuple[str | None, bool, dict[str, Any] | None] | No
     its own: it is last, and small) or None for ``"error":null``. A slice that starts
     at ``,"error":{"code":"`` and parses as one JSON value up to the line's final
     brace can only be the top-level ``error``: a match nested deeper would leave
-    unmatched closing brackets in it.
+    unmatched closing brackets in it (and ``,"`` cannot occur inside a JSON string).
     """
     m = _HEAD.match(raw)
     if m is None:
@@ -173,16 +175,22 @@ def fast_read(raw: bytes) -> tuple[str | None, bool, dict[str, Any] | None] | No
     end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
     if end < 1 or raw[end - 1:end] != b"}":
         return None
-    start = raw.rfind(_ERROR_KEY, m.end(), end)
-    if start < 0:
-        return None
-    try:
-        error = orjson.loads(raw[start + len(b',"error":'):end - 1])
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(error, dict):  # pragma: no cover - it starts with {"code":"
-        return None
-    return custom_id, False, error
+    # The last few matches, right to left: one inside the error's own history is cut
+    # short by the brackets that close it; the top-level one parses.
+    stop = end
+    for _ in range(_ERROR_TRIES):
+        start = raw.rfind(_ERROR_KEY, m.end() - 1, stop)  # after "response":null
+        if start < 0:
+            return None
+        try:
+            error = orjson.loads(raw[start + len(b',"error":'):end - 1])
+        except orjson.JSONDecodeError:
+            stop = start
+            continue
+        if not isinstance(error, dict):  # pragma: no cover - it starts with {"code":"
+            return None
+        return custom_id, False, error
+    return None
 
 
 def read_custom_id(raw: bytes) -> tuple[str | None, bool]:
