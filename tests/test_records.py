@@ -22,6 +22,7 @@ from processor.store.records import (
     fast_read,
     parse_hash,
     read_custom_id,
+    read_error,
     result_record,
 )
 from processor.store.resume import load_state
@@ -123,6 +124,7 @@ def _check_fast(raw: bytes, record: dict[str, Any]) -> None:
     expected = (record["custom_id"], record["error"] is None, record["error"])
     assert fast_read(raw) == expected
     assert read_custom_id(raw) == expected[:2]
+    assert read_error(raw) == (record["custom_id"], record["error"] or {})
 
 
 def test_every_shape_reads_back_on_the_fast_path(tmp_path: Path,
@@ -290,3 +292,14 @@ def test_fast_reader_is_never_wrong_on_hostile_history(cid: str, history: list[A
     fast = fast_read(raw)
     assert fast is None or fast == (record["custom_id"], False, record["error"])
     assert read_custom_id(raw) == (record["custom_id"], False)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b'{"custom_id": "a", "error": {"code": "invalid_line", "line": 3}}\n',
+     ("a", {"code": "invalid_line", "line": 3})),
+    (b'{"error": "boom", "custom_id": 7}\n', (7, {})),
+    (b'[1, 2]\n', (None, {})),
+    (b'{"id":"x","custom_id":"a","response":null,"error":{"code":"x"', None),
+])
+def test_read_error_of_other_writers(raw: bytes, expected: Any) -> None:
+    assert read_error(raw) == expected

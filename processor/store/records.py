@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..jobs import Job
 
 __all__ = ["RecordIds", "dump_record", "error_record", "fast_read", "format_hash",
-           "new_record_id", "parse_hash", "read_custom_id", "result_record"]
+           "new_record_id", "parse_hash", "read_custom_id", "read_error", "result_record"]
 
 
 class RecordIds:
@@ -216,3 +216,20 @@ def read_custom_id(raw: bytes) -> tuple[str | None, bool]:
                 and ("status_code" not in response
                      or (type(status) is int and 200 <= status < 300)))
     return cid, answered
+
+
+def read_error(raw: bytes) -> tuple[object, dict[str, Any]] | None:
+    """``(custom_id, error)`` of an errors-file line: the ``custom_id`` as written (check
+    its type) and the error object ({} when there is none); None if the line is not JSON.
+    A record in this module's shape is read without parsing its response body."""
+    fast = fast_read(raw)
+    if fast is not None:
+        return fast[0], fast[2] or {}
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None, {}
+    error = obj.get("error")
+    return obj.get("custom_id"), error if isinstance(error, dict) else {}

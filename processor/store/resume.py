@@ -19,13 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from ..errors import OutputError
 from ..idset import IdSet
 from ..jobs import count_lines
 from .ledger import ledger_path, read_ledger
-from .records import parse_hash, read_custom_id
+from .records import parse_hash, read_custom_id, read_error
 
 __all__ = ["ResumeState", "ScanInterrupted", "load_state", "move_aside", "repair_torn_tail",
            "stop_check"]
@@ -233,15 +231,11 @@ def load_state(results: Path, errors: Path, *,
 
 
 def _read_error(raw: bytes, state: ResumeState) -> None:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    read = read_error(raw)
+    if read is None:
         state.invalid_lines += 1
         return
-    if not isinstance(obj, dict):
-        return
-    error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-    assert isinstance(error, dict)
+    cid, error = read
     line = error.get("line")
     hashed = parse_hash(error.get("input_hash"))
     if error.get("code") == "invalid_line":
@@ -252,7 +246,6 @@ def _read_error(raw: bytes, state: ResumeState) -> None:
         elif isinstance(line, int):
             state.bad_lines.add(line)  # an older record: known by its line number only
         return
-    cid = obj.get("custom_id")
     if isinstance(cid, str):
         # A later record for the same id (it failed again) replaces the hash.
         if state.failed.add(cid, hashed) and cid.startswith(POSITIONAL_PREFIX):
