@@ -278,6 +278,7 @@ def test_fast_reader_matches_the_full_parse(cid: str, metadata: Any, body: Any,
     obj = orjson.loads(raw)
     assert fast == (obj["custom_id"], obj["error"] is None and obj["custom_id"] is not None,
                     obj["error"])
+    assert read_custom_id(raw) == fast[:2]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -140,6 +140,10 @@ def dump_record(record: dict[str, Any]) -> bytes:
 _HEAD = re.compile(
     rb'\{"id":"[^"\\]*","custom_id":("(?:[^"\\]|\\.)*"|null),'
     rb'"response":(?:\{"status_code":(\d\d\d),|null,)')
+#: the same head with a 2xx status: with _ANSWER_END, one of our answers (the hot path
+#: of a resume scan).
+_ANSWER_HEAD = re.compile(
+    rb'\{"id":"[^"\\]*","custom_id":("(?:[^"\\]|\\.)*"),"response":\{"status_code":2\d\d,')
 _ANSWER_END = (b',"error":null}\n', b',"error":null}')
 _ERROR_KEY = b',"error":{"code":"'
 #: matches of _ERROR_KEY tried before giving up on the fast path.
@@ -198,6 +202,12 @@ def read_custom_id(raw: bytes) -> tuple[str | None, bool]:
     holds an answer: no ``error`` and, where a status is given, a 2xx one. OpenAI's
     Batch API writes failures as ``"response": null`` with an ``error``, and 4xx/5xx
     answers with their status; such a line is a failure, not an answer."""
+    m = _ANSWER_HEAD.match(raw)  # the common case first: one of our answers
+    if m is not None and raw.endswith(_ANSWER_END):
+        try:
+            return orjson.loads(m.group(1)), True  # a JSON string: str
+        except orjson.JSONDecodeError:  # a bad escape, invalid UTF-8: parse in full
+            pass
     fast = fast_read(raw)
     if fast is not None:
         return fast[0], fast[1]
