@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from ..jobs import Job
+from ..jobs import Job
 
 __all__ = ["RecordIds", "dump_record", "error_record", "fast_read", "format_hash",
            "new_record_id", "parse_hash", "read_custom_id", "read_error", "result_record"]
