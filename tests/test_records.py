@@ -13,7 +13,9 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from processor.cli.app import app
 from processor.jobs import Job, line_hash
 from processor.store import records
 from processor.store.records import (
@@ -27,6 +29,8 @@ from processor.store.records import (
 )
 from processor.store.resume import load_state
 from processor.store.writer import ResultWriter
+from tests.conftest import chat_line, write_jsonl
+from tests.test_cli import server_url  # noqa: F401 - the fixture, served from a thread
 
 ODD_IDS = [
     "r1",
@@ -304,3 +308,38 @@ def test_fast_reader_is_never_wrong_on_hostile_history(cid: str, history: list[A
 ])
 def test_read_error_of_other_writers(raw: bytes, expected: Any) -> None:
     assert read_error(raw) == expected
+
+
+def test_a_real_run_resumes_on_the_fast_path(server_url: str, tmp_path: Path,  # noqa: F811
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the CLI: metadata, two keys (``batchproc.key``), a bad line, odd ids. Every
+    record ends with ``error``; the rerun reads both files without parsing a whole line
+    and sends nothing."""
+    lines: list[dict[str, Any] | bytes] = []
+    for i, cid in enumerate(ODD_IDS[:-1]):  # line-3 is reserved for line 3
+        line = chat_line(i)
+        line["custom_id"] = cid
+        line["metadata"] = ODD_METADATA if i % 2 else {"row": i}
+        lines.append(line)
+    lines.append(b'{"custom_id": "bad \\"one\\"", "body": 3}\n')
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    env = {"KEY_A": "sk-a-1111", "KEY_B": "sk-b-2222"}
+    argv = ["run", str(job), "--base-url", server_url, "--plain", "--rpm", "6000",
+            "--api-key-env", "KEY_A,KEY_B"]
+    first = CliRunner().invoke(app, argv, env=env)
+    assert first.exit_code == 1, first.output  # the bad line
+    results = (tmp_path / "job.results.jsonl").read_bytes().splitlines(keepends=True)
+    errors = (tmp_path / "job.errors.jsonl").read_bytes().splitlines(keepends=True)
+    assert len(results) == len(ODD_IDS) - 1 and len(errors) == 1
+    for raw in results:
+        record = orjson.loads(raw)
+        assert list(record)[-3:] == ["metadata", "batchproc", "error"]
+        _check_fast(raw, record)
+    _check_fast(errors[0], orjson.loads(errors[0]))
+    _no_full_parse(monkeypatch, results + errors)
+    second = CliRunner().invoke(app, argv, env=env)
+    assert second.exit_code == 0, second.output  # the bad line was reported before
+    out = " ".join(second.output.split())
+    assert f"{len(ODD_IDS) - 1} skipped (already done)" in out and "0 ok" in out
+    assert "reported in an earlier run are still bad (lines 11)" in out
+    assert (tmp_path / "job.results.jsonl").read_bytes().splitlines(keepends=True) == results
