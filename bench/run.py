@@ -362,7 +362,8 @@ def big(ctx: Ctx) -> Row:
 
 def _ledger_writer(results: Path) -> tuple[Path, Callable[[str, bytes], bytes]] | None:
     """batchproc's ledger (id fingerprint + input-line hash per result)."""
-    from processor.jobs import ledger_entry, ledger_path, line_hash
+    from processor.jobs import line_hash
+    from processor.store.ledger import ledger_entry, ledger_path
 
     def entry(custom_id: str, raw: bytes) -> bytes:
         return ledger_entry(custom_id, line_hash(raw))

@@ -19,13 +19,15 @@ from .errors import (
     RetryableAPIError,
     ServerError,
 )
-from .jobs import BadLine, Job, ResultWriter, iter_jobs, parse_line
+from .jobs import BadLine, Job, iter_jobs, parse_line
 from .limits import Capacity, Counter, Limiter, Unit
+from .run.config import JobConfig
 from .run.engine import Engine, Lane
 from .run.pipeline import stream_results
 from .run.retry import Fallback, RetryPolicy, backoff, should_retry
-from .run.runner import JobConfig, run_job
+from .run.runner import run_job
 from .stats import Stats
+from .store.writer import ResultWriter
 
 __version__ = "0.1.0"
 

@@ -12,9 +12,10 @@ import orjson
 import pytest
 
 from processor.idset import IdSet
-from processor.jobs import ResultWriter, line_hash
+from processor.jobs import line_hash
 from processor.store.edits import explicit_id, find_changes, supersede
 from processor.store.resume import load_state
+from processor.store.writer import ResultWriter
 from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
 from tests.test_cli import invoke, server_url  # noqa: F401 - the fixture
 

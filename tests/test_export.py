@@ -14,7 +14,8 @@ import typer
 from typer.testing import CliRunner
 
 from processor.cli.commands import register
-from processor.jobs import Job, error_record, result_record
+from processor.jobs import Job
+from processor.store.records import error_record, result_record
 from processor.tools import ordering
 from processor.tools.export import COLUMNS, error_row, iter_rows, result_row
 from tests.conftest import chat_line, write_jsonl

@@ -13,18 +13,17 @@ from processor.errors import JobFormatError
 from processor.idset import fingerprint
 from processor.jobs import (
     DEFAULT_ENDPOINT,
-    LEDGER_ENTRY,
     BadLine,
     Job,
-    ResultWriter,
     count_lines,
-    error_record,
     iter_jobs,
     iter_raw_lines,
     line_hash,
     parse_line,
-    result_record,
 )
+from processor.store.ledger import LEDGER_ENTRY
+from processor.store.records import error_record, result_record
+from processor.store.writer import ResultWriter
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES}

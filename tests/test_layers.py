@@ -35,10 +35,7 @@ TESTING_IMPORTED_BY = {"cli"}
 FORBIDDEN = {("tools", "run")}
 
 #: known violations, (importer, imported module), that other branches are fixing.
-ALLOWED: dict[tuple[str, str], str] = {
-    # being moved: ResultWriter leaves jobs.py for store/ (another branch).
-    ("processor.jobs", "processor.store.lock"): "being moved",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

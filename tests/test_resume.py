@@ -12,16 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.jobs import (
-    DEFAULT_ENDPOINT,
-    Job,
-    ResultWriter,
-    error_record,
-    ledger_entry,
-    line_hash,
-    result_record,
-)
+from processor.jobs import DEFAULT_ENDPOINT, Job, line_hash
+from processor.store.ledger import ledger_entry
+from processor.store.records import error_record, result_record
 from processor.store.resume import ScanInterrupted, load_state, move_aside, repair_torn_tail
+from processor.store.writer import ResultWriter
 from tests.conftest import start_cli
 
 

@@ -152,7 +152,7 @@ def test_nonsense_rate_limit_headers_are_ignored(header: str, value: str) -> Non
 
 
 def test_result_records_are_valid_json_lines(tmp_path: Path) -> None:
-    from processor.jobs import ResultWriter
+    from processor.store.writer import ResultWriter
 
     w = ResultWriter(tmp_path / "r.jsonl", tmp_path / "e.jsonl")
     for i in range(100):

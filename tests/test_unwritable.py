@@ -22,11 +22,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from processor import jobs
 from processor.cli.app import app
 from processor.errors import OutputError
-from processor.jobs import LEDGER_ENTRY, ResultWriter, ledger_path
+from processor.store import writer
+from processor.store.ledger import LEDGER_ENTRY, ledger_path
 from processor.store.resume import repair_torn_tail
+from processor.store.writer import ResultWriter
 from tests.conftest import chat_line, write_jsonl
 from tests.test_cli import server_url  # noqa: F401 - the fixture, served from a thread
 
@@ -113,7 +114,7 @@ def test_ledger_write_fails(server_url: str, tmp_path: Path,  # noqa: F811
     not written either (nor counted), the run stops with 74, and a rerun sends it."""
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(5)])
     results = tmp_path / "job.results.jsonl"
-    real_write = jobs._Appender.write
+    real_write = writer._Appender.write
 
     def write(self: Any, data: bytes) -> None:
         if self.path.name.endswith(".ledger"):
@@ -121,7 +122,7 @@ def test_ledger_write_fails(server_url: str, tmp_path: Path,  # noqa: F811
             raise OutputError(self.path, ENOSPC)
         real_write(self, data)
 
-    monkeypatch.setattr(jobs._Appender, "write", write)
+    monkeypatch.setattr(writer._Appender, "write", write)
     argv = ["run", str(job), "--base-url", server_url, "--plain", "--rpm", "6000"]
     result = CliRunner().invoke(app, argv)
     out = flat(result.output)
@@ -144,7 +145,7 @@ def test_fsync_fails_at_exit(server_url: str, tmp_path: Path,  # noqa: F811
     def fsync(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(jobs.os, "fsync", fsync)
+    monkeypatch.setattr(writer.os, "fsync", fsync)
     result = CliRunner().invoke(app, ["run", str(job), "--base-url", server_url, "--plain"])
     out = flat(result.output)
     assert result.exit_code == 74, result.output

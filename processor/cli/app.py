@@ -455,7 +455,17 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 register(app)
 
-_COMMANDS = {"run", "mock-server", "sort", "estimate", "export", "jobs-from-images"}
+
+def _command_names(typer_app: typer.Typer) -> frozenset[str]:
+    """The names of ``typer_app``'s registered commands, as typer derives them (an
+    unnamed command is named after its function: ``run``)."""
+    return frozenset(
+        info.name or typer.main.get_command_name(info.callback.__name__)
+        for info in typer_app.registered_commands if info.callback is not None
+    )
+
+
+_COMMANDS = _command_names(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,9 +43,10 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
-from ..jobs import BadLine, Job, RecordIds, error_record, result_record
+from ..jobs import BadLine, Job
 from ..limits import Limiter, Unit
 from ..stats import Stats, clamp_seconds, clock_at, human_duration
+from ..store.records import RecordIds, error_record, result_record
 from .circuit import Circuit
 from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
 
@@ -102,7 +103,7 @@ class Lane:
 
 
 class Sink(Protocol):
-    """Where records go (a :class:`~processor.jobs.ResultWriter`, or a pipeline's queue)."""
+    """Where records go (a :class:`~processor.store.writer.ResultWriter`, or a pipeline's queue)."""
 
     def write_result(self, record: dict[str, Any], hashed_line: int | None = None) -> None: ...
 

@@ -18,7 +18,8 @@ import orjson
 from ..errors import JobFormatError
 from ..jobs import BadLine, Job, parse_line
 from ..stats import Stats
-from .runner import JobConfig, build_parts
+from .config import JobConfig
+from .parts import build_parts
 
 __all__ = ["stream_results"]
 

@@ -8,33 +8,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
-from ..client.http import (
-    AZURE_API_VERSION,
-    DEFAULT_BASE_URL,
-    DEFAULT_MAX_RESPONSE_MB,
-    OpenAIClient,
-    is_azure_url,
-)
-from ..cost import DEFAULT_MAX_TOKENS, Cost, TokenCounter
 from ..errors import OutputError
-from ..jobs import (
-    DEFAULT_ENDPOINT,
-    Job,
-    ResultWriter,
-    count_lines,
-    iter_jobs,
-    ledger_path,
-    line_hash,
-)
-from ..limits.limiter import Limiter
+from ..jobs import Job, count_lines, iter_jobs, line_hash
 from ..stats import Stats
 from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
+from ..store.ledger import ledger_path
 from ..store.lock import JobLock
 from ..store.paths import check_job_paths, job_locks
 from ..store.resume import (
@@ -45,10 +28,13 @@ from ..store.resume import (
     move_aside,
     stop_check,
 )
-from .engine import Engine, Lane, Sink
-from .retry import Fallback, RetryPolicy
+from ..store.writer import ResultWriter
+from .config import JobConfig
+from .engine import Engine
+from .parts import Parts, build_parts
 
-__all__ = ["JobConfig", "Parts", "build_parts", "default_paths", "run_job"]
+# JobConfig is defined in .config, Parts in .parts; both stay importable from here.
+__all__ = ["JobConfig", "default_paths", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -58,82 +44,6 @@ def default_paths(input_path: Path) -> tuple[Path, Path]:
     stem = input_path.name[:-6] if input_path.name.endswith(".jsonl") else input_path.stem
     return (input_path.with_name(f"{stem}.results.jsonl"),
             input_path.with_name(f"{stem}.errors.jsonl"))
-
-
-@dataclass(slots=True)
-class JobConfig:
-    """Everything a run needs besides the input file. Defaults match the CLI's.
-
-    Attributes:
-        base_url: API base, e.g. ``https://api.openai.com/v1``.
-        api_key: the key (never logged); None for servers that need none.
-        rpm / tpm: requests and tokens per minute to stay under (None: no limit).
-        max_in_flight: most requests on the wire at once.
-        max_attempts: attempts per request, the first included.
-        timeout: seconds per attempt.
-        endpoint: endpoint for lines that do not name one.
-        default_max_tokens: completion budget charged when a body states none.
-        encodings_dir: folder with local tiktoken encoding files.
-        headers: extra HTTP headers.
-        azure: Azure OpenAI (``api-key`` header, deployment URLs); None: detect from
-            the base URL.
-        api_version: Azure's ``api-version``.
-        api_keys: several ``(name, key)`` pairs, each with its own counters (instead of
-            ``api_key``); a key the server refuses is retired and the run goes on.
-        rpd / tpd: daily budgets; when spent, the run stops cleanly (resumable).
-        auto_rpm / auto_tpm: learn RPM / TPM from the server's headers where not given.
-        fallback_model / fallback_after: switch a request to this model after that
-            many 429s (or at once on model-not-found).
-        refund_unused: give back unused tokens after each answer (servers that count
-            real usage; OpenAI charges max_tokens up front, so off by default).
-        grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
-        fresh: move old outputs aside and start over.
-        retry_failed: send again the requests that failed for good in earlier runs.
-        resend_changed: lines whose content changed since they were answered (or failed
-            for good) are sent again, their earlier records moved to side files. Without
-            it, a changed line without a custom_id (named by its position) stops the run
-            before anything is sent, and one with a custom_id keeps its old answer.
-        secret_headers: extra headers whose values are masked wherever a server might
-            echo them (credential headers in ``headers`` are masked anyway).
-        max_response_mb: the largest answer kept, in MiB; a larger one is an error
-            record (``response_too_large``).
-        outage_window: seconds the server may stay down (most attempts failing with
-            5xx or connection errors) while batchproc probes it, spending no attempts,
-            before the run stops (resumable); 0 turns this off.
-    """
-
-    base_url: str = DEFAULT_BASE_URL
-    api_key: str | None = field(default=None, repr=False)  # never in a repr
-    rpm: float | None = None
-    tpm: float | None = None
-    max_in_flight: int = 100
-    max_attempts: int = 5
-    timeout: float = 600.0
-    endpoint: str = DEFAULT_ENDPOINT
-    default_max_tokens: int = DEFAULT_MAX_TOKENS
-    encodings_dir: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    azure: bool | None = None
-    api_version: str = AZURE_API_VERSION
-    api_keys: list[tuple[str, str]] = field(default_factory=list, repr=False)
-    rpd: float | None = None
-    tpd: float | None = None
-    auto_rpm: bool = True
-    auto_tpm: bool = True
-    fallback_model: str | None = None
-    fallback_after: int = 3
-    refund_unused: bool = False
-    grace: float = 30.0
-    fresh: bool = False
-    retry_failed: bool = False
-    burst_seconds: float = 1.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    allow_download: bool = True
-    resend_changed: bool = False
-    secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
-    outage_window: float = 1800.0
 
 
 async def run_job(
@@ -249,64 +159,6 @@ async def _run(
     if counter.mode != "exact":
         stats.notes.append(f"token counts: {counter.mode}")
     return stats
-
-
-@dataclass(slots=True)
-class Parts:
-    """What a run is made of, built from a :class:`JobConfig` (shared by the entry points)."""
-
-    cfg: JobConfig
-    counter: TokenCounter
-    lanes: list[Lane]
-    default_key: str | None
-    azure: bool
-
-    def cost(self, job: Job) -> Cost:
-        return self.counter.cost(job.body, job.url)
-
-    def client(self) -> OpenAIClient:
-        cfg = self.cfg
-        return OpenAIClient(cfg.base_url, self.default_key, timeout=cfg.timeout,
-                            max_connections=cfg.max_in_flight, headers=cfg.headers,
-                            azure=self.azure, api_version=cfg.api_version,
-                            secrets=[key for _, key in cfg.api_keys],
-                            secret_headers=cfg.secret_headers,
-                            max_response_mb=cfg.max_response_mb)
-
-    def engine(self, client: OpenAIClient, sink: Sink, *,
-               on_progress: Callable[[Stats], None] | None = None,
-               stats: Stats | None = None,
-               before_admit: Callable[[], Awaitable[None]] | None = None) -> Engine:
-        cfg = self.cfg
-        fallback = Fallback(cfg.fallback_model, cfg.fallback_after) if cfg.fallback_model else None
-        return Engine(client, self.lanes[0].limiter, sink, cost=self.cost,
-                      policy=RetryPolicy(cfg.max_attempts, base=cfg.backoff_base,
-                                         cap=cfg.backoff_cap),
-                      max_in_flight=cfg.max_in_flight, on_progress=on_progress,
-                      grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
-                      refund_unused=cfg.refund_unused, before_admit=before_admit,
-                      outage_window=cfg.outage_window)
-
-
-def build_parts(cfg: JobConfig) -> Parts:
-    """Token counter, one limiter per key, client and engine settings for ``cfg``."""
-    counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
-                           default_max_tokens=cfg.default_max_tokens, background=True)
-    azure = cfg.azure if cfg.azure is not None else is_azure_url(cfg.base_url)
-
-    def new_limiter() -> Limiter:
-        return Limiter.per_minute(
-            cfg.rpm, cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd, burst_seconds=cfg.burst_seconds,
-            auto_requests=cfg.auto_rpm and not cfg.rpm,
-            auto_tokens=cfg.auto_tpm and not cfg.tpm,
-        )
-
-    if cfg.api_keys:
-        header = "api-key" if azure else "Authorization"
-        lanes = [Lane(name, new_limiter(), {header: key if azure else f"Bearer {key}"})
-                 for name, key in cfg.api_keys]
-        return Parts(cfg, counter, lanes, None, azure)
-    return Parts(cfg, counter, [Lane(None, new_limiter())], cfg.api_key, azure)
 
 
 def _prepare_files(

@@ -30,13 +30,14 @@ import orjson
 
 from ..errors import ConfigError
 from ..idset import IdSet
-from ..jobs import LEDGER_ENTRY, BadLine, Job, iter_raw_lines, ledger_path, line_hash
+from ..jobs import BadLine, Job, iter_raw_lines, line_hash
 from ..stats import Stats
+from .ledger import LEDGER_ENTRY, ledger_path
+from .records import read_custom_id, read_error
 from .resume import (
     CHECK_EVERY,
     POSITIONAL_PREFIX,
     ResumeState,
-    _custom_id,
     load_state,
     stop_check,
 )
@@ -186,7 +187,7 @@ def supersede(results: Path, errors: Path, ids: IdSet) -> list[tuple[Path, int]]
     moved: list[tuple[Path, int]] = []
 
     def changed_result(raw: bytes) -> bool:
-        cid = _custom_id(raw)[0]
+        cid = read_custom_id(raw)[0]
         return cid is not None and cid in ids
 
     def changed_failure(raw: bytes) -> bool:
@@ -205,16 +206,12 @@ def supersede(results: Path, errors: Path, ids: IdSet) -> list[tuple[Path, int]]
 
 
 def _failed_id(raw: bytes) -> str | None:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    read = read_error(raw)
+    if read is None:
         return None
-    if not isinstance(obj, dict):
+    cid, error = read
+    if error.get("code") == "invalid_line":
         return None
-    error = obj.get("error")
-    if isinstance(error, dict) and error.get("code") == "invalid_line":
-        return None
-    cid = obj.get("custom_id")
     return cid if isinstance(cid, str) else None
 
 

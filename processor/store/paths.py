@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..jobs import ledger_path
+from .ledger import ledger_path
 
 __all__ = ["check_distinct", "check_input", "check_job_paths", "check_output", "identity",
            "job_locks", "lock_path"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections import Counter
@@ -20,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from ..errors import OutputError
 from ..idset import IdSet
-from ..jobs import LEDGER_ENTRY, count_lines, ledger_path, parse_hash
+from ..jobs import count_lines
+from .ledger import ledger_path, read_ledger
+from .records import parse_hash, read_custom_id, read_error
 
 __all__ = ["ResumeState", "ScanInterrupted", "load_state", "move_aside", "repair_torn_tail",
            "stop_check"]
@@ -51,14 +50,6 @@ def stop_check(flag: threading.Event | None) -> Callable[[], None] | None:
     return check
 
 log = logging.getLogger(__name__)
-
-# Our own records start {"id":"batch_req_...","custom_id":"...","response":{"status_code":2xx
-# and end ,"error":null}; read the id from the first bytes without parsing a possibly
-# large response body. Other lines (other writers, OpenAI Batch API failures with the
-# same prefix) fall back to a full parse.
-_FAST_ID = re.compile(
-    rb'\{"id":"[^"\\]*","custom_id":("(?:[^"\\]|\\.)*"),"response":\{"status_code":2\d\d,')
-
 
 @dataclass(slots=True)
 class ResumeState:
@@ -189,36 +180,6 @@ def _save_new(beside: Path, name: str, data: bytes) -> Path:
     return side
 
 
-def _custom_id(raw: bytes) -> tuple[str | None, bool]:
-    """The ``custom_id`` of a results line (None: not a record), and whether the line
-    holds an answer: no ``error`` and, where a status is given, a 2xx one. OpenAI's
-    Batch API writes failures as ``"response": null`` with an ``error``, and 4xx/5xx
-    answers with their status; such a line is a failure, not an answer."""
-    m = _FAST_ID.match(raw)
-    if m is not None and raw.endswith((b',"error":null}\n', b',"error":null}')):
-        try:
-            value = orjson.loads(m.group(1))
-        except orjson.JSONDecodeError:
-            value = None
-        if isinstance(value, str):
-            return value, True
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, False
-    if not isinstance(obj, dict):
-        return None, False
-    cid = obj.get("custom_id")
-    if not isinstance(cid, str):
-        return None, False
-    response = obj.get("response", {})
-    status = response.get("status_code") if isinstance(response, dict) else None
-    answered = (isinstance(response, dict) and not obj.get("error")
-                and ("status_code" not in response
-                     or (type(status) is int and 200 <= status < 300)))
-    return cid, answered
-
-
 def load_state(results: Path, errors: Path, *,
                stop: threading.Event | None = None) -> ResumeState:
     """Repair both files' tails, then collect what they hold.
@@ -247,7 +208,7 @@ def load_state(results: Path, errors: Path, *,
             for n, raw in enumerate(f):
                 if check is not None and not n % CHECK_EVERY:
                     check()
-                cid, answered = _custom_id(raw)
+                cid, answered = read_custom_id(raw)
                 if cid is None:
                     state.invalid_lines += 1
                 elif not answered:
@@ -258,7 +219,8 @@ def load_state(results: Path, errors: Path, *,
                 elif state.done.add(cid) and cid.startswith(POSITIONAL_PREFIX):
                     state.positional += 1
     if with_ledger:
-        _read_ledger(ledger, state, check)
+        read_ledger(ledger, state.done, check)
+        state.has_ledger = True
     if errors.exists():
         with open(errors, "rb") as f:
             for n, raw in enumerate(f):
@@ -269,15 +231,11 @@ def load_state(results: Path, errors: Path, *,
 
 
 def _read_error(raw: bytes, state: ResumeState) -> None:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    read = read_error(raw)
+    if read is None:
         state.invalid_lines += 1
         return
-    if not isinstance(obj, dict):
-        return
-    error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-    assert isinstance(error, dict)
+    cid, error = read
     line = error.get("line")
     hashed = parse_hash(error.get("input_hash"))
     if error.get("code") == "invalid_line":
@@ -288,34 +246,11 @@ def _read_error(raw: bytes, state: ResumeState) -> None:
         elif isinstance(line, int):
             state.bad_lines.add(line)  # an older record: known by its line number only
         return
-    cid = obj.get("custom_id")
     if isinstance(cid, str):
         # A later record for the same id (it failed again) replaces the hash.
         if state.failed.add(cid, hashed) and cid.startswith(POSITIONAL_PREFIX):
             state.positional += 1
         state.failed_hashes = state.failed_hashes or bool(hashed)
-
-
-def _read_ledger(path: Path, state: ResumeState, check: Callable[[], None] | None) -> None:
-    size = LEDGER_ENTRY.size
-    length = path.stat().st_size
-    if length % size:
-        # A torn last entry (a crash or a full disk mid-write): cut it, or every later
-        # entry would be read out of step.
-        with open(path, "rb+") as f:
-            f.truncate(length - length % size)
-    with open(path, "rb") as f:
-        while chunk := f.read(size * 4096):
-            if check is not None:
-                check()
-            whole = len(chunk) - len(chunk) % size
-            for fp, digest in LEDGER_ENTRY.iter_unpack(chunk[:whole]):
-                # Only ids the results file holds: an entry whose result line was torn
-                # off must not make that request look done.
-                state.done.update_fingerprint(fp, digest)
-            if whole < len(chunk):
-                break
-    state.has_ledger = True
 
 
 def move_aside(path: Path) -> Path | None:

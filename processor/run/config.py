@@ -1,0 +1,88 @@
+"""``JobConfig``: everything a run needs besides the input file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
+from ..cost import DEFAULT_MAX_TOKENS
+from ..jobs import DEFAULT_ENDPOINT
+
+__all__ = ["JobConfig"]
+
+
+@dataclass(slots=True)
+class JobConfig:
+    """Everything a run needs besides the input file. Defaults match the CLI's.
+
+    Attributes:
+        base_url: API base, e.g. ``https://api.openai.com/v1``.
+        api_key: the key (never logged); None for servers that need none.
+        rpm / tpm: requests and tokens per minute to stay under (None: no limit).
+        max_in_flight: most requests on the wire at once.
+        max_attempts: attempts per request, the first included.
+        timeout: seconds per attempt.
+        endpoint: endpoint for lines that do not name one.
+        default_max_tokens: completion budget charged when a body states none.
+        encodings_dir: folder with local tiktoken encoding files.
+        headers: extra HTTP headers.
+        azure: Azure OpenAI (``api-key`` header, deployment URLs); None: detect from
+            the base URL.
+        api_version: Azure's ``api-version``.
+        api_keys: several ``(name, key)`` pairs, each with its own counters (instead of
+            ``api_key``); a key the server refuses is retired and the run goes on.
+        rpd / tpd: daily budgets; when spent, the run stops cleanly (resumable).
+        auto_rpm / auto_tpm: learn RPM / TPM from the server's headers where not given.
+        fallback_model / fallback_after: switch a request to this model after that
+            many 429s (or at once on model-not-found).
+        refund_unused: give back unused tokens after each answer (servers that count
+            real usage; OpenAI charges max_tokens up front, so off by default).
+        grace: seconds in-flight requests get after Ctrl-C / SIGTERM.
+        fresh: move old outputs aside and start over.
+        retry_failed: send again the requests that failed for good in earlier runs.
+        resend_changed: lines whose content changed since they were answered (or failed
+            for good) are sent again, their earlier records moved to side files. Without
+            it, a changed line without a custom_id (named by its position) stops the run
+            before anything is sent, and one with a custom_id keeps its old answer.
+        secret_headers: extra headers whose values are masked wherever a server might
+            echo them (credential headers in ``headers`` are masked anyway).
+        max_response_mb: the largest answer kept, in MiB; a larger one is an error
+            record (``response_too_large``).
+        outage_window: seconds the server may stay down (most attempts failing with
+            5xx or connection errors) while batchproc probes it, spending no attempts,
+            before the run stops (resumable); 0 turns this off.
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)  # never in a repr
+    rpm: float | None = None
+    tpm: float | None = None
+    max_in_flight: int = 100
+    max_attempts: int = 5
+    timeout: float = 600.0
+    endpoint: str = DEFAULT_ENDPOINT
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    encodings_dir: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    azure: bool | None = None
+    api_version: str = AZURE_API_VERSION
+    api_keys: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    rpd: float | None = None
+    tpd: float | None = None
+    auto_rpm: bool = True
+    auto_tpm: bool = True
+    fallback_model: str | None = None
+    fallback_after: int = 3
+    refund_unused: bool = False
+    grace: float = 30.0
+    fresh: bool = False
+    retry_failed: bool = False
+    burst_seconds: float = 1.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    allow_download: bool = True
+    resend_changed: bool = False
+    secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
+    outage_window: float = 1800.0
