@@ -172,6 +172,39 @@ class Stats:
             self.tokens_charged_answered += charged
             self.tokens_used_answered += prompt + completion
 
+    def retried(self) -> None:
+        """One attempt failed and its request went back into the requeue."""
+        self.retries += 1
+
+    def refused(self) -> None:
+        """One 429 answer."""
+        self.n_429 += 1
+
+    def fell_back(self) -> None:
+        """One request moved to the fallback model."""
+        self.fallbacks += 1
+
+    def learned_limit(self, name: str, value: float) -> bool:
+        """A limit learned from the server's headers; True if it is new or changed."""
+        if self.limits.get(name) == value:
+            return False
+        self.limits[name] = value
+        self.learned.add(name)
+        return True
+
+    def outage(self, *, since: float | None, probe_every: float | None,
+               seconds: float | None = None, outages: int | None = None) -> None:
+        """The outage circuit's state: down ``since`` (None: up), probing every
+        ``probe_every`` s; ``seconds`` down in all; ``outages`` so far."""
+        self.outage_since, self.probe_every = since, probe_every
+        if seconds is not None:
+            self.outage_seconds = seconds
+        if outages is not None:
+            self.outages = outages
+
+    def finish(self, at: float) -> None:
+        self.finished = at
+
     def failed_for_good(self, code: str) -> None:
         self.failed += 1
         self.failures[code] += 1

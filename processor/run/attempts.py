@@ -131,7 +131,7 @@ class Attempts:
             self._learn(job, exc.ratelimit, force=True, refused=isinstance(exc, RateLimited))
         insisted, told = 0, ""
         if isinstance(exc, RateLimited):
-            self.stats.n_429 += 1
+            self.stats.refused()
             # The key's pause, however long: a paused key is avoided, and when every
             # key waits over an hour, admission stops the run (long_wait_stop).
             lane.limiter.rate_limited(hint)
@@ -163,18 +163,18 @@ class Attempts:
         match action:
             case Retry(delay):
                 self.requeue_at(job, delay)
-                self.stats.retries += 1
+                self.stats.retried()
             case Requeue(retry):
                 job.attempts = max(0, job.attempts - 1)  # this attempt did not count
                 self.requeue_at(job, 0.0)
                 if retry:
-                    self.stats.retries += 1
+                    self.stats.retried()
             case SwitchModel(model):
                 job.fallback_from = job.model
                 job.model = model
                 job.body = dict(job.body, model=model)
                 job.payload = orjson.dumps(job.body)
-                self.stats.fallbacks += 1
+                self.stats.fell_back()
                 self.requeue_at(job, 0.0)
             case Fail(code, message):
                 self.outcomes.fail(job, code, message, exc)

@@ -203,7 +203,7 @@ class Engine:
                 await self._drain()
         finally:
             ticker.cancel()
-            self.stats.finished = time.monotonic()
+            self.stats.finish(time.monotonic())
             if self.on_progress:
                 try:
                     self.on_progress(self.stats)
@@ -258,7 +258,9 @@ class Engine:
         while True:
             await self._waits.sleep(self.progress_interval)
             if self.circuit is not None:
-                self.stats.outage_seconds = self.circuit.total_down(self.now())
+                stats = self.stats
+                stats.outage(since=stats.outage_since, probe_every=stats.probe_every,
+                             seconds=self.circuit.total_down(self.now()))
             if self.on_progress is not None:
                 try:
                     self.on_progress(self.stats)

@@ -134,11 +134,8 @@ class KeyPool:
                      cum_tokens=cum_tokens, force=force, refused_tokens=refused_tokens)
         for name, value in limiter.learned.items():
             short = "rpm" if name.startswith("requests") else "tpm"
-            if stats.limits.get(short) != value:
-                stats.limits[short] = value
-                stats.learned.add(short)
-                if was_learning or short not in stats.limits:
-                    log.info("learned %s = %g from the server's headers", short, value)
+            if stats.learned_limit(short, value) and was_learning:
+                log.info("learned %s = %g from the server's headers", short, value)
         if was_learning and not limiter.learning and limiter.learned:
             learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
             stats.note(f"limits learned from the server: {learned}")

@@ -59,7 +59,7 @@ class OutageWatch:
         if tripped:
             self._began()
         else:
-            self.stats.probe_every = circuit.interval
+            self.stats.outage(since=self.stats.outage_since, probe_every=circuit.interval)
         return True
 
     def alive(self, job: Job, now: float) -> None:
@@ -70,22 +70,18 @@ class OutageWatch:
         was_open = not circuit.closed
         circuit.record(False, now)
         if was_open:
-            stats = self.stats
-            stats.outage_seconds = circuit.total_down(now)
-            stats.outage_since = stats.probe_every = None
+            self.stats.outage(since=None, probe_every=None, seconds=circuit.total_down(now))
             log.warning("the server answers again; resuming")
 
     def probing(self, job: Job) -> None:
         """``job`` goes as the probe."""
         self.circuit.start_probe()
         self.probe = job
-        self.stats.probe_every = self.circuit.interval
+        self.stats.outage(since=self.stats.outage_since, probe_every=self.circuit.interval)
 
     def _began(self) -> None:
-        stats = self.stats
-        stats.outages = self.circuit.outages
-        stats.outage_since = self._wall()
-        stats.probe_every = self.circuit.interval
+        self.stats.outage(since=self._wall(), probe_every=self.circuit.interval,
+                          outages=self.circuit.outages)
         # The failures that opened it did not count either.
         for job in self.recent:
             job.attempts = max(0, job.attempts - 1)
@@ -97,7 +93,8 @@ class OutageWatch:
         """The server stayed down for the whole outage window: stop, resumable."""
         circuit = self.circuit
         stats = self.stats
-        stats.outage_seconds = circuit.total_down(now)
+        stats.outage(since=stats.outage_since, probe_every=stats.probe_every,
+                     seconds=circuit.total_down(now))
         since = time.strftime("%H:%M", time.localtime(stats.outage_since or self._wall()))
         return Stop(StopReason.RERUN_LATER,
                     f"the server has been down since {since} (5xx answers or connection "
