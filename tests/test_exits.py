@@ -12,7 +12,9 @@ from processor.stats import Stats, StopReason
 
 def stats(stopped: StopReason | None = None, **counts: Any) -> Stats:
     s = Stats(**counts)
-    if stopped is not None:
+    if stopped is StopReason.COMPLETED:
+        s.stopped = stopped
+    elif stopped is not None:
         s.stop(stopped, f"stopped: {stopped.value}")
     return s
 
@@ -37,11 +39,12 @@ def stats(stopped: StopReason | None = None, **counts: Any) -> Stats:
         (stats(StopReason.SIGINT, output_error="disk full"), 74),  # what it wrote is in doubt
         (stats(StopReason.RERUN_LATER, output_error="disk full"), 74),
         (stats(stop_reason="a message without a reason"), 1),
+        (stats(stopped=StopReason.COMPLETED, ok=3), 0),
     ],
     ids=["all-answered", "empty-input", "failed", "bad-lines", "skipped-failed", "still-bad",
          "key-refused", "caller", "error", "rerun-later", "sigint", "sigterm", "sighup",
          "output-error", "sigint-and-output-error", "later-and-output-error",
-         "message-only"],
+         "message-only", "completed"],
 )
 def test_exit_code(case: Stats, code: int) -> None:
     assert exit_code(case) == code

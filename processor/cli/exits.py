@@ -50,7 +50,7 @@ def exit_code(stats: Stats) -> int:
     """
     if stats.output_error:
         return EXIT_IOERR
-    if stats.stopped is not None:
+    if stats.stopped in BY_REASON:  # COMPLETED (or None): by the counts
         return BY_REASON[stats.stopped]
     unanswered = stats.failed or stats.bad_lines or stats.skipped_failed or stats.still_bad
     return EXIT_FAILED if unanswered or stats.stop_reason else EXIT_OK
