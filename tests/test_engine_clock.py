@@ -231,7 +231,7 @@ async def test_abandoning_in_flight_ends_the_grace_period_at_once() -> None:
     stats = await clock.drive(both())
     assert clock.now == pytest.approx(5.0)
     assert stats.abandoned and stats.stopped is StopReason.SIGINT  # the first stop's
-    assert "second SIGINT: in-flight requests abandoned" in stats.notes
+    assert "second SIGINT: 2 in-flight requests abandoned" in stats.notes
     assert stats.ok == 0 and sink.results == [] and stats.in_flight == 0
 
 

@@ -165,13 +165,14 @@ class Engine:
         """Abandon in-flight requests now (a second Ctrl-C); files stay valid.
 
         Args:
-            why: noted in the summary as ``<why>: in-flight requests abandoned``.
+            why: noted in the summary as ``<why>: N in-flight requests abandoned`` (if
+                any were).
         """
         if not self._waits.abort.is_set():
             self.grace = 0.0
             self.stats.abandoned = True
-            if why:
-                self.stats.note(f"{why}: in-flight requests abandoned")
+            if why and self._in_flight:
+                self.stats.note(f"{why}: {self._in_flight} in-flight requests abandoned")
         self._waits.abort.set()
 
     @property
