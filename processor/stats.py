@@ -3,13 +3,41 @@ progress display and summary (which read them)."""
 
 from __future__ import annotations
 
+import enum
 import math
 import time
 from collections import Counter
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_SHOWN", "Stats", "clamp_seconds", "clock_at", "human_duration"]
+__all__ = ["MAX_SHOWN", "Stats", "StopReason", "clamp_seconds", "clock_at", "human_duration"]
+
+
+class StopReason(enum.Enum):
+    """Why a run ended; the exit code follows from it (:mod:`processor.cli.exits`)."""
+
+    COMPLETED = "completed"
+    """Every line was taken from the input and every request finished one way or another."""
+    SIGINT = "SIGINT"
+    """Interrupted (Ctrl-C): resumable."""
+    SIGTERM = "SIGTERM"
+    SIGHUP = "SIGHUP"
+    RERUN_LATER = "rerun_later"
+    """A wait of over an hour, a spent daily budget, an outage longer than the window, or
+    a server that keeps refusing: nothing written off, rerun the same command later."""
+    KEY_REFUSED = "key_refused"
+    """The (every) API key was refused (401/403) or has no quota left."""
+    OUTPUT_ERROR = "output_error"
+    """An output file could not be written."""
+    CALLER = "caller"
+    """The program driving the engine stopped it (the pipeline's reader went away)."""
+    ERROR = "error"
+    """Stopped by an unexpected error or a cancellation."""
+
+    @property
+    def signal(self) -> bool:
+        return self in (StopReason.SIGINT, StopReason.SIGTERM, StopReason.SIGHUP)
 
 
 @dataclass(slots=True)
@@ -29,7 +57,11 @@ class Stats:
         prompt_tokens / completion_tokens: from the responses' ``usage``.
         tokens_charged: tokens charged at admission (estimates).
         failures: final failures by reason.
-        stop_reason: why the run stopped early, if it did.
+        stop_reason: why the run stopped early, if it did, for a person to read.
+        stopped: why the run stopped early, as a :class:`StopReason` (None: it did not).
+        abandoned: a second signal abandoned the requests in flight.
+        still_bad: lines reported bad in an earlier run, still bad (left out, not
+            written again).
         output_error: the first output file that could not be written, and why.
     """
 
@@ -42,7 +74,6 @@ class Stats:
     changed: int = 0
     changed_examples: list[str] = field(default_factory=list)
     in_flight: int = 0
-    retrying: int = 0
     attempts: int = 0
     retries: int = 0
     n_429: int = 0
@@ -64,7 +95,6 @@ class Stats:
     retired_keys: list[str] = field(default_factory=list)
     answered_by_key: Counter[str] = field(default_factory=Counter)
     resume_at: float | None = None
-    rerun_later: bool = False
     skipped_failed: int = 0
     output_error: str | None = None
     #: earlier bad lines no longer in the input (fixed or removed; known by content).
@@ -85,6 +115,106 @@ class Stats:
     outage_seconds: float = 0.0
     #: how many times the circuit opened.
     outages: int = 0
+    stopped: StopReason | None = None
+    abandoned: bool = False
+    still_bad: int = 0
+    #: the requeue the engine holds (``retrying`` is its length); set by the engine.
+    _requeue: Sized = ()
+
+    @property
+    def retrying(self) -> int:
+        """Requests waiting in the requeue."""
+        return len(self._requeue)
+
+    @property
+    def rerun_later(self) -> bool:
+        """The run stopped to be rerun later (exit 75)."""
+        return self.stopped is StopReason.RERUN_LATER
+
+    @property
+    def reason(self) -> StopReason:
+        """:attr:`stopped`, or COMPLETED."""
+        return self.stopped or StopReason.COMPLETED
+
+    # -- the engine's (and the runner's) updates ----------------------------------
+
+    def stop(self, reason: StopReason, message: str) -> None:
+        """Record why the run stops: the first reason (and its message) stays."""
+        if self.stopped is None:
+            self.stopped = reason
+        if self.stop_reason is None:
+            self.stop_reason = message
+
+    def watch_requeue(self, requeue: Sized) -> None:
+        self._requeue = requeue
+
+    def sent(self, tokens: int) -> None:
+        """One attempt admitted, ``tokens`` charged."""
+        self.in_flight += 1
+        self.attempts += 1
+        self.tokens_charged += tokens
+
+    def returned(self) -> None:
+        """One attempt came back (or was abandoned)."""
+        self.in_flight -= 1
+
+    def answered(self, prompt: int, completion: int, *, charged: int, estimated: int,
+                 key: str | None = None) -> None:
+        """One request answered and its result written."""
+        self.ok += 1
+        if key is not None:
+            self.answered_by_key[key] += 1
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        if prompt or completion:
+            self.estimated_prompt += estimated
+            self.actual_prompt += prompt
+            self.tokens_charged_answered += charged
+            self.tokens_used_answered += prompt + completion
+
+    def retried(self) -> None:
+        """One attempt failed and its request went back into the requeue."""
+        self.retries += 1
+
+    def refused(self) -> None:
+        """One 429 answer."""
+        self.n_429 += 1
+
+    def fell_back(self) -> None:
+        """One request moved to the fallback model."""
+        self.fallbacks += 1
+
+    def learned_limit(self, name: str, value: float) -> bool:
+        """A limit learned from the server's headers; True if it is new or changed."""
+        if self.limits.get(name) == value:
+            return False
+        self.limits[name] = value
+        self.learned.add(name)
+        return True
+
+    def outage(self, *, since: float | None, probe_every: float | None,
+               seconds: float | None = None, outages: int | None = None) -> None:
+        """The outage circuit's state: down ``since`` (None: up), probing every
+        ``probe_every`` s; ``seconds`` down in all; ``outages`` so far."""
+        self.outage_since, self.probe_every = since, probe_every
+        if seconds is not None:
+            self.outage_seconds = seconds
+        if outages is not None:
+            self.outages = outages
+
+    def finish(self, at: float) -> None:
+        self.finished = at
+
+    def failed_for_good(self, code: str) -> None:
+        self.failed += 1
+        self.failures[code] += 1
+
+    def bad_line(self) -> None:
+        self.bad_lines += 1
+        self.failures["invalid_line"] += 1
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
     @property
     def done(self) -> int:
@@ -97,7 +227,10 @@ class Stats:
         return end - self.started
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_requeue"}
+        out["retrying"] = self.retrying
+        out["rerun_later"] = self.rerun_later
+        out["stopped"] = self.stopped.value if self.stopped else None
         out["failures"] = dict(self.failures)
         out["learned"] = sorted(self.learned)
         out["answered_by_key"] = dict(self.answered_by_key)

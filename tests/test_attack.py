@@ -257,6 +257,7 @@ def test_a_rerun_names_the_bad_lines_that_are_still_bad(
     assert code == 1 and "1 bad lines" in out, out
     code, out = run(job, server_url)
     flat = " ".join(out.split())
+    assert code == 1, out  # not every request was answered
     assert "1 bad line(s) reported in an earlier run are still bad (lines 2)" in flat, out
     assert len(read_jsonl(tmp_path / "job.errors.jsonl")) == 1  # not written again
     write_jsonl(job, [chat_line(0), chat_line(1), chat_line(2), chat_line(3)])

@@ -109,7 +109,7 @@ def test_every_line_is_sendable_or_one_error_record(tmp_path_factory: Any,
     assert len(items) == len(raw_lines)
     for item in items:
         before = len(sink.errors)
-        job = engine._prepare(item)
+        job = engine.outcomes.prepare(item)
         if job is None:
             assert len(sink.errors) == before + 1
             assert sink.errors[-1]["error"]["line"] == item.line

@@ -309,7 +309,7 @@ class FailingSender:
                    headers: Mapping[str, str] | None = None,
                    model: str | None = None) -> Response:
         assert self.engine is not None
-        self.peak_requeue = max(self.peak_requeue, len(self.engine._requeue))
+        self.peak_requeue = max(self.peak_requeue, len(self.engine.admission.requeue))
         await asyncio.sleep(0)
         raise ServerError("HTTP 502: no message", status=502)
 

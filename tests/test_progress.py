@@ -41,3 +41,15 @@ def test_summary_says_how_long_the_server_was_down() -> None:
     stats.outages = 3
     assert "outage: 3m13s (3 times)" in format_summary(stats)
     assert "outage" not in format_summary(Stats())
+
+
+def test_the_summary_names_why_the_run_stopped() -> None:
+    from processor.stats import StopReason
+
+    stats = Stats()
+    assert summary_dict(stats)["stopped"] == "completed"
+    stats.stop(StopReason.RERUN_LATER, "daily budget spent")
+    stats.still_bad = 2
+    s = summary_dict(stats)
+    assert s["stopped"] == "rerun_later" and s["stop_reason"] == "daily budget spent"
+    assert s["still_bad_lines"] == 2

@@ -338,7 +338,8 @@ def test_a_real_run_resumes_on_the_fast_path(server_url: str, tmp_path: Path,  #
     _check_fast(errors[0], orjson.loads(errors[0]))
     _no_full_parse(monkeypatch, results + errors)
     second = CliRunner().invoke(app, argv, env=env)
-    assert second.exit_code == 0, second.output  # the bad line was reported before
+    # The bad line was reported before and is still bad: exit 1, nothing sent again.
+    assert second.exit_code == 1, second.output
     out = " ".join(second.output.split())
     assert f"{len(ODD_IDS) - 1} skipped (already done)" in out and "0 ok" in out
     assert "reported in an earlier run are still bad (lines 11)" in out

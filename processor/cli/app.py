@@ -21,6 +21,7 @@ from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
+from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_LATER, EXIT_USAGE, exit_code
 from .keys import key_problem, read_keys_file, unquote_key
 from .progress import LiveReporter, PlainReporter, format_summary
 
@@ -34,13 +35,6 @@ app = typer.Typer(
 )
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
-EXIT_SIGHUP = 129
-#: stopped on a spent daily budget, or another run holds the job: rerun later
-#: (sysexits' EX_TEMPFAIL).
-EXIT_LATER = 75
-#: an output file could not be written (disk full, read-only, I/O error): sysexits' EX_IOERR.
-EXIT_IOERR = 74
 
 
 def _is_local(url: str) -> bool:
@@ -331,19 +325,9 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     typer.echo(format_summary(stats), err=True)
-    if stats.output_error:
-        raise typer.Exit(EXIT_IOERR)
-    reason = stats.stop_reason or ""
-    if reason.startswith("SIGINT") or reason.startswith("second SIGINT"):
-        raise typer.Exit(EXIT_SIGINT)
-    if reason.startswith("SIGTERM") or reason.startswith("second SIGTERM"):
-        raise typer.Exit(EXIT_SIGTERM)
-    if reason.startswith("SIGHUP") or reason.startswith("second SIGHUP"):
-        raise typer.Exit(EXIT_SIGHUP)
-    if stats.rerun_later:
-        raise typer.Exit(EXIT_LATER)
-    if stats.failed or stats.bad_lines or stats.stop_reason or stats.skipped_failed:
-        raise typer.Exit(EXIT_FAILED)
+    code = exit_code(stats)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("mock-server")

@@ -23,12 +23,10 @@ from ..store.paths import check_distinct, check_output
 from ..tools.estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
 from ..tools.export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from ..tools.imagejobs import write_image_jobs
+from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_USAGE
 
 __all__ = ["register"]
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
-#: a file could not be read or written (disk full, I/O error): sysexits' EX_IOERR.
-EXIT_IOERR = 74
 
 
 class Detail(str, Enum):

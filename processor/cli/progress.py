@@ -200,6 +200,8 @@ def summary_dict(stats: Stats) -> dict[str, Any]:
         "answered_by_key": dict(stats.answered_by_key),
         "outage_s": round(stats.outage_seconds, 3),
         "outages": stats.outages,
+        "stopped": stats.reason.value,
+        "still_bad_lines": stats.still_bad,
     }
 
 

@@ -107,7 +107,7 @@ async def stream_results(
         finally:
             if not task.done():  # the caller stopped reading: wind the run down
                 engine.stop("the caller stopped reading")
-                engine.kick()
+                engine.abandon_in_flight()
                 room.set()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -8,14 +8,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 
 from ..errors import OutputError
-from ..jobs import Job, count_lines, iter_jobs, line_hash
-from ..stats import Stats
+from ..jobs import BadLine, Job, count_lines, iter_jobs, line_hash
+from ..stats import Stats, StopReason
 from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
@@ -121,9 +121,9 @@ async def _run(
     async with parts.client() as client:
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         # Bad lines reported before (by content) are not reported again.
-        source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                      skip_line=unchanged_filter(state, stats)),
-                            state, stats, _sendable(parts))
+        items = _Counted(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
+                                   skip_line=unchanged_filter(state, stats)))
+        source = _Counted(unreported(items, state, stats, _sendable(parts)))
         remove = signals.attach(engine) if signals else (lambda: None)
         try:
             await engine.run(source)
@@ -131,6 +131,7 @@ async def _run(
             pass  # a write outside an attempt (a bad line's record): noted below
         finally:
             remove()
+            stats.still_bad = items.count - source.count  # what unreported() left out
             try:
                 writer.close()
             except OutputError:
@@ -140,9 +141,8 @@ async def _run(
         message = (f"cannot write the output files: {writer.failure}; what was written is "
                    "whole lines: fix the cause (free space) and rerun the same command to "
                    "resume")
-        reason = stats.stop_reason
-        if reason is None or reason.startswith(("cannot write", "stopped by an error")):
-            stats.stop_reason = message
+        if stats.stopped in (None, StopReason.OUTPUT_ERROR, StopReason.ERROR):
+            stats.stopped, stats.stop_reason = StopReason.OUTPUT_ERROR, message
         else:
             stats.notes.append(message)
     if stats.skipped_failed:
@@ -269,6 +269,18 @@ def _sendable(parts: Parts) -> Callable[[Job], bool]:
     return check
 
 
+class _Counted:
+    """Counts the items taken from an iterator."""
+
+    def __init__(self, items: Iterator[Job | BadLine]) -> None:
+        self.items, self.count = items, 0
+
+    def __iter__(self) -> Iterator[Job | BadLine]:
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
 class _SignalStop:
     """SIGINT / SIGTERM / SIGHUP for a whole run, start-up scan included.
 
@@ -297,15 +309,17 @@ class _SignalStop:
         self.hits += 1
         self.flag.set()
         engine = self.engine
+        reason = StopReason[signame]
         if engine is None:
-            self.stats.stop_reason = self.stats.stop_reason or f"{signame} received"
-        elif self.hits == 1:
-            engine.stop(f"{signame} received")
+            self.stats.stop(reason, f"{signame} received")
+        elif self.hits == 1 and not engine.stopping:
+            engine.stop(f"{signame} received", reason)
         else:
-            engine.grace = 0.0
-            engine.stop(f"second {signame}")
-            engine.stats.notes.append(f"second {signame}: in-flight requests abandoned")
-            engine.kick()
+            # A second signal, or one while the engine winds down by itself (a grace
+            # period of up to --grace seconds): abandon what is in flight now.
+            engine.stop(f"{signame} received", reason)
+            engine.abandon_in_flight(f"second {signame}" if self.hits > 1 else
+                                     f"{signame} while stopping")
 
     def attach(self, engine: Engine) -> Callable[[], None]:
         """Hand signals to ``engine`` (stopped at once if one came during the scan).
@@ -315,7 +329,8 @@ class _SignalStop:
         """
         self.engine = engine
         if self.hits:
-            engine.stop(self.stats.stop_reason or "interrupted")
+            engine.stop(self.stats.stop_reason or "interrupted",
+                        self.stats.stopped or StopReason.SIGINT)
         return self.remove
 
     def remove(self) -> None:

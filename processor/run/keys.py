@@ -1,0 +1,150 @@
+"""API keys: each a :class:`Lane` with its own counters; the pool picks one and retires
+the ones the server refuses, and feeds each key's limiter what the server says."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..limits import Limiter, Unit
+from ..stats import Stats
+
+__all__ = ["PROBE_ANSWERS", "KeyPool", "Lane", "implausible"]
+
+#: answers without rate-limit headers after which ``auto`` gives up learning.
+PROBE_ANSWERS = 3
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Lane:
+    """One API key with its own capacity counters.
+
+    Attributes:
+        name: how the key is named in messages and results (its environment variable).
+        limiter: this key's counters.
+        headers: auth headers for this key (None: the client's default).
+        retired: set once the server refused the key (401/403).
+    """
+
+    name: str | None
+    limiter: Limiter
+    headers: Mapping[str, str] | None = None
+    retired: bool = False
+    answered: int = 0
+
+
+def implausible(limiter: Limiter, name: str, value: float) -> str:
+    """``tokens/min 0.001 (below the smallest request, 37 tokens)``: why it cannot be real."""
+    if name == Unit.REQUESTS.per_minute:
+        return f"{name} {value:g} (below one request)"
+    smallest = limiter.smallest_tokens
+    if value < 1 or not math.isfinite(smallest):
+        return f"{name} {value:g} (below one token)"
+    return f"{name} {value:g} (below the smallest request, {smallest:g} tokens)"
+
+
+class KeyPool:
+    """The run's keys: which may take a request now, which the server refused.
+
+    Args:
+        lanes: one per key (at least one).
+        stats: the run's counters (limits learned, notes).
+    """
+
+    def __init__(self, lanes: list[Lane], stats: Stats) -> None:
+        self.lanes = lanes
+        self.stats = stats
+        self._answers_without_headers = 0
+        #: (lane, counter) pairs already warned about a limit that cannot be real.
+        self._warned: set[tuple[int, str]] = set()
+        #: 429s in a row per lane while it states such a limit.
+        self._refusals: dict[int, int] = {}
+
+    @property
+    def working(self) -> list[Lane]:
+        return [lane for lane in self.lanes if not lane.retired]
+
+    @property
+    def learning(self) -> bool:
+        """Some working key still learns its limits from the server's headers."""
+        return any(lane.limiter.learning for lane in self.lanes if not lane.retired)
+
+    def label(self, lane: Lane) -> str:
+        """The key's name for messages when the run has several, else ""."""
+        return lane.name or "" if len(self.lanes) > 1 else ""
+
+    def pick(self, tokens: int) -> tuple[Lane | None, float]:
+        """A working key that admits ``tokens`` now (spent there): ``(lane, 0)``; else the
+        key that admits soonest and the seconds to wait (``(None, inf)``: none left)."""
+        best: Lane | None = None
+        shortest = math.inf
+        for lane in self.working:
+            wait = lane.limiter.try_acquire(tokens)
+            if wait <= 0:
+                return lane, 0.0
+            if wait != wait:  # NaN: no finite answer from the counters, wait a second
+                wait = 1.0
+            if best is None or wait < shortest:  # inf waits too: a spent budget
+                best, shortest = lane, wait
+        return best, shortest
+
+    def retire(self, lane: Lane, why: str) -> None:
+        lane.retired = True
+        name = lane.name or "?"
+        self.stats.retired_keys.append(name)
+        message = f"API key ${name} retired: the server refused it ({why})"
+        self.stats.note(message)
+        log.warning("%s", message)
+
+    def refused(self, lane: Lane) -> tuple[int, str]:
+        """One more 429 on ``lane``: how many in a row while it states a limit that cannot
+        be real (0 if it states none), and that limit in words."""
+        limiter = lane.limiter
+        if not limiter.ignored:
+            self._refusals.pop(id(lane), None)
+            return 0, ""
+        count = self._refusals[id(lane)] = self._refusals.get(id(lane), 0) + 1
+        told = "; ".join(implausible(limiter, k, v) for k, v in limiter.ignored.items())
+        return count, told
+
+    def answered(self, lane: Lane) -> None:
+        self._refusals.pop(id(lane), None)
+
+    def learn(self, lane: Lane, info: Any, *, sent_at: float, cum_requests: float,
+              cum_tokens: float, force: bool, refused_tokens: int | None = None) -> None:
+        """Feed one answer's rate-limit headers (``info``; None: it had none) to the key."""
+        stats = self.stats
+        limiter = lane.limiter
+        if info is None:
+            if limiter.learning:
+                self._answers_without_headers += 1
+                if self._answers_without_headers >= PROBE_ANSWERS:
+                    limiter.stop_learning()
+                    stats.note("the server sends no x-ratelimit headers: nothing to learn "
+                               "limits from, so none applied (set --rpm/--tpm)")
+            return
+        was_learning = limiter.learning
+        limiter.sync(info.limit_requests, info.remaining_requests, info.limit_tokens,
+                     info.remaining_tokens, sent_at=sent_at, cum_requests=cum_requests,
+                     cum_tokens=cum_tokens, force=force, refused_tokens=refused_tokens)
+        for name, value in limiter.learned.items():
+            short = "rpm" if name == Unit.REQUESTS.per_minute else "tpm"
+            if stats.learned_limit(short, value) and was_learning:
+                log.info("learned %s = %g from the server's headers", short, value)
+        if was_learning and not limiter.learning and limiter.learned:
+            learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
+            stats.note(f"limits learned from the server: {learned}")
+        for name, value in limiter.ignored.items():
+            if (id(lane), name) not in self._warned:
+                self._warned.add((id(lane), name))
+                told = implausible(limiter, name, value)
+                message = f"ignored the server's stated limit of {told}"
+                if lane.name and len(self.lanes) > 1:
+                    message += f" (key ${lane.name})"
+                stats.note(message)
+                log.warning("%s", message)

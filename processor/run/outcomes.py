@@ -1,0 +1,147 @@
+"""What becomes of a request: readied for the wire (or reported as a bad line), answered
+(a result record), or failed for good (an error record); each counted in the stats."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from ..client.http import Response
+from ..cost import Cost
+from ..errors import APIError, JobFormatError
+from ..jobs import BadLine, Job
+from ..limits.limiter import Limiter
+from ..stats import Stats
+from ..store.records import RecordIds, error_record, result_record
+from .keys import Lane
+
+__all__ = ["Outcomes", "Sink", "usage"]
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where records go (a :class:`~processor.jobs.ResultWriter`, or a pipeline's queue)."""
+
+    def write_result(self, record: dict[str, Any], hashed_line: int | None = None) -> None: ...
+
+    def write_error(self, record: dict[str, Any]) -> None: ...
+
+    def maybe_sync(self) -> None: ...
+
+
+def usage(body: Any) -> tuple[int, int]:
+    """``(prompt, completion)`` tokens from an answer's ``usage`` (0 when not stated)."""
+    if isinstance(body, dict):
+        used = body.get("usage")
+        if isinstance(used, dict):
+            p = used.get("prompt_tokens", used.get("input_tokens", 0))
+            c = used.get("completion_tokens", used.get("output_tokens", 0))
+            return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    return 0, 0
+
+
+class Outcomes:
+    """Writes each request's outcome to the sink and counts it.
+
+    Args:
+        sink: where records go; ``stats``: the run's counters.
+        cost: a job's admission cost (may raise ``ValueError`` or
+            :class:`~processor.errors.JobFormatError` for a request that cannot be costed).
+        limiter: the first key's counters (a request larger than a whole limit fails).
+    """
+
+    def __init__(self, sink: Sink, stats: Stats, cost: Callable[[Job], int | Cost],
+                 limiter: Limiter) -> None:
+        self.sink = sink
+        self.stats = stats
+        self.cost = cost
+        self.limiter = limiter
+        self._record_id = RecordIds()
+
+    def prepare(self, item: Job | BadLine) -> Job | None:
+        """Serialise and cost a new job; report it as a bad line if either fails.
+
+        Input that parses can still be unsendable (a body nested deeper than the JSON
+        writer allows, say) or trip the cost function in any way: that line becomes
+        one error record and the run goes on.
+        """
+        if isinstance(item, BadLine):
+            self.bad(item.line, item.reason, item.custom_id, input_hash=item.line_hash)
+            return None
+        try:
+            item.payload = orjson.dumps(item.body)
+            if item.metadata is not None:
+                orjson.dumps(item.metadata)  # it is copied into the output record
+        except orjson.JSONEncodeError as exc:
+            self.bad(item.line, f"request cannot be sent as JSON: {exc}", item.custom_id,
+                     input_hash=item.line_hash)
+            return None
+        try:
+            cost = self.cost(item)
+            if isinstance(cost, int):
+                item.tokens = cost
+            else:
+                item.tokens = cost.total
+                item.prompt_tokens = cost.prompt_tokens
+        except (JobFormatError, ValueError) as exc:
+            self.bad(item.line, f"cannot cost request: {exc}", item.custom_id, item.metadata,
+                     input_hash=item.line_hash)
+            return None
+        except Exception as exc:  # noqa: BLE001 - odd input must not end the run
+            log.warning("line %d: costing the request raised %s", item.line, type(exc).__name__,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+            self.bad(item.line, f"cannot cost request: {type(exc).__name__}: {exc}"[:300],
+                     item.custom_id, item.metadata, input_hash=item.line_hash)
+            return None
+        # Only a flag can make a request too large: a limit from headers may be wrong.
+        too_large = self.limiter.too_large(item.tokens)
+        if too_large is not None:
+            self.fail(item, "request_too_large",
+                      f"request needs {item.tokens} tokens, more than the whole "
+                      f"{too_large.name} limit of {too_large.ceiling:g}; it can never be "
+                      "admitted")
+            return None
+        return item
+
+    def answered(self, job: Job, lane: Lane, response: Response, key: str) -> int:
+        """Write ``job``'s result (``key``: the key's name, "" for the only key); return
+        the tokens it used (0 if the answer does not say)."""
+        prompt, completion = usage(response.body)
+        record = result_record(job, response.status, response.request_id, response.body,
+                               self._record_id())
+        extra: dict[str, Any] = {}
+        if key:
+            extra["key"] = key
+        if job.fallback_from is not None:
+            extra["model"] = job.model
+            extra["fallback_from"] = job.fallback_from
+        if extra:
+            record["batchproc"] = extra
+        self.sink.write_result(record, job.line_hash)
+        # Counted once written: a result that could not be written is not done.
+        self.stats.answered(prompt, completion, charged=job.tokens,
+                            estimated=job.prompt_tokens, key=key or None)
+        return prompt + completion
+
+    def fail(self, job: Job, code: str, message: str, exc: APIError | None = None) -> None:
+        """Write ``job`` off: an error record."""
+        self.stats.failed_for_good(code)
+        self.sink.write_error(error_record(
+            record_id=self._record_id(),
+            custom_id=job.custom_id, line=job.line, code=code, message=message,
+            status=exc.status if exc else None, request_id=exc.request_id if exc else None,
+            body=exc.body if exc else None, attempts=job.attempts, history=job.history,
+            metadata=job.metadata, input_hash=job.line_hash,
+        ))
+
+    def bad(self, line: int, reason: str, custom_id: str | None = None,
+            metadata: Any = None, *, input_hash: int = 0) -> None:
+        """Report a bad input line."""
+        self.stats.bad_line()
+        self.sink.write_error(error_record(custom_id=custom_id, line=line, code="invalid_line",
+                                           message=reason, metadata=metadata,
+                                           record_id=self._record_id(), input_hash=input_hash))
