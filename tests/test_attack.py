@@ -171,13 +171,13 @@ def test_an_env_key_with_quotes_or_bearer_is_cleaned_or_refused(
     """``docker --env-file`` keeps quotes; keys pasted with ``Bearer``: never sent as is."""
     import typer
 
-    from processor.cli.app import _clean_key
+    from processor.cli.options import clean_key
 
     if value.startswith('"'):
-        assert _clean_key(value, "$OPENAI_API_KEY") == REAL_KEY
+        assert clean_key(value, "$OPENAI_API_KEY") == REAL_KEY
         return
     with pytest.raises(typer.BadParameter) as info:
-        _clean_key(value, "$OPENAI_API_KEY")
+        clean_key(value, "$OPENAI_API_KEY")
     assert "sk-" not in str(info.value) and "$OPENAI_API_KEY" in str(info.value)
 
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import math
 import os
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated
 
 import typer
 
@@ -22,7 +17,16 @@ from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_LATER, EXIT_USAGE, exit_code
-from .keys import key_problem, read_keys_file, unquote_key
+from .options import (
+    AUTH_HEADERS,
+    finite,
+    is_local,
+    parse_headers,
+    resolve_keys,
+    run_loop,
+    setup_logging,
+    split_secret_headers,
+)
 from .progress import LiveReporter, PlainReporter, format_summary
 
 __all__ = ["app", "main"]
@@ -33,127 +37,6 @@ app = typer.Typer(
     help="Push a JSONL job through a rate-limited OpenAI-compatible API. "
     "`batchproc JOBS.jsonl --rpm 500 --tpm 30000` is short for `batchproc run ...`.",
 )
-
-_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
-
-
-def _is_local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in _LOCAL_HOSTS or host.startswith("127.")
-
-
-def _resolve_keys(
-    api_key: str | None, api_key_env: str, keys_file: Path | None
-) -> tuple[str | None, list[tuple[str, str]]]:
-    """One key, or several named keys (``--api-key-env A,B`` or ``--keys-file``)."""
-    if api_key:
-        return _clean_key(api_key, "--api-key"), []
-    names = [n.strip() for n in api_key_env.split(",") if n.strip()]
-    if keys_file is not None:
-        try:
-            return None, read_keys_file(keys_file)
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--keys-file") from None
-    if len(names) > 1:
-        missing = [n for n in names if not os.environ.get(n)]
-        if missing:
-            raise typer.BadParameter(
-                f"no key in ${', $'.join(missing)}", param_hint="--api-key-env")
-        return None, [(n, _clean_key(os.environ[n], f"${n}")) for n in names]
-    found = os.environ.get(names[0]) if names else None
-    return (_clean_key(found, f"${names[0]}") if found else None), []
-
-
-def _finite(ctx: typer.Context, param: typer.CallbackParam, value: float) -> float:
-    """Refuse nan and inf (``min=`` lets nan through: no comparison holds for it)."""
-    if not math.isfinite(value):
-        raise typer.BadParameter(f"must be a finite number, got {value}")
-    return value
-
-
-#: Headers that carry the API key (OpenAI's and Azure's).
-_AUTH_HEADERS = ("authorization", "api-key")
-
-
-def _clean_key(value: str, where: str) -> str:
-    """A key without surrounding whitespace (a trailing newline from a file, say);
-    refused if it holds other control characters. The message never shows the key."""
-    key = unquote_key(value.strip())  # quotes kept by docker --env-file and the like
-    problem = key_problem(key)
-    if problem is not None:
-        raise typer.BadParameter(f"the API key in {where}: {problem}")
-    return key
-
-
-def _parse_headers(values: list[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for item in values:
-        key, sep, val = item.partition(":")
-        if not sep or not key.strip():
-            # Not the item itself: it may be a credential missing its colon.
-            raise typer.BadParameter("--header wants 'Name: value' (got one without a "
-                                     "':'; not shown, it may hold a secret)")
-        headers[key.strip()] = val.strip()
-    return headers
-
-
-def _split_secret_headers(
-    headers: dict[str, str], values: list[str]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """``--secret-header 'Name: value'`` adds a header; ``--secret-header Name`` marks
-    the ``--header`` of that name. Returns (plain headers, secret headers)."""
-    secret: dict[str, str] = {}
-    for item in values:
-        if ":" in item:
-            secret.update(_parse_headers([item]))
-            continue
-        wanted = item.strip().lower()
-        named = [k for k in headers if k.lower() == wanted]
-        if not named:
-            raise typer.BadParameter(
-                f"--secret-header {item.strip()!r}: no --header of that name (give "
-                "'Name: value' to add one)")
-        for name in named:
-            secret[name] = headers.pop(name)
-    return headers, secret
-
-
-T = TypeVar("T")
-
-
-def _run_loop(coro: Coroutine[Any, Any, T], loop: str) -> T:
-    """Run ``coro`` on uvloop when asked for or (``auto``) when installed, else asyncio."""
-    if loop not in ("auto", "uvloop", "asyncio"):
-        coro.close()
-        raise typer.BadParameter(f"--loop must be auto, uvloop or asyncio, got {loop!r}")
-    if loop != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if loop == "uvloop":
-                coro.close()
-                raise typer.BadParameter(
-                    "uvloop is not installed: pip install 'batchproc[fast]'") from None
-        else:
-            return uvloop.run(coro)
-    return asyncio.run(coro)
-
-
-def _setup_logging(verbose: bool, console: Any | None) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    if console is not None:
-        from rich.logging import RichHandler
-
-        handler: logging.Handler = RichHandler(console=console, show_path=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
-
 
 @app.command()
 def run(
@@ -186,7 +69,7 @@ def run(
     max_in_flight: Annotated[int, typer.Option(min=1, help="Most requests on the wire at once.")]
     = 100,
     max_attempts: Annotated[int, typer.Option(min=1, help="Attempts per request.")] = 5,
-    timeout: Annotated[float, typer.Option(min=0.001, callback=_finite,
+    timeout: Annotated[float, typer.Option(min=0.001, callback=finite,
                                            help="Seconds per attempt.")] = 600.0,
     default_max_tokens: Annotated[int, typer.Option(
         min=0, help="Completion tokens charged when a request states no max_tokens.")]
@@ -209,7 +92,7 @@ def run(
         "answer (for servers that count real usage; OpenAI counts max_tokens up front).")]
     = False,
     grace: Annotated[float, typer.Option(
-        min=0, callback=_finite,
+        min=0, callback=finite,
         help="Seconds in-flight requests get after Ctrl-C / SIGTERM.")] = 30.0,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start over: move old outputs aside (never deleted).")] = False,
@@ -235,7 +118,7 @@ def run(
         "echoes it; Authorization, api-key, x-api-key, Cookie and other credential "
         "headers are masked anyway. Values under 8 characters cannot be masked.")] = None,
     max_response_mb: Annotated[float, typer.Option(
-        min=0.001, callback=_finite,
+        min=0.001, callback=finite,
         help="Largest answer kept, in MiB (default: a full batch of 2,048 "
         "3,072-dim embeddings fits). A larger one becomes an error record "
         "(response_too_large); the run goes on.")] = DEFAULT_MAX_RESPONSE_MB,
@@ -259,13 +142,13 @@ def run(
     # A credential header of the user's own (a gateway's token) is what authenticates:
     # the ambient $OPENAI_API_KEY is not read, so it never goes to that gateway.
     own_auth = [n for n in (h.partition(":")[0].strip() for h in (header or []) + [
-        h for h in (secret_header or []) if ":" in h]) if n.lower() in _AUTH_HEADERS]
+        h for h in (secret_header or []) if ":" in h]) if n.lower() in AUTH_HEADERS]
     if own_auth and (api_key or keys_file):
         raise typer.BadParameter(
             f"--header {own_auth[0]} and {'--api-key' if api_key else '--keys-file'} both "
             "give a credential; give one")
-    key, keys = (None, []) if own_auth else _resolve_keys(api_key, api_key_env, keys_file)
-    if key is None and not keys and not own_auth and not _is_local(base):
+    key, keys = (None, []) if own_auth else resolve_keys(api_key, api_key_env, keys_file)
+    if key is None and not keys and not own_auth and not is_local(base):
         typer.echo(
             f"error: no API key: set ${api_key_env} (or --api-key-env NAME) for {base}", err=True
         )
@@ -278,13 +161,13 @@ def run(
         max_attempts=max_attempts, timeout=timeout, endpoint=endpoint,
         default_max_tokens=default_max_tokens,
         encodings_dir=str(encodings_dir) if encodings_dir else None,
-        headers=_parse_headers(header or []), azure=True if azure else None,
+        headers=parse_headers(header or []), azure=True if azure else None,
         api_version=api_version, grace=grace, fresh=fresh, retry_failed=retry_failed,
         fallback_model=fallback_model, fallback_after=fallback_after,
         refund_unused=refund_unused,
     )
     config.resend_changed = resend_changed
-    config.headers, config.secret_headers = _split_secret_headers(
+    config.headers, config.secret_headers = split_secret_headers(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
@@ -294,23 +177,23 @@ def run(
     reporter: LiveReporter | PlainReporter | None
     if quiet:
         reporter = None
-        _setup_logging(verbose, None)
+        setup_logging(verbose, None)
     elif live:
         from rich.console import Console
 
         console = Console(stderr=True)
-        _setup_logging(verbose, console)
+        setup_logging(verbose, console)
         reporter = LiveReporter(console)
     else:
-        _setup_logging(verbose, None)
+        setup_logging(verbose, None)
         reporter = PlainReporter(sys.stderr)
     try:
         if reporter is None:
-            stats = _run_loop(run_job(input_path, config, output=output, errors=errors,
+            stats = run_loop(run_job(input_path, config, output=output, errors=errors,
                                       handle_signals=True), loop)
         else:
             with reporter:
-                stats = _run_loop(run_job(input_path, config, output=output, errors=errors,
+                stats = run_loop(run_job(input_path, config, output=output, errors=errors,
                                           on_progress=reporter, handle_signals=True), loop)
     except JobLocked as exc:
         typer.echo(f"error: {exc}", err=True)
