@@ -9,6 +9,7 @@ public facade: it may import everything, and nothing inside may import it.
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,22 @@ def test_violations_are_listed_with_file_and_line(tmp_path: Path) -> None:
         "processor/tools/export.py:1: processor.tools.export -> processor.run.engine: "
         "tools/ must not import run/",
     ]
+
+
+def test_every_module_under_400_lines_and_every_class_under_250() -> None:
+    """The house rule of issue 10: a module that grows past 400 lines, or a class past 250,
+    is a concept asking for a room of its own."""
+    root = Path(str(importlib.import_module("processor").__file__)).parent
+    too_big: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text()
+        lines = len(source.splitlines())
+        if lines >= 400:
+            too_big.append(f"{path.relative_to(root.parent)}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size >= 250:
+                    too_big.append(f"{path.relative_to(root.parent)}: class {node.name} "
+                                   f"{size} lines")
+    assert not too_big, "\n".join(too_big)
