@@ -18,7 +18,8 @@ The tree::
      │         ├── QuotaExceeded 429 with code ``insufficient_quota``
      │         ├── Redirected    a 3xx: never followed (the key stays with its host)
      │         └── ResponseTooLarge  an answer over ``--max-response-mb``
-     └── RetriesExhausted        a request used up its attempts (``last_attempt``)
+     └── RetriesExhausted        a request used up its attempts (``last_attempt``); the
+                                 policy words a written-off request with it
 
 Only :mod:`processor.client.http` turns aiohttp exceptions into these (``raise ... from exc``).
 """

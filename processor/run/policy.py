@@ -23,7 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import APIError, AuthError, FatalAPIError, QuotaExceeded, RateLimited
+from ..errors import (
+    APIError,
+    AuthError,
+    FatalAPIError,
+    QuotaExceeded,
+    RateLimited,
+    RetriesExhausted,
+)
 from ..stats import StopReason, clock_at, human_duration
 from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
 
@@ -184,7 +191,9 @@ def decide(exc: APIError, attempt: Attempt, ctx: Context) -> Action:
     if ctx.stopping:
         return Leave()
     if not ctx.policy.should_retry(exc, attempt.attempts):
-        return Fail(exc.kind, f"gave up after {attempt.attempts} attempts: {exc.message}")
+        # The message is RetriesExhausted's own ("gave up after N attempts: ..."): one
+        # wording for the error tree and the errors file.
+        return Fail(exc.kind, str(RetriesExhausted(attempt.attempts, exc)))
     delay = ctx.policy.delay(exc, attempt.attempts)
     if isinstance(exc, RateLimited) and delay > LONG_PAUSE:
         delay = 0.0  # the key's pause holds it; another key may take it now
