@@ -8,13 +8,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from ..errors import OutputError
-from ..jobs import BadLine, Job, count_lines, iter_jobs, line_hash
+from ..jobs import Job, count_lines, iter_jobs, line_hash
 from ..stats import Stats, StopReason
 from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
 from ..store.ledger import ledger_path
@@ -121,9 +121,9 @@ async def _run(
     async with parts.client() as client:
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         # Bad lines reported before (by content) are not reported again.
-        items = _Counted(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                   skip_line=unchanged_filter(state, stats)))
-        source = _Counted(unreported(items, state, stats, _sendable(parts)))
+        source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
+                                      skip_line=unchanged_filter(state, stats)),
+                            state, stats, _sendable(parts))
         remove = signals.attach(engine) if signals else (lambda: None)
         try:
             await engine.run(source)
@@ -131,7 +131,6 @@ async def _run(
             pass  # a write outside an attempt (a bad line's record): noted below
         finally:
             remove()
-            stats.still_bad = items.count - source.count  # what unreported() left out
             try:
                 writer.close()
             except OutputError:
@@ -267,18 +266,6 @@ def _sendable(parts: Parts) -> Callable[[Job], bool]:
         return True
 
     return check
-
-
-class _Counted:
-    """Counts the items taken from an iterator."""
-
-    def __init__(self, items: Iterator[Job | BadLine]) -> None:
-        self.items, self.count = items, 0
-
-    def __iter__(self) -> Iterator[Job | BadLine]:
-        for item in self.items:
-            self.count += 1
-            yield item
 
 
 class _SignalStop:

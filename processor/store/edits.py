@@ -338,6 +338,7 @@ def unreported(
             counts[item.line_hash] -= 1
             if isinstance(item, BadLine) or not sendable(item):
                 still += 1
+                stats.still_bad = still  # counted as read: a stopped run knows it too
                 if still <= 10:
                     still_lines.append(item.line)
                 continue
@@ -345,6 +346,7 @@ def unreported(
             if item.line in legacy:
                 legacy.discard(item.line)
                 still += 1
+                stats.still_bad = still
                 if still <= 10:
                     still_lines.append(item.line)
                 continue
