@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from processor.cli.exits import BY_REASON, exit_code
+from processor.cli.exits import BY_REASON, error_exit, exit_code
+from processor.errors import BatchProcError, ConfigError, JobLocked, OutputError
 from processor.stats import Stats, StopReason
 
 
@@ -70,3 +72,16 @@ def test_retrying_is_the_length_of_the_requeue() -> None:
     s.watch_requeue(held)
     held.extend([1, 2, 3])
     assert s.retrying == 3 and s.as_dict()["retrying"] == 3
+
+
+@pytest.mark.parametrize(("exc", "code", "says"), [
+    (JobLocked("job.results.jsonl.lock", pid=7, host="h"), 75, "PID 7 on h"),
+    (ConfigError("no such file: x"), 2, "no such file"),
+    (OutputError(Path("r.jsonl"), OSError(28, "No space left on device")), 74,
+     "nothing was sent"),
+    (BatchProcError("something else"), 1, "something else"),
+], ids=["locked", "usage", "output", "other"])
+def test_errors_before_the_run_map_to_one_code(exc: BatchProcError, code: int,
+                                                says: str) -> None:
+    message, got = error_exit(exc)
+    assert got == code and says in message and message.startswith("error: ")

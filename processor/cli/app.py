@@ -11,12 +11,12 @@ import typer
 
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
-from ..errors import BatchProcError, ConfigError, JobLocked, OutputError
+from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
-from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_LATER, EXIT_USAGE, exit_code
+from .exits import EXIT_USAGE, error_exit, exit_code
 from .options import (
     AUTH_HEADERS,
     finite,
@@ -195,18 +195,10 @@ def run(
             with reporter:
                 stats = run_loop(run_job(input_path, config, output=output, errors=errors,
                                           on_progress=reporter, handle_signals=True), loop)
-    except JobLocked as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_LATER) from None
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    except OutputError as exc:
-        typer.echo(f"error: cannot write the output files: {exc}; nothing was sent", err=True)
-        raise typer.Exit(EXIT_IOERR) from None
     except BatchProcError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        message, code = error_exit(exc)
+        typer.echo(message, err=True)
+        raise typer.Exit(code) from None
     typer.echo(format_summary(stats), err=True)
     code = exit_code(stats)
     if code:

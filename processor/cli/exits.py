@@ -16,9 +16,11 @@ code  meaning
 
 from __future__ import annotations
 
+from ..errors import BatchProcError, ConfigError, JobLocked, OutputError
 from ..stats import Stats, StopReason
 
-__all__ = ["EXIT_FAILED", "EXIT_IOERR", "EXIT_LATER", "EXIT_OK", "EXIT_USAGE", "exit_code"]
+__all__ = ["EXIT_FAILED", "EXIT_IOERR", "EXIT_LATER", "EXIT_OK", "EXIT_USAGE", "error_exit",
+           "exit_code"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: an output file could not be written (disk full, read-only, I/O error): sysexits' EX_IOERR.
@@ -54,3 +56,14 @@ def exit_code(stats: Stats) -> int:
         return BY_REASON[stats.stopped]
     unanswered = stats.failed or stats.bad_lines or stats.skipped_failed or stats.still_bad
     return EXIT_FAILED if unanswered or stats.stop_reason else EXIT_OK
+
+
+def error_exit(exc: BatchProcError) -> tuple[str, int]:
+    """The message and exit code of a run that could not start (nothing was sent)."""
+    if isinstance(exc, JobLocked):  # a ConfigError: checked first
+        return f"error: {exc}", EXIT_LATER
+    if isinstance(exc, ConfigError):
+        return f"error: {exc}", EXIT_USAGE
+    if isinstance(exc, OutputError):
+        return f"error: cannot write the output files: {exc}; nothing was sent", EXIT_IOERR
+    return f"error: {exc}", EXIT_FAILED
