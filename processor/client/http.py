@@ -315,8 +315,12 @@ def _set_header(headers: dict[str, str], name: str, value: str) -> None:
     headers[name] = value
 
 
+#: bodies up to this size are read in one call (a chat or a small embeddings answer).
+_SMALL_BODY = 1 << 20
+
+
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int,
-                       cut: bool = False) -> bytearray | None:
+                       cut: bool = False) -> bytes | bytearray | None:
     """The body, read piece by piece into one buffer, never more than ``cap`` bytes.
 
     Returns None when the body is larger (``cut``: its first ``cap`` bytes instead). A
@@ -326,9 +330,14 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int,
     length = resp.content_length
     if length is not None and length > cap and not cut:
         return None
+    exact = length is not None and "content-encoding" not in resp.headers
+    if exact and not cut and length is not None and length <= _SMALL_BODY:
+        # The usual answer: small, its length known and within the cap (the parser
+        # reads no further than Content-Length): aiohttp's own read, the fastest. Larger
+        # ones go into one buffer sized up front, never a second copy.
+        return await resp.read()
     # Sized up front when the length is known (and not compressed): no regrowth, no
     # slack; otherwise grown as pieces come (bytearray over-allocates by ~1/8).
-    exact = length is not None and "content-encoding" not in resp.headers
     buf = bytearray(min(length, cap) if exact and length else 0)
     size = 0
     content = resp.content

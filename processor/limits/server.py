@@ -87,6 +87,9 @@ class ServerLimits:
     def learning(self) -> bool:
         """True while an ``auto`` limit has not been learned yet (admit cautiously)."""
         # A unit whose stated limit is ignored is not waited for: it runs without one.
+        # (Asked on every admission: the common case, nothing to learn, returns at once.)
+        if not self.auto:
+            return False
         return any(u.per_minute not in self.learned and u.per_minute not in self.ignored
                    for u in self.auto)
 
