@@ -77,7 +77,7 @@ def parse_pyspy_raw(path: Path) -> Profile:
         for frame in frames:
             f, _, w = frame.partition(" (")
             # cli.py and module bodies wrap everything: they would top the list.
-            if "processor/" in w and "processor/cli.py" not in w and f != "<module>":
+            if "processor/" in w and "processor/cli/" not in w and f != "<module>":
                 own.add(f"{f} ({_short(w.rstrip(')').rpartition(':')[0])})")
         for name in own:
             prof.inclusive[name] += n
@@ -124,7 +124,7 @@ def parse_pyinstrument_json(path: Path) -> Profile:
         prof.by_line[f"{name[:-1]}:{frame.get('line_no')})"] += ms
         prof.by_area[_area(frames)] += ms
         path_ = str(frame.get("file_path", ""))
-        if "processor/" in path_ and "processor/cli.py" not in path_ and not any(
+        if "processor/" in path_ and "processor/cli/" not in path_ and not any(
                 name in p for p in parents):
             prof.inclusive[name] += int(frame["time"] * 1000)
         todo.extend((c, frames) for c in children)
