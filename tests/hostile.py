@@ -19,14 +19,24 @@ write another factory (no change to the server needed):
 
 - :func:`redirect` 3xx to the foreign host, a relative path, an absolute URL, or no Location
 - :func:`echo` the request's headers echoed back in JSON with every character ``\\u``-escaped
-- :func:`html` a text/html page (a proxy's 200 or 502), optionally echoing headers as entities
+- :func:`html` a text/html page (a proxy's 200 or 502: nginx's or Cloudflare's), optionally
+  echoing headers as entities
+- :func:`server_error` OpenAI's JSON 500 / 503 bodies, or a proxy's HTML 502 page
 - :func:`huge` a valid answer of N MB, with or without Content-Length
 - :func:`bomb` a small gzip body that inflates to N MB
 - :func:`endless` a chunked body that never ends (bounded by ``seconds``), or drips slowly
-- :func:`outage` 502/503 or connection resets for a number of seconds, then OK
+- :func:`outage` 502/503/500 or connection resets for a number of seconds (or for good), then OK
 - :func:`limits` answers whose ``x-ratelimit-*`` headers hold given (absurd) values
-- :func:`pause` 429s with given ``retry-after`` / ``retry-after-ms`` values
-- :func:`when` any of these for the requests whose body passes a test, normal for the rest
+- :func:`pause` 429s (or a 503) with given ``retry-after`` / ``retry-after-ms`` / other headers
+- :func:`when` any of these for the requests whose body passes a test, normal for the rest:
+  ``when(lambda body: b"number 7?" in body, server_error(500))`` fails one request for good
+
+Options of the server itself (set on ``api`` while it runs, or ``hostile_api(latency=...)``):
+``api.headers`` are added to every answer the API gives itself (not to 5xx pages), over the
+defaults (``x-ratelimit-*`` limits, say); ``api.latency`` seconds pass before each answer, so
+requests overlap. What it saw: ``api.requests`` in arrival order, ``api.answers`` in answer
+order (each with its ``status`` and ``in_flight``, the requests being handled when it was
+answered), ``api.statuses`` (a Counter) and ``api.peak_in_flight``.
 
 Loopback only; every loop is bounded in time or bytes.
 """
@@ -36,7 +46,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +58,7 @@ from aiohttp.test_utils import TestServer
 
 __all__ = [
     "Behaviour", "Hostile", "Seen", "bomb", "echo", "endless", "escape_json", "hostile_api", "html",
-    "huge", "limits", "outage", "pause", "redirect", "when",
+    "huge", "limits", "outage", "pause", "redirect", "server_error", "when",
 ]
 
 FOREIGN_HOST = "127.0.0.2"
@@ -66,6 +77,10 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     header_list: list[tuple[str, str]] = field(default_factory=list)  # repeats kept
+    #: the status it was answered with (None until answered, or for a reset).
+    status: int | None = None
+    #: how many requests the API was handling (this one included) when it was answered.
+    in_flight: int = 0
 
 
 @dataclass
@@ -78,6 +93,19 @@ class Hostile:
     requests: list[Seen] = field(default_factory=list)
     foreign: list[Seen] = field(default_factory=list)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: added to every answer the API gives itself (below 500), over the defaults.
+    headers: dict[str, str] = field(default_factory=dict)
+    #: seconds each request waits before it is answered (0: at once).
+    latency: float = 0.0
+    #: the requests answered, in the order they were answered.
+    answers: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    @property
+    def statuses(self) -> Counter[int]:
+        """How many answers of each status the API gave."""
+        return Counter(s.status for s in self.answers if s.status is not None)
 
     @property
     def base_url(self) -> str:
@@ -103,12 +131,28 @@ class Hostile:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(_seen(request, body))
-        if self.behaviour is not None:
-            answer = await self.behaviour(request, self)
-            if answer is not None:
-                return answer
-        return ok_response(request, body, self)
+        seen = _seen(request, body)
+        self.requests.append(seen)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+            seen.in_flight = self.in_flight
+            answer: web.StreamResponse | None = None
+            if self.behaviour is not None:
+                answer = await self.behaviour(request, self)
+            if answer is None:
+                answer = ok_response(request, body, self)
+            if self.headers and not answer.prepared and answer.status < 500:
+                answer.headers.update(self.headers)
+            sent = answer.prepared or (request.transport is not None
+                                       and not request.transport.is_closing())
+            seen.status = answer.status if sent else None  # None: reset, nothing sent
+            self.answers.append(seen)
+            return answer
+        finally:
+            self.in_flight -= 1
 
 
 def _seen(request: web.Request, body: bytes) -> Seen:
@@ -179,6 +223,18 @@ def openai_error(status: int, message: str, type_: str, code: str | None,
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON,
                         headers=headers)
+
+
+OPENAI_500 = "The server had an error while processing your request. Sorry about that!"
+OPENAI_503 = "The server is overloaded or not ready yet."
+PROXY_502 = {
+    "nginx": ("<html><head><title>502 Bad Gateway</title></head><body><center>"
+              "<h1>502 Bad Gateway</h1></center><hr><center>nginx</center>{extra}"
+              "</body></html>"),
+    "cloudflare": ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+                   "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare"
+                   "</center>\r\n{extra}</body>\r\n</html>\r\n"),
+}
 
 
 def escape_json(text: str) -> str:
@@ -254,20 +310,21 @@ def echo(status: int = 200) -> Behaviour:
     return behaviour
 
 
-def html(status: int = 200, *, echo_headers: bool = False) -> Behaviour:
+def html(status: int = 200, *, echo_headers: bool = False, proxy: str = "nginx") -> Behaviour:
     """A text/html page as proxies send (``status`` 200, 502, ...); ``echo_headers`` puts
-    the request's headers in it as HTML character references (``&#115;k-...``)."""
+    the request's headers in it as HTML character references (``&#115;k-...``). ``proxy``
+    is whose 502 page it is: ``"nginx"`` or ``"cloudflare"`` (with ``server: cloudflare``)."""
+    page = PROXY_502[proxy]
+    headers = {"server": "cloudflare"} if proxy == "cloudflare" else None
 
     async def behaviour(request: web.Request, api: Hostile) -> web.StreamResponse:
         extra = ""
         if echo_headers:
             listing = "; ".join(f"{k}: {v}" for k, v in request.headers.items())
             extra = "<pre>" + "".join(f"&#{ord(c)};" for c in listing) + "</pre>"
-        # nginx's page, whatever the status (a proxy passes its error page on with 200).
-        page = ("<html><head><title>502 Bad Gateway</title></head><body><center>"
-                f"<h1>502 Bad Gateway</h1></center><hr><center>nginx</center>{extra}"
-                "</body></html>")
-        return web.Response(status=status, text=page, content_type="text/html")
+        # The proxy's 502 page, whatever the status (a proxy passes its error page on with 200).
+        return web.Response(status=status, text=page.format(extra=extra),
+                            content_type="text/html", headers=headers)
 
     return behaviour
 
@@ -343,11 +400,26 @@ def endless(*, chunk: int = 1 << 16, interval: float = 0.0, seconds: float = 30.
     return behaviour
 
 
+def server_error(status: int = 500, *, proxy: str = "nginx") -> Behaviour:
+    """A server error: 502 as the ``proxy``'s HTML page (see :func:`html`), others as
+    OpenAI's JSON error body (500: "The server had an error...", 503: "overloaded")."""
+    page = html(502, proxy=proxy)
+
+    async def behaviour(request: web.Request, api: Hostile) -> web.StreamResponse:
+        if status == 502:
+            return await page(request, api)
+        message = OPENAI_500 if status == 500 else OPENAI_503
+        return openai_error(status, message, "server_error", None)
+
+    return behaviour
+
+
 def outage(seconds: float, statuses: Sequence[int] = (502, 503), *,
-           reset: bool = False) -> Behaviour:
-    """For ``seconds`` from the first request, every request fails: ``statuses`` in turn
-    (502 as nginx's HTML page, others as OpenAI's JSON error), or a connection reset
-    (``reset``); then normal answers."""
+           reset: bool = False, proxy: str = "nginx") -> Behaviour:
+    """For ``seconds`` from the first request (``math.inf``: for good), every request
+    fails: ``statuses`` in turn (as :func:`server_error` answers them, 502 being the
+    ``proxy``'s page), or a connection reset (``reset``); then normal answers."""
+    errors = [server_error(status, proxy=proxy) for status in statuses]
     state: dict[str, float] = {}
     turn = itertools.count()
 
@@ -359,11 +431,7 @@ def outage(seconds: float, statuses: Sequence[int] = (502, 503), *,
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=500)  # never reaches the client
-        status = statuses[next(turn) % len(statuses)]
-        if status == 502:
-            return await html(502)(request, api)
-        return openai_error(status, "The server is overloaded or not ready yet.",
-                            "server_error", None)
+        return await errors[next(turn) % len(errors)](request, api)
 
     return behaviour
 
@@ -381,31 +449,38 @@ def limits(**values: str) -> Behaviour:
 
 
 def pause(*, retry_after: str | None = None, retry_after_ms: str | None = None,
-          times: int | None = None, message: str = "Rate limit reached for gpt-4o-mini "
+          times: int | None = None, status: int = 429,
+          headers: Mapping[str, str] | None = None,
+          message: str = "Rate limit reached for gpt-4o-mini "
           "on requests per min (RPM): Limit 3, Used 3, Requested 1.") -> Behaviour:
-    """429 (OpenAI's body) with the given ``retry-after`` / ``retry-after-ms`` strings
-    (e.g. ``"1e17"``, ``"inf"``, an HTTP date in year 9999), for the first ``times``
-    requests (None: all), then normal answers."""
+    """429 (OpenAI's body, ``x-ratelimit-*`` with none remaining) with the given
+    ``retry-after`` / ``retry-after-ms`` strings (e.g. ``"1e17"``, ``"inf"``, an HTTP date
+    in year 9999) and any other ``headers``, for the first ``times`` requests (None: all),
+    then normal answers. ``status=503`` is a maintenance pause instead: OpenAI's 503 body
+    with the same headers (no ``x-ratelimit-*``)."""
     count = itertools.count()
 
     async def behaviour(request: web.Request, api: Hostile) -> web.StreamResponse | None:
         if times is not None and next(count) >= times:
             return None
-        headers = ratelimit_headers(remaining_requests="0")
+        sent = ratelimit_headers(remaining_requests="0") if status == 429 else {}
         if retry_after is not None:
-            headers["retry-after"] = retry_after
+            sent["retry-after"] = retry_after
         if retry_after_ms is not None:
-            headers["retry-after-ms"] = retry_after_ms
-        return openai_error(429, message, "requests", "rate_limit_exceeded", headers)
+            sent["retry-after-ms"] = retry_after_ms
+        sent.update(headers or {})
+        if status != 429:
+            return openai_error(status, OPENAI_503, "server_error", None, sent)
+        return openai_error(429, message, "requests", "rate_limit_exceeded", sent)
 
     return behaviour
 
 
 # -- servers -------------------------------------------------------------------------
 
-async def start_hostile(behaviour: Behaviour | None = None) -> Hostile:
+async def start_hostile(behaviour: Behaviour | None = None, *, latency: float = 0.0) -> Hostile:
     """Start the API (127.0.0.1) and the foreign host (127.0.0.2); close both with
-    :func:`stop_hostile`."""
+    :func:`stop_hostile`. ``latency``: see :attr:`Hostile.latency`."""
     foreign_seen: list[Seen] = []
 
     async def foreign(request: web.Request) -> web.Response:
@@ -428,7 +503,7 @@ async def start_hostile(behaviour: Behaviour | None = None) -> Hostile:
     app.router.add_route("*", "/{tail:.*}", handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    api = Hostile(server, foreign_server, behaviour, foreign=foreign_seen)
+    api = Hostile(server, foreign_server, behaviour, foreign=foreign_seen, latency=latency)
     holder.append(api)
     return api
 
@@ -440,11 +515,12 @@ async def stop_hostile(api: Hostile) -> None:
 
 @pytest.fixture
 async def hostile_api() -> AsyncIterator[Callable[..., Awaitable[Hostile]]]:
-    """``api = await hostile_api(redirect(301))``: a hostile API and its foreign host."""
+    """``api = await hostile_api(redirect(301))``: a hostile API and its foreign host
+    (``hostile_api(latency=0.005)``: each answer 5 ms late)."""
     started: list[Hostile] = []
 
-    async def start(behaviour: Behaviour | None = None) -> Hostile:
-        api = await start_hostile(behaviour)
+    async def start(behaviour: Behaviour | None = None, *, latency: float = 0.0) -> Hostile:
+        api = await start_hostile(behaviour, latency=latency)
         started.append(api)
         return api
 

@@ -29,6 +29,7 @@ from tests.hostile import (
     outage,
     pause,
     redirect,
+    server_error,
     when,
 )
 
@@ -444,6 +445,49 @@ async def test_pause_mode(hostile_api: Any, headers: dict[str, str],
             await client.post("/v1/chat/completions", b"{}")
         assert info.value.retry_after == expected
         assert (await client.post("/v1/chat/completions", b"{}")).status == 200  # times=1
+
+
+async def test_cloudflare_outage_and_its_counts(hostile_api: Any) -> None:
+    api: Hostile = await hostile_api(outage(3600, (502, 503, 500), proxy="cloudflare"))
+    async with OpenAIClient(api.base_url) as client:
+        errors = []
+        for _ in range(3):
+            with pytest.raises(ServerError) as info:
+                await client.post("/v1/chat/completions", b"{}")
+            errors.append(info.value)
+        assert [e.status for e in errors] == [502, 503, 500]
+        assert "cloudflare" in str(errors[0].body)
+        assert "had an error" in errors[2].body["error"]["message"]
+        api.use(None)
+        assert (await client.post("/v1/chat/completions", b"{}")).status == 200
+    assert api.statuses == {502: 1, 503: 1, 500: 1, 200: 1}
+    assert [s.status for s in api.answers] == [502, 503, 500, 200]
+    assert api.peak_in_flight == 1 and api.in_flight == 0
+
+
+async def test_one_request_fails_for_good_and_headers_go_over_the_defaults(
+        hostile_api: Any) -> None:
+    api: Hostile = await hostile_api(when(lambda body: b"bad" in body, server_error(500)))
+    api.headers = {"x-ratelimit-limit-requests": "0.001"}
+    async with OpenAIClient(api.base_url) as client:
+        for _ in range(2):
+            with pytest.raises(ServerError) as info:
+                await client.post("/v1/chat/completions", b'{"bad": 1}')
+            assert info.value.status == 500
+        answer = await client.post("/v1/chat/completions", b'{"good": 1}')
+    assert answer.ratelimit is not None and answer.ratelimit.limit_requests == 0.001
+    assert answer.ratelimit.limit_tokens == 1000000  # the defaults stay under api.headers
+    assert [s.status for s in api.answers] == [500, 500, 200]
+
+
+async def test_a_maintenance_pause_is_a_503_with_the_headers_given(hostile_api: Any) -> None:
+    api: Hostile = await hostile_api(pause(status=503, headers={"retry-after": "7"}, times=1))
+    async with OpenAIClient(api.base_url) as client:
+        with pytest.raises(ServerError) as info:
+            await client.post("/v1/chat/completions", b"{}")
+        assert info.value.status == 503 and info.value.retry_after == 7.0
+        assert info.value.body["error"]["type"] == "server_error"
+        assert (await client.post("/v1/chat/completions", b"{}")).status == 200
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings",

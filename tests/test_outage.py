@@ -4,8 +4,9 @@ pauses, limits that cannot be real, outages, a fast-failing server (issue 9)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,28 @@ from processor.jobs import iter_jobs
 from processor.run.retry import RetryPolicy
 from processor.run.runner import default_paths
 from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
-from tests.hostile_engine import Running, hostile  # noqa: F401 - the fixture
+from tests.hostile import Behaviour, Hostile, outage, pause, server_error, when
 
 EXIT_LATER = 75
+#: the errors of an outage, in turn: Cloudflare's 502 page, OpenAI's JSON 503 and 500.
+DOWN = (502, 503, 500)
+
+
+@pytest.fixture
+async def hostile(hostile_api: Any) -> Hostile:
+    """The hostile API, each answer 5 ms late so that requests overlap."""
+    api: Hostile = await hostile_api(latency=0.005)
+    return api
+
+
+def asking(text: str) -> Callable[[bytes], bool]:
+    """The requests whose body holds ``text`` (``"number 2?"``: line 2's question)."""
+    return lambda body: text.encode() in body
+
+
+def down(seconds: float = math.inf) -> Behaviour:
+    """An outage of ``seconds`` from the first request (default: until changed)."""
+    return outage(seconds, DOWN, proxy="cloudflare")
 
 
 def job_file(tmp_path: Path, n: int) -> Path:
@@ -54,12 +74,12 @@ def config(base_url: str, **kw: Any) -> JobConfig:
 
 
 async def test_cli_long_retry_after_with_only_retries_left_exits_75(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
     # Every line is read at once; the one request left is a retry the server wants in
     # 5,000 s. Before: the run idled for 83 minutes. Now: exit 75 with the time to rerun.
-    api = hostile.api
-    api.refuse_text, api.refuse_headers = "number 2?", {"retry-after": "5000"}
+    api = hostile
+    api.use(when(asking("number 2?"), pause(retry_after="5000", times=1)))
     job = job_file(tmp_path, 3)
     code, err = await cli(job, hostile.base_url)
     assert code == EXIT_LATER, err
@@ -68,17 +88,17 @@ async def test_cli_long_retry_after_with_only_retries_left_exits_75(
     assert answered(job) == Counter({"req-0": 1, "req-1": 1})
     assert written_off(job) == []
     # Rerun once the server is willing: only the one left is sent.
-    api.refuse_text = None
+    api.use(None)
     code, err = await cli(job, hostile.base_url)
     assert code == 0, err
     assert answered(job) == Counter({"req-0": 1, "req-1": 1, "req-2": 1})
 
 
 async def test_cli_absurd_retry_after_exits_75_without_a_traceback(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
-    api = hostile.api
-    api.refuse_text, api.refuse_headers = "number 0?", {"retry-after": "1e17"}
+    api = hostile
+    api.use(when(asking("number 0?"), pause(retry_after="1e17", times=1)))
     job = job_file(tmp_path, 2)
     code, err = await cli(job, hostile.base_url)
     assert code == EXIT_LATER, err
@@ -104,10 +124,10 @@ async def test_cli_absurd_retry_after_exits_75_without_a_traceback(
          "503-1e17"],
 )
 async def test_any_long_server_pause_stops_for_a_rerun(
-    hostile: Running, tmp_path: Path, status: int, headers: dict[str, str]  # noqa: F811
+    hostile: Hostile, tmp_path: Path, status: int, headers: dict[str, str]
 ) -> None:
-    api = hostile.api
-    api.refuse_text, api.refuse_status, api.refuse_headers = "number 4?", status, headers
+    api = hostile
+    api.use(when(asking("number 4?"), pause(status=status, headers=headers, times=1)))
     job = job_file(tmp_path, 5)
     stats = await asyncio.wait_for(run_job(job, config(hostile.base_url)), 30)
     assert stats.rerun_later and stats.failed == 0
@@ -148,9 +168,9 @@ async def test_a_custom_sender_with_any_retry_after_never_crashes(
 
 
 async def test_cli_limit_header_of_a_thousandth_is_ignored_with_one_warning(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
-    hostile.api.headers = {
+    hostile.headers = {
         "x-ratelimit-limit-requests": "0.001", "x-ratelimit-limit-tokens": "0.001",
         "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
     job = job_file(tmp_path, 12)
@@ -178,10 +198,10 @@ async def test_cli_limit_header_of_a_thousandth_is_ignored_with_one_warning(
          "both"],
 )
 async def test_limits_that_cannot_be_real_never_write_off_or_stall(
-    hostile: Running, tmp_path: Path, headers: dict[str, str], said: str  # noqa: F811
+    hostile: Hostile, tmp_path: Path, headers: dict[str, str], said: str
 ) -> None:
-    hostile.api.headers = {**headers, "x-ratelimit-remaining-tokens": "0",
-                           "x-ratelimit-remaining-requests": "0"}
+    hostile.headers = {**headers, "x-ratelimit-remaining-tokens": "0",
+                       "x-ratelimit-remaining-requests": "0"}
     job = job_file(tmp_path, 10)
     stats = await asyncio.wait_for(run_job(job, config(hostile.base_url)), 30)
     assert stats.ok == 10 and stats.failed == 0 and stats.stop_reason is None
@@ -192,7 +212,7 @@ async def test_limits_that_cannot_be_real_never_write_off_or_stall(
 
 
 async def test_a_flag_still_makes_a_request_too_large(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(0, max_tokens=5000), chat_line(1)])
     stats = await run_job(job, config(hostile.base_url, tpm=1000))
@@ -202,11 +222,11 @@ async def test_a_flag_still_makes_a_request_too_large(
 
 
 async def test_429s_under_a_limit_that_cannot_be_real_stop_the_run(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
-    api = hostile.api
-    api.refuse_text, api.refuse_times = "Question", 0  # every request, every time
-    api.refuse_headers = {"x-ratelimit-limit-requests": "0.001", "retry-after-ms": "20"}
+    api = hostile
+    api.use(when(asking("Question"), pause(  # every request, every time
+        headers={"x-ratelimit-limit-requests": "0.001", "retry-after-ms": "20"})))
     job = job_file(tmp_path, 6)
     stats = await asyncio.wait_for(run_job(job, config(hostile.base_url, max_attempts=50)), 30)
     assert stats.rerun_later and stats.failed == 0
@@ -221,10 +241,10 @@ async def test_429s_under_a_limit_that_cannot_be_real_stop_the_run(
 
 
 async def test_cli_short_outage_writes_nothing_off(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
-    api = hostile.api
-    api.down_until = asyncio.get_running_loop().time() + 2.0
+    api = hostile
+    api.use(down(2.0))
     job = job_file(tmp_path, 12)
     # Two attempts each: without the circuit, a 2 s outage writes most of them off.
     code, err = await cli(job, hostile.base_url, "--outage-window", "60", "--max-attempts", "2")
@@ -234,33 +254,34 @@ async def test_cli_short_outage_writes_nothing_off(
     assert "outage: " in err and "no request spent attempts" in err
     assert "server looks down" in err
     # While it was down, once the circuit had opened, one probe at a time.
-    assert api.in_flight_while_down[-1] == 1
+    in_flight_while_down = [s.in_flight for s in api.answers if s.status in DOWN]
+    assert in_flight_while_down[-1] == 1
     assert {502, 503, 500} <= set(api.statuses)
 
 
 async def test_cli_outage_longer_than_the_window_exits_75_then_rerun_completes(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
-    api = hostile.api
-    api.down = True
+    api = hostile
+    api.use(down())
     job = job_file(tmp_path, 8)
     code, err = await cli(job, hostile.base_url, "--outage-window", "2", "--max-attempts", "2")
     assert code == EXIT_LATER, err
     assert "down since" in err and "--outage-window of 2s" in err
     assert "nothing was written off" in err and "Traceback" not in err
     assert written_off(job) == [] and answered(job) == Counter()
-    down_requests = api.requests
+    down_requests = len(api.requests)
     assert down_requests < 8 * 2 + 10  # probing, not hammering
-    api.down = False
+    api.use(None)
     code, err = await cli(job, hostile.base_url)
     assert code == 0, err
     assert answered(job) == Counter({f"req-{i}": 1 for i in range(8)})
 
 
 async def test_outage_circuit_off_spends_attempts(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
-    hostile.api.down = True
+    hostile.use(down())
     job = job_file(tmp_path, 3)
     stats = await run_job(job, config(hostile.base_url, max_attempts=2, outage_window=0))
     assert stats.failed == 3 and stats.outages == 0
@@ -268,10 +289,10 @@ async def test_outage_circuit_off_spends_attempts(
 
 
 async def test_a_request_that_always_fails_on_a_healthy_server_is_written_off(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
     # The circuit is about the server, not one request: this one fails for good.
-    hostile.api.poison_text = "number 7?"
+    hostile.use(when(asking("number 7?"), server_error(500)))
     job = job_file(tmp_path, 20)
     stats = await run_job(job, config(hostile.base_url, max_attempts=3))
     errors = written_off(job)
@@ -352,25 +373,25 @@ async def test_limit_headers_never_make_a_request_too_large(tmp_path: Path) -> N
 
 
 async def test_ignored_limits_do_not_keep_the_run_learning(
-    hostile: Running, tmp_path: Path  # noqa: F811
+    hostile: Hostile, tmp_path: Path
 ) -> None:
     # While learning (auto), at most 4 requests go at once; a kind whose only stated
     # limit is ignored must not hold the run there for good.
-    hostile.api.headers = {"x-ratelimit-limit-requests": "0.001",
+    hostile.headers = {"x-ratelimit-limit-requests": "0.001",
                            "x-ratelimit-limit-tokens": "0.001"}
     job = job_file(tmp_path, 40)
     stats = await asyncio.wait_for(run_job(job, config(hostile.base_url, max_in_flight=12)), 30)
     assert stats.ok == 40
-    assert hostile.api.peak_in_flight > 4
+    assert hostile.peak_in_flight > 4
 
 
 @pytest.mark.parametrize("in_flight", [1, 16], ids=["one-at-a-time", "sixteen"])
 async def test_an_outage_writes_nothing_off_at_any_concurrency(
-    hostile: Running, tmp_path: Path, in_flight: int  # noqa: F811
+    hostile: Hostile, tmp_path: Path, in_flight: int
 ) -> None:
     # One request at a time never gives the circuit ten samples: it opens instead of
     # writing a request off while every recent attempt failed.
-    hostile.api.down_until = asyncio.get_running_loop().time() + 0.4
+    hostile.use(down(0.4))
     job = job_file(tmp_path, 24)
     stats = await asyncio.wait_for(
         run_job(job, config(hostile.base_url, max_in_flight=in_flight, max_attempts=2)), 30)
