@@ -264,6 +264,35 @@ class OutputCheck:
     error_codes: dict[str, int] = field(default_factory=dict)
 
 
+def count_ids(path: Path, id_prefix: str, counts: bytearray) -> tuple[int, int, int]:
+    """Count each ``<id_prefix><i>`` custom_id of ``path`` into ``counts[i]`` (capped at 255).
+
+    Returns:
+        ``(lines, lines that are not JSON objects, ids that are not the input's)``; a
+        missing file counts as empty.
+    """
+    lines = invalid = unexpected = 0
+    if not path.exists():
+        return 0, 0, 0
+    plen = len(id_prefix)
+    with open(path, "rb") as f:
+        for raw in f:
+            lines += 1
+            try:
+                cid = orjson.loads(raw).get("custom_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                invalid += 1
+                continue
+            if isinstance(cid, str) and cid.startswith(id_prefix) and cid[plen:].isdigit():
+                i = int(cid[plen:])
+                if 1 <= i < len(counts):
+                    if counts[i] < 255:
+                        counts[i] += 1
+                    continue
+            unexpected += 1
+    return lines, invalid, unexpected
+
+
 def check_outputs(results: Path, errors: Path, id_prefix: str, n_ids: int) -> OutputCheck:
     """Count missing and duplicated ids, errors, and lines that are not valid JSON.
 
@@ -272,23 +301,7 @@ def check_outputs(results: Path, errors: Path, id_prefix: str, n_ids: int) -> Ou
     """
     out = OutputCheck()
     counts = bytearray(n_ids + 1)
-    plen = len(id_prefix)
-    if results.exists():
-        with open(results, "rb") as f:
-            for raw in f:
-                out.n_results += 1
-                try:
-                    cid = orjson.loads(raw).get("custom_id")
-                except (orjson.JSONDecodeError, AttributeError):
-                    out.n_invalid_json += 1
-                    continue
-                if isinstance(cid, str) and cid.startswith(id_prefix) and cid[plen:].isdigit():
-                    i = int(cid[plen:])
-                    if 1 <= i <= n_ids:
-                        if counts[i] < 255:
-                            counts[i] += 1
-                        continue
-                out.n_unexpected += 1
+    out.n_results, out.n_invalid_json, out.n_unexpected = count_ids(results, id_prefix, counts)
     if errors.exists():
         with open(errors, "rb") as f:
             for raw in f:

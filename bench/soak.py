@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jobgen
-import orjson
-from _harness import BATCHPROC, ClientRun, MockServer, client_env, run_measured
+from _harness import BATCHPROC, ClientRun, MockServer, client_env, count_ids, run_measured
 
 Row = dict[str, Any]
 #: the exit code of a run stopped on a spent daily budget: rerun later (at once, here).
@@ -77,33 +76,15 @@ class Tally:
     n_unexpected: int = 0
 
 
-def _count(path: Path, prefix: str, counts: bytearray, tally: Tally) -> int:
-    lines = 0
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        for raw in f:
-            lines += 1
-            try:
-                cid = orjson.loads(raw).get("custom_id")
-            except (orjson.JSONDecodeError, AttributeError):
-                tally.n_invalid_json += 1
-                continue
-            tail = cid[len(prefix):] if isinstance(cid, str) and cid.startswith(prefix) else ""
-            if tail.isdigit() and 1 <= int(tail) < len(counts):
-                counts[int(tail)] = min(255, counts[int(tail)] + 1)
-            else:
-                tally.n_unexpected += 1
-    return lines
-
-
 def tally(results: Path, errors: Path, prefix: str, n: int) -> Tally:
     """Missing (neither file), duplicated (answered twice or more), failed for good
     (only in the errors file) and answered-and-failed ids; lines that are not JSON."""
     out = Tally()
     answered, failed = bytearray(n + 1), bytearray(n + 1)
-    out.n_results = _count(results, prefix, answered, out)
-    out.n_errors = _count(errors, prefix, failed, out)
+    out.n_results, bad_results, odd_results = count_ids(results, prefix, answered)
+    out.n_errors, bad_errors, odd_errors = count_ids(errors, prefix, failed)
+    out.n_invalid_json = bad_results + bad_errors
+    out.n_unexpected = odd_results + odd_errors
     for i in range(1, n + 1):
         a, e = answered[i], failed[i]
         if a == 0 and e == 0:
