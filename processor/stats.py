@@ -11,7 +11,8 @@ from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_SHOWN", "Stats", "StopReason", "clamp_seconds", "clock_at", "human_duration"]
+__all__ = ["MAX_SHOWN", "InputTally", "Stats", "StopReason", "clamp_seconds", "clock_at",
+           "human_duration"]
 
 
 class StopReason(enum.Enum):
@@ -41,15 +42,58 @@ class StopReason(enum.Enum):
 
 
 @dataclass(slots=True)
-class Stats:
-    """Live counters of a run; the progress display reads them.
+class InputTally:
+    """What the input holds against the earlier runs' records, as read so far.
+
+    One writer: the resume/edit filter, :class:`processor.store.inputfilter.InputFilter`
+    (``tests/test_one_writer.py`` checks that no other module writes these). Everyone
+    else reads them through the run's :class:`Stats` (``stats.skipped``, ...).
 
     Attributes:
-        total: requests expected (from a line count), or None when unknown.
+        total: lines in the input (from a line count), or None when not counted.
+        skipped: requests skipped because a previous run already answered them.
+        changed: of those, lines that differ from the one answered (old answer kept).
+        retried_failed: requests that failed for good before, sent again (--retry-failed).
+        changed_failed: requests that failed for good before whose line changed: sent again.
+        skipped_failed: requests that failed for good before, not sent again.
+        superseded: changed lines whose earlier records --resend-changed moved aside.
+        still_bad: lines reported bad in an earlier run, still bad (not written again).
+        fixed_lines: earlier bad lines no longer in the input (fixed or removed).
+        fixed_sent: requests sent from line numbers reported bad before.
+    """
+
+    total: int | None = None
+    skipped: int = 0
+    changed: int = 0
+    changed_examples: list[str] = field(default_factory=list)
+    retried_failed: int = 0
+    changed_failed: int = 0
+    changed_failed_examples: list[str] = field(default_factory=list)
+    skipped_failed: int = 0
+    superseded: int = 0
+    still_bad: int = 0
+    fixed_lines: int = 0
+    fixed_sent: int = 0
+    fixed_examples: list[int] = field(default_factory=list)
+
+
+#: the facts of :class:`InputTally`, which :class:`Stats` shows read-only.
+INPUT_FACTS = tuple(InputTally.__dataclass_fields__)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Live counters of a run, published by the engine; the progress display reads them.
+
+    One writer per fact: the engine (through the methods below) for its counters, the
+    stop reason and the end; the resume/edit filter for :attr:`input`, whose facts show
+    here read-only under their own names (``skipped``, ``total``, ``still_bad``...).
+
+    Attributes:
+        input: what the input holds against earlier runs (:class:`InputTally`).
         ok: requests answered and written to the results file.
         failed: requests that failed for good (not counting bad lines).
         bad_lines: input lines that could not be parsed or validated.
-        skipped: requests skipped because a previous run already answered them.
         in_flight: attempts on the wire now.
         retrying: requests waiting in the requeue.
         attempts: HTTP attempts made (retries included).
@@ -60,19 +104,13 @@ class Stats:
         stop_reason: why the run stopped early, if it did, for a person to read.
         stopped: why the run stopped early, as a :class:`StopReason` (None: it did not).
         abandoned: a second signal abandoned the requests in flight.
-        still_bad: lines reported bad in an earlier run, still bad (left out, not
-            written again).
         output_error: the first output file that could not be written, and why.
     """
 
-    total: int | None = None
+    input: InputTally = field(default_factory=InputTally)
     ok: int = 0
     failed: int = 0
     bad_lines: int = 0
-    skipped: int = 0
-    retried_failed: int = 0
-    changed: int = 0
-    changed_examples: list[str] = field(default_factory=list)
     in_flight: int = 0
     attempts: int = 0
     retries: int = 0
@@ -95,18 +133,7 @@ class Stats:
     retired_keys: list[str] = field(default_factory=list)
     answered_by_key: Counter[str] = field(default_factory=Counter)
     resume_at: float | None = None
-    skipped_failed: int = 0
     output_error: str | None = None
-    #: earlier bad lines no longer in the input (fixed or removed; known by content).
-    fixed_lines: int = 0
-    #: requests sent from line numbers reported bad before, and the first of those lines.
-    fixed_sent: int = 0
-    fixed_examples: list[int] = field(default_factory=list)
-    #: requests that failed for good before but whose line changed: sent again.
-    changed_failed: int = 0
-    changed_failed_examples: list[str] = field(default_factory=list)
-    #: changed lines whose earlier records --resend-changed moved aside.
-    superseded: int = 0
     #: wall-clock time (``time.time()``) the server went down, while the outage circuit is open.
     outage_since: float | None = None
     #: seconds between two probes while the server is down.
@@ -117,9 +144,62 @@ class Stats:
     outages: int = 0
     stopped: StopReason | None = None
     abandoned: bool = False
-    still_bad: int = 0
     #: the requeue the engine holds (``retrying`` is its length); set by the engine.
     _requeue: Sized = ()
+
+    # -- the input's facts, read-only here (their one writer is the resume/edit filter) --
+
+    @property
+    def total(self) -> int | None:
+        return self.input.total
+
+    @property
+    def skipped(self) -> int:
+        return self.input.skipped
+
+    @property
+    def changed(self) -> int:
+        return self.input.changed
+
+    @property
+    def changed_examples(self) -> list[str]:
+        return self.input.changed_examples
+
+    @property
+    def retried_failed(self) -> int:
+        return self.input.retried_failed
+
+    @property
+    def changed_failed(self) -> int:
+        return self.input.changed_failed
+
+    @property
+    def changed_failed_examples(self) -> list[str]:
+        return self.input.changed_failed_examples
+
+    @property
+    def skipped_failed(self) -> int:
+        return self.input.skipped_failed
+
+    @property
+    def superseded(self) -> int:
+        return self.input.superseded
+
+    @property
+    def still_bad(self) -> int:
+        return self.input.still_bad
+
+    @property
+    def fixed_lines(self) -> int:
+        return self.input.fixed_lines
+
+    @property
+    def fixed_sent(self) -> int:
+        return self.input.fixed_sent
+
+    @property
+    def fixed_examples(self) -> list[int]:
+        return self.input.fixed_examples
 
     @property
     def retrying(self) -> int:
@@ -228,6 +308,8 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_requeue"}
+        out.pop("input")
+        out.update({k: getattr(self.input, k) for k in INPUT_FACTS})
         out["retrying"] = self.retrying
         out["rerun_later"] = self.rerun_later
         out["stopped"] = self.stopped.value if self.stopped else None

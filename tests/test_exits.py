@@ -9,11 +9,12 @@ import pytest
 
 from processor.cli.exits import BY_REASON, error_exit, exit_code
 from processor.errors import BatchProcError, ConfigError, JobLocked, OutputError
-from processor.stats import Stats, StopReason
+from processor.stats import INPUT_FACTS, InputTally, Stats, StopReason
 
 
 def stats(stopped: StopReason | None = None, **counts: Any) -> Stats:
-    s = Stats(**counts)
+    found = {k: counts.pop(k) for k in INPUT_FACTS if k in counts}
+    s = Stats(input=InputTally(**found), **counts)
     if stopped is StopReason.COMPLETED:
         s.stopped = stopped
     elif stopped is not None:

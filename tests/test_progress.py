@@ -12,7 +12,7 @@ from processor.cli.progress import (
     status_line,
     summary_dict,
 )
-from processor.stats import Stats
+from processor.stats import InputTally, Stats
 
 
 def test_outage_line_while_the_server_is_down() -> None:
@@ -46,10 +46,9 @@ def test_summary_says_how_long_the_server_was_down() -> None:
 def test_the_summary_names_why_the_run_stopped() -> None:
     from processor.stats import StopReason
 
-    stats = Stats()
+    stats = Stats(input=InputTally(still_bad=2))
     assert summary_dict(stats)["stopped"] == "completed"
     stats.stop(StopReason.RERUN_LATER, "daily budget spent")
-    stats.still_bad = 2
     s = summary_dict(stats)
     assert s["stopped"] == "rerun_later" and s["stop_reason"] == "daily budget spent"
     assert s["still_bad_lines"] == 2

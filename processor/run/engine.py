@@ -161,6 +161,19 @@ class Engine:
             self.stats.resume_at = self._wall() + clamp_seconds(stop.resume_in)
         self.stop(stop.message, stop.reason)
 
+    def output_failed(self, failure: str) -> None:
+        """The output files could not be written (``failure``: which and why), found when
+        they were closed: the run stops on it, unless it had stopped for another reason
+        than an error, which then stays (and this is noted)."""
+        self.stats.output_error = failure
+        message = (f"cannot write the output files: {failure}; what was written is "
+                   "whole lines: fix the cause (free space) and rerun the same command to "
+                   "resume")
+        if self.stats.stopped in (None, StopReason.OUTPUT_ERROR, StopReason.ERROR):
+            self.stats.stopped, self.stats.stop_reason = StopReason.OUTPUT_ERROR, message
+        else:
+            self.stats.note(message)
+
     def abandon_in_flight(self, why: str | None = None) -> None:
         """Abandon in-flight requests now (a second Ctrl-C); files stay valid.
 

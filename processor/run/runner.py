@@ -14,20 +14,14 @@ from pathlib import Path
 import orjson
 
 from ..errors import OutputError
-from ..jobs import Job, count_lines, iter_jobs, line_hash
+from ..jobs import Job, iter_jobs
 from ..stats import Stats, StopReason
-from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
+from ..store.edits import check_edits
+from ..store.inputfilter import InputFilter
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
 from ..store.paths import check_job_paths, job_locks
-from ..store.resume import (
-    POSITIONAL_PREFIX,
-    ResumeState,
-    ScanInterrupted,
-    load_state,
-    move_aside,
-    stop_check,
-)
+from ..store.resume import ResumeState, ScanInterrupted, load_state, move_aside
 from ..store.writer import ResultWriter
 from .config import JobConfig
 from .engine import Engine
@@ -94,36 +88,43 @@ async def _run(
     cfg: JobConfig, src: Path, out_path: Path, err_path: Path,
     on_progress: Callable[[Stats], None] | None, handle_signals: bool, count_total: bool,
 ) -> Stats:
-    stats = Stats()
-    for name, value in (("rpm", cfg.rpm), ("tpm", cfg.tpm), ("rpd", cfg.rpd), ("tpd", cfg.tpd)):
-        if value:
-            stats.limits[name] = value
+    started = time.monotonic()
+    limits: dict[str, float] = {name: value for name, value in
+              (("rpm", cfg.rpm), ("tpm", cfg.tpm), ("rpd", cfg.rpd), ("tpd", cfg.tpd)) if value}
+    # The resume/edit filter writes what it finds in the input; the run's stats (the
+    # engine's) show it. Notes from before the engine starts are handed to the stats.
+    found = InputFilter()
+    notes: list[str] = []
     # File work before the first request (resume scan, line count) runs in a thread so
     # that a caller's event loop is never blocked by it. Signals are handled from before
     # it starts: Ctrl-C during a long scan stops it within a few thousand lines.
-    signals = _SignalStop(stats) if handle_signals else None
+    signals = _SignalStop() if handle_signals else None
     try:
-        state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
-                                        count_total, signals.flag if signals else None)
+        state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, found,
+                                        notes, count_total, signals.flag if signals else None)
         parts = build_parts(cfg)
     except BaseException as exc:
         if signals is not None:
             signals.remove()
         if not isinstance(exc, ScanInterrupted):
             raise
-        stats.finished = time.monotonic()
-        stats.notes.append("stopped while reading the earlier outputs; nothing was sent")
-        return stats
+        # No engine ever ran: the run's stats are made here, finished.
+        reason, message = (signals.first if signals else None) or (StopReason.SIGINT,
+                                                                   "interrupted")
+        notes.append("stopped while reading the earlier outputs; nothing was sent")
+        return Stats(input=found.tally, limits=limits, notes=notes, started=started,
+                     finished=time.monotonic(), stopped=reason, stop_reason=message)
 
     counter = parts.counter
-    skip = _resume_filter(state, cfg.retry_failed, stats)
+    stats = Stats(input=found.tally, limits=limits, notes=notes, started=started)
     writer = ResultWriter(out_path, err_path)
     async with parts.client() as client:
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         # Bad lines reported before (by content) are not reported again.
-        source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                      skip_line=unchanged_filter(state, stats)),
-                            state, stats, _sendable(parts))
+        source = found.unreported(
+            iter_jobs(src, default_endpoint=cfg.endpoint, skip=found.skip(state, cfg.retry_failed),
+                      skip_line=found.skip_line(state)),
+            state, _sendable(parts), stats.note)
         remove = signals.attach(engine) if signals else (lambda: None)
         try:
             await engine.run(source)
@@ -135,34 +136,21 @@ async def _run(
                 writer.close()
             except OutputError:
                 pass  # kept in writer.failure
-    if writer.failure is not None:
-        stats.output_error = str(writer.failure)
-        message = (f"cannot write the output files: {writer.failure}; what was written is "
-                   "whole lines: fix the cause (free space) and rerun the same command to "
-                   "resume")
-        if stats.stopped in (None, StopReason.OUTPUT_ERROR, StopReason.ERROR):
-            stats.stopped, stats.stop_reason = StopReason.OUTPUT_ERROR, message
-        else:
-            stats.notes.append(message)
-    if stats.skipped_failed:
-        stats.notes.append(
-            f"{stats.skipped_failed:,} requests failed for good in an earlier run and were "
-            "not sent again (--retry-failed sends them)")
-    if stats.changed:
-        stats.notes.append(_changed_note(stats.changed, stats.changed_examples))
-        log.warning("%s", stats.notes[-1])
-    edit_notes(stats)
-    stats.notes.append(f"results: {out_path}")
-    stats.notes.append(f"errors:  {err_path}")
+        if writer.failure is not None:
+            engine.output_failed(str(writer.failure))
+    for note in found.notes():
+        stats.note(note)
+    stats.note(f"results: {out_path}")
+    stats.note(f"errors:  {err_path}")
     await counter.wait_loaded_async(timeout=1.0)
     if counter.mode != "exact":
-        stats.notes.append(f"token counts: {counter.mode}")
+        stats.note(f"token counts: {counter.mode}")
     return stats
 
 
 def _prepare_files(
-    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool,
-    stop: threading.Event | None = None,
+    cfg: JobConfig, src: Path, out_path: Path, err_path: Path, found: InputFilter,
+    notes: list[str], count_total: bool, stop: threading.Event | None = None,
 ) -> ResumeState:
     """Check the input, move or repair old outputs, read what they hold, count lines.
 
@@ -175,82 +163,28 @@ def _prepare_files(
         for p in (out_path, err_path, ledger_path(out_path)):
             moved = move_aside(p)
             if moved:
-                stats.notes.append(f"--fresh: moved {p} to {moved}")
+                notes.append(f"--fresh: moved {p} to {moved}")
     if out_path.exists() or err_path.exists():
         log.info("reading the earlier outputs (%s, %s) to resume", out_path, err_path)
     state = load_state(out_path, err_path, stop=stop)
     for side in state.torn:
-        stats.notes.append(f"repaired a torn last line; its bytes are in {side}")
+        notes.append(f"repaired a torn last line; its bytes are in {side}")
     if cfg.retry_failed and len(state.failed):
         moved = move_aside(err_path)
-        stats.notes.append(f"--retry-failed: previous errors moved to {moved}")
+        notes.append(f"--retry-failed: previous errors moved to {moved}")
         state.forget_bad_lines()
     if len(state.done) and not state.has_ledger:
-        stats.notes.append(
+        notes.append(
             f"{out_path} has no ledger beside it (written by another tool or an older "
             "version): edits to the input since those answers cannot be detected")
     if state.comparable and (state.positional or cfg.resend_changed):
-        state = check_edits(src, out_path, err_path, stats, state, stop=stop,
-                            resend_changed=cfg.resend_changed, retry_failed=cfg.retry_failed)
+        state, moved_lines = check_edits(src, out_path, err_path, notes, state, stop=stop,
+                                         resend_changed=cfg.resend_changed,
+                                         retry_failed=cfg.retry_failed)
+        found.superseded(moved_lines)
     if count_total:
-        stats.total = count_lines(src, cancel=stop_check(stop))
+        found.count(src, stop)
     return state
-
-
-def _resume_filter(
-    state: ResumeState, retry_failed: bool, stats: Stats
-) -> Callable[[str, bytes], bool] | None:
-    """The ``skip`` test for a rerun: done ids (and failed ones unless retried) are left out.
-
-    A done id whose input line hashes differently from the one answered (per the
-    ledger) is counted as changed; its old answer is kept. A failed id whose line
-    changed since it failed is a new request: it is sent again. Lines named by their
-    position were compared before the run (:func:`~processor.store.edits.check_edits`),
-    so they are not hashed again here.
-    """
-    if state.empty:
-        return None
-    done, failed = state.done, state.failed
-    check_changes = state.has_ledger
-    verified = state.verified_positional
-
-    def skip(custom_id: str, raw: bytes) -> bool:
-        # One lookup: None, or the low 32 bits of the answered line's hash (0: unknown).
-        answered = done.get(custom_id)
-        if answered is not None:
-            stats.skipped += 1
-            if check_changes and answered and not (
-                verified and custom_id.startswith(POSITIONAL_PREFIX)
-                and custom_id[len(POSITIONAL_PREFIX):].isdigit()
-            ) and answered != line_hash(raw) & 0xFFFFFFFF:
-                stats.changed += 1
-                if len(stats.changed_examples) < 5:
-                    stats.changed_examples.append(custom_id)
-            return True
-        failed_for = failed.get(custom_id)
-        if failed_for is not None:
-            if retry_failed:
-                stats.retried_failed += 1
-                return False
-            if failed_for and failed_for != line_hash(raw) & 0xFFFFFFFF:
-                stats.changed_failed += 1
-                if len(stats.changed_failed_examples) < 5:
-                    stats.changed_failed_examples.append(custom_id)
-                return False
-            stats.skipped_failed += 1
-            return True
-        return False
-
-    return skip
-
-
-def _changed_note(n: int, examples: list[str]) -> str:
-    return (
-        f"input changed: {n} line(s) differ from the ones answered before "
-        f"(e.g. {', '.join(examples)}); their old answers are kept. "
-        "Use --resend-changed to send them again (old answers moved to side files), or "
-        "--fresh to start over (old outputs are moved aside)."
-    )
 
 
 def _sendable(parts: Parts) -> Callable[[Job], bool]:
@@ -276,9 +210,10 @@ class _SignalStop:
     and the second abandons what is in flight.
     """
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self) -> None:
         self.flag = threading.Event()
-        self.stats = stats
+        #: the first signal's reason and message, before an engine is attached.
+        self.first: tuple[StopReason, str] | None = None
         self.engine: Engine | None = None
         self.hits = 0
         self._loop = asyncio.get_running_loop()
@@ -298,7 +233,7 @@ class _SignalStop:
         engine = self.engine
         reason = StopReason[signame]
         if engine is None:
-            self.stats.stop(reason, f"{signame} received")
+            self.first = self.first or (reason, f"{signame} received")
         elif self.hits == 1 and not engine.stopping:
             engine.stop(f"{signame} received", reason)
         else:
@@ -315,9 +250,9 @@ class _SignalStop:
             :meth:`remove`, to call when the run is over.
         """
         self.engine = engine
-        if self.hits:
-            engine.stop(self.stats.stop_reason or "interrupted",
-                        self.stats.stopped or StopReason.SIGINT)
+        if self.first is not None:
+            reason, message = self.first
+            engine.stop(message, reason)
         return self.remove
 
     def remove(self) -> None:

@@ -10,9 +10,9 @@ whose ``custom_id`` is not their first key). :func:`supersede` moves the records
 changed ids out of the output files into side files, so those lines can be sent as new;
 :func:`check_edits` decides between the two (or refuses the run).
 
-During the run, :func:`unchanged_filter` skips the lines found unchanged by number, and
-:func:`unreported` leaves out bad lines already reported, known by content: the hash of
-the raw line, kept in each error record as ``error.input_hash``.
+During the run, :class:`~processor.store.inputfilter.InputFilter` skips the lines found
+unchanged by number, and leaves out bad lines already reported, known by content: the
+hash of the raw line, kept in each error record as ``error.input_hash``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +30,7 @@ import orjson
 
 from ..errors import ConfigError
 from ..idset import IdSet
-from ..jobs import BadLine, Job, iter_raw_lines, line_hash
-from ..stats import Stats
+from ..jobs import iter_raw_lines, line_hash
 from .ledger import LEDGER_ENTRY, ledger_path
 from .records import read_custom_id, read_error
 from .resume import (
@@ -42,8 +41,7 @@ from .resume import (
     stop_check,
 )
 
-__all__ = ["Changes", "check_edits", "edit_notes", "find_changes", "supersede",
-           "unchanged_filter", "unreported"]
+__all__ = ["Changes", "check_edits", "find_changes", "supersede"]
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +245,17 @@ def _split(path: Path, stamp: str, leaves: Callable[[bytes], bool],
 
 
 def check_edits(
-    src: Path, out_path: Path, err_path: Path, stats: Stats, state: ResumeState, *,
+    src: Path, out_path: Path, err_path: Path, notes: list[str], state: ResumeState, *,
     resend_changed: bool, retry_failed: bool, stop: threading.Event | None = None,
-) -> ResumeState:
+) -> tuple[ResumeState, int]:
     """Refuse, or retire the old records of, lines that changed since their last run.
 
+    Args:
+        notes: where the summary's note on moved records goes.
+
     Returns:
-        The state to resume from (read again when records were moved aside).
+        The state to resume from (read again when records were moved aside), and how
+        many changed lines had their records moved aside.
 
     Raises:
         ConfigError: lines named by position changed and ``resend_changed`` is off.
@@ -263,7 +265,7 @@ def check_edits(
     if not changes.total:
         state.verified_positional = True
         state.unchanged_lines = changes.unchanged
-        return state
+        return state, 0
     if not resend_changed:
         lines = ", ".join(str(n) for n in changes.lines)
         more = ", ..." if changes.positional > len(changes.lines) else ""
@@ -279,8 +281,7 @@ def check_edits(
     moved = supersede(out_path, err_path, changes.ids)
     superseded = changes.ids
     examples = [f"line {n}" for n in changes.lines] + changes.examples
-    stats.superseded = changes.total
-    stats.notes.append(
+    notes.append(
         f"--resend-changed: {changes.total:,} changed line(s) are sent again "
         f"(e.g. {', '.join(examples[:5])}); their earlier records were moved to "
         + ", ".join(f"{side.name} ({n:,})" for side, n in moved))
@@ -291,94 +292,4 @@ def check_edits(
     state.verified_positional = True
     state.unchanged_lines = changes.unchanged  # the moved ids were never in it
     state.superseded = superseded
-    return state
-
-
-def unchanged_filter(state: ResumeState, stats: Stats) -> Callable[[int], bool] | None:
-    """Skip lines found answered and unchanged before the run, by number alone."""
-    bits = state.unchanged_lines
-    if not bits:
-        return None
-    size = len(bits)
-
-    def skip_line(number: int) -> bool:
-        if number >> 3 < size and bits[number >> 3] >> (number & 7) & 1:
-            stats.skipped += 1
-            return True
-        return False
-
-    return skip_line
-
-
-def unreported(
-    items: Iterable[Job | BadLine], state: ResumeState, stats: Stats,
-    sendable: Callable[[Job], bool],
-) -> Iterator[Job | BadLine]:
-    """Leave out bad lines reported before (named in a note: the job is not complete);
-    note earlier bad lines that are now valid.
-
-    A bad line is known by its content: the k-th occurrence of the same bad bytes is
-    left out only if at least k were reported. A valid request is never left out
-    because its line number was once bad; one whose bytes were reported bad is left
-    out only if it still cannot be sent (``sendable``: the engine's own checks), since
-    a repeated or misplaced custom_id makes a line bad by where it is, not by what it
-    holds. Records of older versions carry no hash and are matched by line number, for
-    bad lines only.
-    """
-    counts, legacy, reported = state.bad_hashes, state.bad_lines, state.reported_lines
-    if not (counts or legacy or reported):
-        yield from items
-        return
-    resent = state.superseded
-    # Lines still bad, reported before (not written again): how many, the first ten.
-    still, still_lines = 0, []
-
-    for item in items:
-        if counts.get(item.line_hash, 0) > 0:
-            counts[item.line_hash] -= 1
-            if isinstance(item, BadLine) or not sendable(item):
-                still += 1
-                stats.still_bad = still  # counted as read: a stopped run knows it too
-                if still <= 10:
-                    still_lines.append(item.line)
-                continue
-        elif isinstance(item, BadLine):
-            if item.line in legacy:
-                legacy.discard(item.line)
-                still += 1
-                stats.still_bad = still
-                if still <= 10:
-                    still_lines.append(item.line)
-                continue
-        if isinstance(item, Job) and item.line in reported and item.custom_id not in resent:
-            stats.fixed_sent += 1
-            if len(stats.fixed_examples) < 10:
-                stats.fixed_examples.append(item.line)
-        yield item
-    # The whole input was read: reports whose bytes are nowhere in it now were fixed or
-    # removed (known by content, so right even when lines moved).
-    stats.fixed_lines = sum(n for n in counts.values() if n > 0) + len(legacy)
-    if still:
-        more = ", ..." if still > 10 else ""
-        stats.notes.append(
-            f"{still:,} bad line(s) reported in an earlier run are still bad (lines "
-            f"{', '.join(str(n) for n in still_lines)}{more}); their records are in the "
-            "errors file already, not written again: fix them and rerun")
-
-
-def edit_notes(stats: Stats) -> None:
-    """Summary notes on edits: bad lines gone, failed requests that changed."""
-    if stats.fixed_lines:
-        note = (f"{stats.fixed_lines:,} line(s) reported bad before are no longer in the "
-                "input (fixed or removed)")
-        if stats.fixed_sent:
-            more = ", ..." if stats.fixed_sent > len(stats.fixed_examples) else ""
-            note += (f"; {stats.fixed_sent:,} request(s) now valid were sent from lines "
-                     f"reported bad before (lines "
-                     f"{', '.join(str(n) for n in stats.fixed_examples)}{more})")
-        stats.notes.append(note)
-    if stats.changed_failed:
-        stats.notes.append(
-            f"{stats.changed_failed:,} request(s) that failed for good before have changed in "
-            f"the input and were sent again (e.g. {', '.join(stats.changed_failed_examples)}); "
-            "their old error records are stale")
+    return state, changes.total
