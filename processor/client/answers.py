@@ -57,10 +57,20 @@ _NO_MASK = Masker()
 MAX_DEPTH = 200
 
 
+#: a JSON text this short cannot nest deeper than MAX_DEPTH: each level opens and closes.
+_SHALLOW_BYTES = 2 * MAX_DEPTH + 1
+#: up to this size a body's brackets are counted (cheap) before its tree is walked.
+_COUNT_BYTES = 4096
+
+
 def _shallow(obj: Any, raw: bytes | bytearray = b"", limit: int = MAX_DEPTH) -> bool:
     """True when ``obj`` (parsed from ``raw``) nests at most ``limit`` containers deep."""
-    if len(raw) < 4096 and raw.count(b"[") + raw.count(b"{") <= limit:
-        return True  # a small answer (most chat ones): counting its brackets is cheaper
+    n = len(raw)
+    if raw and (n <= 2 * limit + 1 or (
+            n < _COUNT_BYTES and raw.count(b"[") + raw.count(b"{") <= limit)):
+        # Too short to nest that deep; or a small answer (most chat ones) with fewer
+        # brackets than that, strings included: counting them is cheaper than a walk.
+        return True
     stack = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
@@ -98,9 +108,10 @@ def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
     """
     mask = masker or _NO_MASK
     request_id = headers.get("x-request-id") or headers.get("apim-request-id")
-    if request_id:
-        request_id = mask.text(request_id)
-    raw = mask.raw(raw)
+    if mask.active:
+        if request_id:
+            request_id = mask.text(request_id)
+        raw = mask.raw(raw)
     if 200 <= status < 300:
         try:
             body = orjson.loads(raw)
@@ -113,9 +124,9 @@ def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
                 f"HTTP {status} with {what}", status=status, request_id=request_id,
                 body=_text_excerpt(raw, mask) if raw else None,
             ) from None
-        if mask.may_hide(raw):
+        if mask.active and mask.may_hide(raw):
             body = mask.tree(body)
-        if not _shallow(body, raw):
+        if len(raw) > _SHALLOW_BYTES and not _shallow(body, raw):
             raise ServerError(f"HTTP {status} with JSON nested deeper than {MAX_DEPTH} levels "
                               "(not an answer; it could not be written)",
                               status=status, request_id=request_id)

@@ -75,12 +75,14 @@ class Masker:
             out (see the module docstring).
     """
 
-    __slots__ = ("_bytes", "_escapes", "_patterns", "_secrets")
+    __slots__ = ("_bytes", "_escapes", "_patterns", "_secrets", "active")
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         unique = {s for s in secrets if s and len(s) >= MIN_SECRET_LEN}
         # Longest first: a secret that contains another is masked whole.
         self._secrets = sorted(unique, key=len, reverse=True)
+        #: there is something to mask (a plain attribute: asked once per answer).
+        self.active = bool(self._secrets)
         self._bytes = [s.encode() for s in self._secrets]  # encoded once, not per answer
         # re's literal search is several times faster than ``bytes in bytes`` on
         # digit-heavy bodies (embeddings) for keys that hold digits: 7 us, not 57, per

@@ -79,27 +79,32 @@ class Attempts:
 
     async def attempt(self, job: Job) -> None:
         """Send ``job`` once on its key and deal with the outcome (never raises but for a
-        cancellation; an output that cannot be written stops the run)."""
-        lane = job.lane
-        assert lane is not None
-        job.attempts += 1
+        cancellation; an output that cannot be written stops the run); then tell the
+        engine it came back (:meth:`Control.returned`), cancelled or not."""
         try:
+            lane = job.lane
+            assert lane is not None
+            job.attempts += 1
             try:
-                response = await self.client.post(job.url, job.payload, headers=lane.headers,
-                                                  model=job.model)
-            except APIError as exc:
-                self.failed(job, exc)
-            except Exception as exc:  # noqa: BLE001 - never lose a request to a surprise
-                # Only the type: the message of an unexpected error might quote a header.
-                log.error("unexpected %s sending %s; treated as a server error",
-                          type(exc).__name__, job.custom_id, exc_info=log.isEnabledFor(10))
-                self.failed(job, ServerError(f"unexpected {type(exc).__name__}"))
-            else:
-                self.answered(job, lane, response)
-        except OSError as exc:
-            # The disk is full or the file went away: stop before paying for answers
-            # that cannot be kept. What was not written is sent again on the next run.
-            self.run.halt(Stop(StopReason.OUTPUT_ERROR, f"cannot write the output files: {exc}"))
+                try:
+                    response = await self.client.post(job.url, job.payload,
+                                                      headers=lane.headers, model=job.model)
+                except APIError as exc:
+                    self.failed(job, exc)
+                except Exception as exc:  # noqa: BLE001 - never lose a request to a surprise
+                    # Only the type: the message of an unexpected error might quote a header.
+                    log.error("unexpected %s sending %s; treated as a server error",
+                              type(exc).__name__, job.custom_id, exc_info=log.isEnabledFor(10))
+                    self.failed(job, ServerError(f"unexpected {type(exc).__name__}"))
+                else:
+                    self.answered(job, lane, response)
+            except OSError as exc:
+                # The disk is full or the file went away: stop before paying for answers
+                # that cannot be kept. What was not written is sent again on the next run.
+                self.run.halt(Stop(StopReason.OUTPUT_ERROR,
+                                   f"cannot write the output files: {exc}"))
+        finally:
+            self.run.returned()  # the engine's count of attempts in flight
 
     def _learn(self, job: Job, info: Any, *, force: bool, refused: bool = False) -> None:
         assert job.lane is not None
@@ -111,10 +116,12 @@ class Attempts:
         if self.outage is not None:
             self.outage.alive(job, self.run.now())
         self.keys.answered(lane)
-        try:
-            self._learn(job, response.ratelimit, force=False)
-        except ValueError as exc:  # nonsense rate-limit headers must not cost the answer
-            log.warning("ignored rate-limit headers: %s", exc)
+        if response.ratelimit is not None or self.keys.learning:
+            # (No headers and nothing to learn: nothing to do, the usual case at speed.)
+            try:
+                self._learn(job, response.ratelimit, force=False)
+            except ValueError as exc:  # nonsense rate-limit headers must not cost the answer
+                log.warning("ignored rate-limit headers: %s", exc)
         used = self.outcomes.answered(job, lane, response, self.keys.label(lane))
         if used and self.refund_unused and job.tokens > used:
             lane.limiter.refund(job.tokens - used)

@@ -68,7 +68,7 @@ class Circuit:
     """
 
     __slots__ = ("outage_window", "window", "horizon", "threshold", "min_samples",
-                 "suspect_samples", "base", "cap", "state", "opened_at", "probe_at",
+                 "suspect_samples", "base", "cap", "_state", "closed", "opened_at", "probe_at",
                  "interval", "down_before", "outages", "_outcomes")
 
     def __init__(
@@ -96,7 +96,7 @@ class Circuit:
         self.suspect_samples = suspect_samples
         self.base = base
         self.cap = cap
-        self.state = CircuitState.CLOSED
+        self.state = CircuitState.CLOSED  # sets ``closed`` too
         #: when the current outage began (None while closed).
         self.opened_at: float | None = None
         #: earliest time of the next probe (while open).
@@ -110,8 +110,14 @@ class Circuit:
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=window)
 
     @property
-    def closed(self) -> bool:
-        return self.state is CircuitState.CLOSED
+    def state(self) -> CircuitState:
+        return self._state
+
+    @state.setter
+    def state(self, state: CircuitState) -> None:
+        self._state = state
+        #: the state is CLOSED (kept as a plain attribute: asked once per request).
+        self.closed = state is CircuitState.CLOSED
 
     def _counts(self, now: float) -> tuple[int, int]:
         """(outcomes, outage failures) among the recent ones."""

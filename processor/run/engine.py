@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
 from ..cost import Cost
 from ..jobs import BadLine, Job
@@ -121,10 +122,15 @@ class Engine:
         self.progress_interval = progress_interval
         self.grace = grace
         self._clock = clock
+        #: monotonic seconds: ``clock``, or the running loop's ``time`` (bound once the
+        #: run starts: asked several times per request).
+        self.now: Callable[[], float] = clock if clock is not None else self._loop_time
         self._wall = wall
         self._waits = Waits(sleep)
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._create_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = \
+            asyncio.ensure_future
         self._stopping = False
         # Probes back off like retries (tests shrink both).
         base = max(self.policy.base, 1e-3)
@@ -197,13 +203,18 @@ class Engine:
         """Attempts on the wire now (the engine's own count: it gates admission)."""
         return self._in_flight
 
-    def now(self) -> float:
-        return self._clock() if self._clock else asyncio.get_running_loop().time()
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
 
     # -- main loop -------------------------------------------------------------
 
     async def run(self, source: Iterable[Job | BadLine]) -> Stats:
         """Process every job from ``source``; return the final :class:`Stats`."""
+        loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self.now = loop.time
+        self._create_task = loop.create_task
         ticker = asyncio.create_task(self._tick())
         try:
             try:
@@ -217,6 +228,8 @@ class Engine:
                 await self._drain()
         finally:
             ticker.cancel()
+            if self._clock is None:
+                self.now = self._loop_time
             self.stats.finish(time.monotonic())
             if self.on_progress:
                 try:
@@ -233,17 +246,15 @@ class Engine:
         job.cum_tokens = lane.limiter.cum_tokens
         self._in_flight += 1
         self.stats.sent(job.tokens)
-        task = asyncio.get_running_loop().create_task(self._attempt(job))
+        task = self._create_task(self.attempts.attempt(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _attempt(self, job: Job) -> None:
-        try:
-            await self.attempts.attempt(job)
-        finally:
-            self._in_flight -= 1
-            self.stats.returned()
-            self._waits.changed.set()
+    def returned(self) -> None:
+        """An attempt came back (or was cancelled): called by the attempt itself, last."""
+        self._in_flight -= 1
+        self.stats.returned()
+        self._waits.changed.set()
 
     async def _drain(self) -> None:
         """Wait for in-flight attempts; once stopping, at most ``grace`` seconds more."""

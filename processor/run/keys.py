@@ -64,6 +64,9 @@ class KeyPool:
         self._warned: set[tuple[int, str]] = set()
         #: 429s in a row per lane while it states such a limit.
         self._refusals: dict[int, int] = {}
+        #: no key has an ``auto`` limit left to learn: it never gets one back, so
+        #: :attr:`learning` (asked on every admission) is False from then on.
+        self._settled = False
 
     @property
     def working(self) -> list[Lane]:
@@ -72,6 +75,11 @@ class KeyPool:
     @property
     def learning(self) -> bool:
         """Some working key still learns its limits from the server's headers."""
+        if self._settled:
+            return False
+        if not any(lane.limiter.server.auto for lane in self.lanes):
+            self._settled = True
+            return False
         return any(lane.limiter.learning for lane in self.lanes if not lane.retired)
 
     def label(self, lane: Lane) -> str:
@@ -113,7 +121,8 @@ class KeyPool:
         return count, told
 
     def answered(self, lane: Lane) -> None:
-        self._refusals.pop(id(lane), None)
+        if self._refusals:
+            self._refusals.pop(id(lane), None)
 
     def learn(self, lane: Lane, info: Any, *, sent_at: float, cum_requests: float,
               cum_tokens: float, force: bool, refused_tokens: int | None = None) -> None:

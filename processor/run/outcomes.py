@@ -113,13 +113,13 @@ class Outcomes:
         prompt, completion = usage(response.body)
         record = result_record(job, response.status, response.request_id, response.body,
                                self._record_id())
-        extra: dict[str, Any] = {}
-        if key:
-            extra["key"] = key
-        if job.fallback_from is not None:
-            extra["model"] = job.model
-            extra["fallback_from"] = job.fallback_from
-        if extra:
+        if key or job.fallback_from is not None:
+            extra: dict[str, Any] = {}
+            if key:
+                extra["key"] = key
+            if job.fallback_from is not None:
+                extra["model"] = job.model
+                extra["fallback_from"] = job.fallback_from
             record["batchproc"] = extra
         self.sink.write_result(record, job.line_hash)
         # Counted once written: a result that could not be written is not done.

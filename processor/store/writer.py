@@ -70,6 +70,14 @@ class ResultWriter:
         except OSError as exc:
             raise OutputError(path, exc) from exc
 
+    def _open_ledger(self) -> _Appender:
+        self._ledger = self._appender(self.ledger_path)
+        return self._ledger
+
+    def _open_results(self) -> _Appender:
+        self._results = self._appender(self.results_path)
+        return self._results
+
     def _fail(self, exc: OutputError) -> OutputError:
         if self.failure is None:
             self.failure = exc
@@ -83,12 +91,9 @@ class ResultWriter:
                 # The ledger entry goes first, unbuffered: a kill between the two writes
                 # leaves an entry without a result (ignored on resume), never a result
                 # whose input line is unknown (an edit to it could not be noticed).
-                if self._ledger is None:
-                    self._ledger = self._appender(self.ledger_path)
-                self._ledger.write(ledger_entry(record["custom_id"], hashed_line))
-            if self._results is None:
-                self._results = self._appender(self.results_path)
-            self._results.write(line)
+                ledger = self._ledger or self._open_ledger()
+                ledger.write(ledger_entry(record["custom_id"], hashed_line))
+            (self._results or self._open_results()).write(line)
         except OutputError as exc:
             raise self._fail(exc) from exc.__cause__
         self._dirty = True
@@ -105,7 +110,8 @@ class ResultWriter:
     def sync(self) -> None:
         """fsync the files now."""
         try:
-            for f in (self._results, self._errors, self._ledger):
+            # The ledger first: after a power cut too, no result without its entry.
+            for f in (self._ledger, self._results, self._errors):
                 if f is not None:
                     f.sync()
         except OutputError as exc:
@@ -135,21 +141,28 @@ class ResultWriter:
 
 
 class _Appender:
-    """One output file opened for appending, unbuffered; a failed write is cut back off."""
+    """One output file opened for appending, unbuffered; a failed write is cut back off.
 
-    __slots__ = ("path", "_f", "_size")
+    Each record is one ``os.write`` on the file's descriptor (the usual case: all of it
+    at once); a short write is carried on until the record is whole.
+    """
+
+    __slots__ = ("path", "_f", "_fd", "_size")
 
     def __init__(self, path: Path, f: IO[bytes]) -> None:
         self.path = path
         self._f = f
-        self._size = os.fstat(f.fileno()).st_size
+        self._fd = f.fileno()
+        self._size = os.fstat(self._fd).st_size
 
     def write(self, data: bytes) -> None:
         try:
-            _write_all(self._f, data)
+            n = os.write(self._fd, data)
+            if n != len(data):
+                _write_rest(self._fd, data, n)
         except OSError as exc:
             try:  # a short write left part of a line: cut it (needs no space)
-                os.ftruncate(self._f.fileno(), self._size)
+                os.ftruncate(self._fd, self._size)
             except OSError:
                 pass
             raise OutputError(self.path, exc) from exc
@@ -157,7 +170,7 @@ class _Appender:
 
     def sync(self) -> None:
         try:
-            os.fsync(self._f.fileno())
+            os.fsync(self._fd)
         except OSError as exc:
             raise OutputError(self.path, exc, "fsync") from exc
 
@@ -168,11 +181,11 @@ class _Appender:
             pass
 
 
-def _write_all(f: IO[bytes], data: bytes) -> None:
-    """Write all of ``data`` to an unbuffered file (a raw write may be short)."""
-    view = memoryview(data)
+def _write_rest(fd: int, data: bytes, done: int) -> None:
+    """Write the rest of ``data`` after a short write of ``done`` bytes."""
+    view = memoryview(data)[done:]
     while view:
-        n = f.write(view)
+        n = os.write(fd, view)
         if not n:
-            raise OSError(f"could not write to {getattr(f, 'name', 'a file')}")
+            raise OSError(f"could not write to file descriptor {fd}")
         view = view[n:]
