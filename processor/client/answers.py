@@ -106,7 +106,7 @@ def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
         headers: the response headers (case-insensitive in practice).
         masker: the secrets to mask in the body, request id and messages.
     """
-    mask = masker or _NO_MASK
+    mask = masker if masker is not None else _NO_MASK
     request_id = headers.get("x-request-id") or headers.get("apim-request-id")
     if mask.active:
         if request_id:

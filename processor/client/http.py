@@ -148,6 +148,8 @@ class OpenAIClient:
         self.azure = azure
         self.api_version = api_version
         self.max_response = int(max_response_mb * (1 << 20))
+        #: answers up to this size, of known length, are read in one call.
+        self._small_body = min(_SMALL_BODY, self.max_response)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         h = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -263,8 +265,17 @@ class OpenAIClient:
                 status = resp.status
                 if 300 <= status < 400:
                     raise self._redirected(status, url, resp.headers)
+                raw: bytes | bytearray | None
                 if 200 <= status < 300:
-                    raw = await _read_capped(resp, self.max_response)
+                    length = resp.content_length
+                    if length is not None and length <= self._small_body and \
+                            "content-encoding" not in resp.headers:
+                        # The usual answer: small, its length known and within the cap
+                        # (the parser reads no further than Content-Length): aiohttp's
+                        # own read, at once.
+                        raw = await resp.read()
+                    else:
+                        raw = await _read_capped(resp, self.max_response)
                     if raw is None:
                         raise self._too_large(status, resp)
                 else:

@@ -189,7 +189,9 @@ class Admission:
         while not run.stopping:
             cap = min(self.max_in_flight, PROBE_IN_FLIGHT) if self.keys.learning \
                 else self.max_in_flight
-            now = run.now()
+            # The clock is read only when a retry waits or the server is down.
+            now = run.now() if requeue or (circuit is not None and not circuit.closed) \
+                else -math.inf
             probe = False
             if circuit is not None and not circuit.closed:
                 # The server is down: nothing goes but one probe at a time, and the

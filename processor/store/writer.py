@@ -156,9 +156,10 @@ class _Appender:
         self._size = os.fstat(self._fd).st_size
 
     def write(self, data: bytes) -> None:
+        size = len(data)
         try:
             n = os.write(self._fd, data)
-            if n != len(data):
+            if n != size:
                 _write_rest(self._fd, data, n)
         except OSError as exc:
             try:  # a short write left part of a line: cut it (needs no space)
@@ -166,7 +167,7 @@ class _Appender:
             except OSError:
                 pass
             raise OutputError(self.path, exc) from exc
-        self._size += len(data)
+        self._size += size
 
     def sync(self) -> None:
         try:
