@@ -131,7 +131,7 @@ def dump_record(record: dict[str, Any]) -> bytes:
     on it."""
     if "error" in record and next(reversed(record)) != "error":
         record["error"] = record.pop("error")
-    return orjson.dumps(record) + b"\n"
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)  # no second copy
 
 
 # The first bytes of every record: the id, the custom_id (a JSON string, or null for a
