@@ -52,6 +52,9 @@ class JobConfig:
         outage_window: seconds the server may stay down (most attempts failing with
             5xx or connection errors) while batchproc probes it, spending no attempts,
             before the run stops (resumable); 0 turns this off.
+        pack: send consecutive embeddings (and legacy completions) requests that differ
+            only in their input as one request of at most this many inputs, or
+            ``"auto"``; None: never (see :mod:`processor.run.packing`).
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -86,3 +89,4 @@ class JobConfig:
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     outage_window: float = 1800.0
+    pack: int | str | None = None

@@ -52,7 +52,7 @@ class Parts:
                       max_in_flight=cfg.max_in_flight, on_progress=on_progress,
                       grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
                       refund_unused=cfg.refund_unused, before_admit=before_admit,
-                      outage_window=cfg.outage_window)
+                      outage_window=cfg.outage_window, pack=cfg.pack)
 
 
 def build_parts(cfg: JobConfig) -> Parts:
