@@ -23,6 +23,7 @@ from processor.cost.packing import Packs, pack_key, pack_limits, parse_pack
 from processor.errors import BadRequest, RateLimited, ServerError
 from processor.jobs import Job
 from processor.run.packing import PackedJob, packed_job, points_at_input, split_pack
+from processor.run.runner import JobConfig, run_job
 from processor.run.unpacking import shares, unpack
 from processor.testing.bodies import text_vector
 from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
@@ -361,3 +362,48 @@ def test_estimate_shows_the_packed_bound(tmp_path: Path) -> None:
     shown = runner.invoke(app, ["estimate", str(job), "--offline", "--rpm", "3000",
                                 "--pack", "100"]).output
     assert "in 10 HTTP requests (--pack 100)" in shown
+
+
+async def test_an_answer_that_does_not_map_is_split_down_to_lines(
+        hostile_api: Any, tmp_path: Path) -> None:
+    # This server answers every embeddings request with one vector, whatever it holds.
+    api = await hostile_api()
+    lines = [emb_line(i) for i in range(8)]
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    code, err = await run_cli(job, api.base_url, "--rpm", "off", "--tpm", "off",
+                              "--pack", "8")
+    assert code == 0, err
+    records = read_jsonl(tmp_path / "job.results.jsonl")
+    assert sorted(r["custom_id"] for r in records) == sorted(f"e-{i}" for i in range(8))
+    assert all("batchproc" not in r for r in records)  # each went alone in the end
+    assert len(api.requests) == 1 + 2 + 4 + 8
+
+
+async def test_transient_failures_retry_the_pack_whole(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(fail_500=0.25, fail_503=0.1, reset=0.1, seed=3)
+    lines = [emb_line(i) for i in range(300)]
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    # In process, for retries 100 times faster than the CLI's 1 s backoff.
+    stats = await run_job(job, JobConfig(base_url=api.base_url, pack=20, max_attempts=12,
+                                         backoff_base=0.01, backoff_cap=0.05,
+                                         outage_window=0, auto_rpm=False, auto_tpm=False))
+    assert stats.ok == 300 and stats.failed == 0
+    records = read_jsonl(tmp_path / "job.results.jsonl")
+    counts = Counter(r["custom_id"] for r in records)
+    assert len(counts) == 300 and max(counts.values()) == 1
+    check_vectors(records, lines)
+    assert all(r["batchproc"]["packed"] == 20 for r in records)  # retried whole, never split
+    assert api.stats.n_5xx + api.stats.resets > 0 and api.stats.ok == 15
+
+
+async def test_a_pack_written_off_gives_each_line_its_own_record(
+        mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(models=frozenset({"gpt-4o"}))  # the embedding model is refused
+    job = write_jsonl(tmp_path / "job.jsonl", [emb_line(i) for i in range(5)])
+    code, _ = await run_cli(job, api.base_url, "--rpm", "off", "--tpm", "off", "--pack", "5")
+    assert code != 0
+    errors = read_jsonl(tmp_path / "job.errors.jsonl")
+    assert sorted(e["custom_id"] for e in errors) == [f"e-{i}" for i in range(5)]
+    assert {e["response"]["status_code"] for e in errors} == {404}
+    assert {e["error"]["line"] for e in errors} == {1, 2, 3, 4, 5}
+    assert api.stats.requests == 1  # refused as a whole: not split

@@ -122,6 +122,7 @@ def split_pack(job: Job, exc: APIError, requeue_at: Callable[[Job, float], None]
         else:
             requeued = packed_job([_inherit(part, job) for part in half])
             requeued.history = list(job.history)
+            requeued.fallback_from = job.fallback_from
             requeue_at(requeued, 0.0)
     log.info("split a pack of %d after %s: %s", len(parts), exc.kind, exc.message[:200])
     return True

@@ -110,5 +110,8 @@ def unpack(job: PackedJob, response: Response) -> list[tuple[Job, Response]]:
     if usage is not None and (prompts is None or "usage" not in pieces[0]):
         for piece in pieces:
             piece.pop("usage", None)  # a usage that cannot be shared is not copied whole
+    if job.fallback_from is not None:  # the pack fell back to another model: so did its lines
+        for part in parts:
+            part.fallback_from, part.model = job.fallback_from, job.model
     return [(part, Response(response.status, piece, response.request_id, response.ratelimit))
             for part, piece in zip(parts, pieces, strict=True)]
