@@ -116,9 +116,10 @@ def markdown(row: dict[str, Any], command: str) -> str:
         f"| {row['missing']} | {row['duplicated']} | {row['wrong_vectors']} |\n\n"
         "*wall*: from launch to exit (Python start-up and imports included); *run*: the "
         "client's own \"Finished in\" (from the run's start to the last record); "
-        "efficiency: packed bound / run. The bound is `batchproc estimate --pack` 's "
-        "(requests / RPM); the unpacked run of the same job would take at least the "
-        "unpacked bound (the unpacked runs above reach 0.98-1.0 of their bound).\n")
+        "efficiency: packed bound / run. The bound is what `batchproc estimate JOB --rpm "
+        f"{row['rpm']:g} --pack {row['pack']}` says (requests / RPM); the unpacked run of "
+        "the same job would take at least the unpacked bound (the unpacked runs above "
+        "reach 0.98-1.0 of their bound).\n")
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from processor.client.answers import Response
 from processor.cost.packing import Packs, pack_key, pack_limits, parse_pack
-from processor.errors import BadRequest, RateLimited, ServerError
+from processor.errors import BadRequest, RateLimited, ResponseTooLarge, ServerError
 from processor.jobs import Job
 from processor.run.packing import PackedJob, packed_job, points_at_input, split_pack
 from processor.run.runner import JobConfig, run_job
@@ -204,11 +204,13 @@ def _bad(status: int, param: str | None, code: str | None = None) -> BadRequest:
     (_bad(422, None), True),
     (_bad(413, None), True),
     (BadRequest("Request too large", status=429, code="request_too_large"), True),
+    (ResponseTooLarge("over --max-response-mb"), True),  # halves answer in less
     (_bad(400, "dimensions"), False),             # every half would be refused too
     (_bad(404, None, "model_not_found"), False),
     (RateLimited("slow down", status=429), False),
     (ServerError("boom", status=500), False),
-], ids=["no-param", "input", "input-i", "422", "413", "too-large", "dimensions", "404",
+], ids=["no-param", "input", "input-i", "422", "413", "too-large", "answer-too-large",
+        "dimensions", "404",
         "429", "500"])
 def test_which_failures_split(exc: Any, split: bool) -> None:
     assert points_at_input(exc) is split

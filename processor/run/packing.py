@@ -10,12 +10,12 @@ a partial pack goes as soon as a line does not match it, a line goes alone, or t
 input ends (reading never waits in batchproc: lines come from a file or an iterable).
 
 A packed request that fails in a way that may be one input's fault (a 400, 413 or 422
-naming no other parameter, a request too large, or an answer whose items cannot be
-matched to the inputs) is split in halves, each admitted and charged again, down to
-single lines sent as written: one bad input costs only its own line, which gets the
-server's own message. A failure of the whole request (429, 5xx, a timeout, a wrong key
-or model) goes through the retry policy as one request; written off, each line gets
-its own error record.
+naming no other parameter, a request too large, an answer over ``--max-response-mb``, or
+an answer whose items cannot be matched to the inputs) is split in halves, each admitted
+and charged again, down to single lines sent as written: one bad input costs only its
+own line, which gets the server's own message. A failure of the whole request (429, 5xx,
+a timeout, a wrong key or model) goes through the retry policy as one request; written
+off, each line gets its own error record.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ..cost.packing import Packs, pack_field
-from ..errors import APIError, BadRequest, ServerError
+from ..errors import APIError, BadRequest, ResponseTooLarge, ServerError
 from ..jobs import BadLine, Job
 from ..limits.counter import Unit
 from ..stats import Stats
@@ -93,7 +93,7 @@ def parts_of(job: Job) -> list[Job]:
 
 def points_at_input(exc: APIError) -> bool:
     """Whether a packed request's failure may be the fault of one of its inputs."""
-    if isinstance(exc, UnmappedAnswer):
+    if isinstance(exc, (UnmappedAnswer, ResponseTooLarge)):  # halves answer in less
         return True
     if not isinstance(exc, BadRequest):
         return False

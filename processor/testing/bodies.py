@@ -89,9 +89,9 @@ class Answers:
         return head | {"choices": choices, "usage": usage, "system_fingerprint": "fp_mock"}
 
     def _completions(self, data: dict[str, Any], model: str, prompt: int) -> dict[str, Any]:
-        # One choice per prompt (a list of strings is a batch of prompts) per n.
+        # One choice per prompt (a list of texts or token arrays is a batch of prompts) per n.
         raw = data["prompt"]
-        prompts = raw if isinstance(raw, list) and all(isinstance(p, str) for p in raw) else [raw]
+        prompts = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         texts = [_reply_text(p, "Mock completion of: ") for p in prompts for _ in range(_n(data))]
         choices = [
             {"index": i, "text": t, "finish_reason": "length", "logprobs": None}
