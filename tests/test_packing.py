@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.client.answers import Response
 from processor.cost.packing import Packs, pack_key, pack_limits, parse_pack
@@ -121,9 +123,9 @@ def cut(packs: Packs[int], rows: list[tuple[dict[str, Any], int]]) -> list[list[
 
 
 def test_packs_cut_at_size_key_budget_and_lone_lines() -> None:
-    a = {"model": MODEL, "input": "x"}
-    other = {"model": "text-embedding-3-large", "input": "x"}
-    listed = {"model": MODEL, "input": ["x", "y"]}
+    a: dict[str, Any] = {"model": MODEL, "input": "x"}
+    other: dict[str, Any] = {"model": "text-embedding-3-large", "input": "x"}
+    listed: dict[str, Any] = {"model": MODEL, "input": ["x", "y"]}
     rows = [(a, 1)] * 5 + [(other, 1)] * 2 + [(a, 1), (listed, 1), (a, 1), (a, 9000), (a, 1)]
     assert cut(Packs(3), rows) == [[0, 1, 2], [3, 4], [5, 6], [7], [8], [9], [10], [11]]
     # A token budget (one TPM burst): a pack closes before it would go over.
@@ -409,3 +411,48 @@ async def test_a_pack_written_off_gives_each_line_its_own_record(
     assert {e["response"]["status_code"] for e in errors} == {404}
     assert {e["error"]["line"] for e in errors} == {1, 2, 3, 4, 5}
     assert api.stats.requests == 1  # refused as a whole: not split
+
+
+def test_a_pack_holds_at_most_one_tpm_burst() -> None:
+    from processor.limits.limiter import Limiter
+    from processor.run.engine import Lane
+    from processor.run.packing import Packer
+    from processor.stats import Stats
+
+    lanes = [Lane(None, Limiter.per_minute(3000, 6000)), Lane("b", Limiter.per_minute(None, 9000))]
+    packer = Packer(None, lambda item: item if isinstance(item, Job) else None, lanes, Stats())
+    assert packer.budget() == pytest.approx(100.0)  # the smaller burst: 6,000 / 60
+    jobs = [_job(i) for i in range(20)]
+    for job in jobs:
+        job.tokens = 30
+    requests = list(packer.source(iter(jobs)))
+    assert [len(r.parts) for r in requests if isinstance(r, PackedJob)] == [3] * 6 + [2]
+    assert sum(r.tokens for r in requests) == 600 and packer.packs == 7
+    assert Packer(None, lambda i: None, [Lane(None, Limiter.per_minute(60, None))],
+                  Stats()).budget() is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "list", "other-model"]),
+                          st.integers(1, 40)), max_size=60),
+       st.integers(2, 7), st.sampled_from([None, 50.0]))
+def test_packs_keep_order_and_limits(rows: list[tuple[str, int]], size: int,
+                                     budget: float | None) -> None:
+    bodies: dict[str, dict[str, Any]] = {
+        "a": {"model": MODEL, "input": "x"},
+        "b": {"model": MODEL, "input": "y", "user": "u"},
+        "list": {"model": MODEL, "input": ["x", "y"]},
+        "other-model": {"model": "text-embedding-3-large", "input": "x"},
+    }
+    packs: Packs[int] = Packs(size, lambda: budget)
+    out: list[list[int]] = []
+    for i, (kind, tokens) in enumerate(rows):
+        out += packs.add(i, EMB, bodies[kind], bodies[kind]["model"], tokens)
+    out += packs.flush()
+    assert [i for pack in out for i in pack] == list(range(len(rows)))  # order, each once
+    for pack in out:
+        kinds = {rows[i][0] for i in pack}
+        assert len(kinds) == 1 and (len(pack) == 1 or "list" not in kinds)
+        assert len(pack) <= size
+        if budget is not None and len(pack) > 1:
+            assert sum(rows[i][1] for i in pack) <= budget
