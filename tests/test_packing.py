@@ -248,7 +248,7 @@ async def test_20k_embeddings_pack_100_fiftieth_of_the_unpacked_bound(
     assert code == 0, err
     unpacked_bound = n / rpm * 60  # 400 s
     assert wall < unpacked_bound / 10, wall
-    assert 200 <= api.stats.requests <= 210 and api.stats.n_429 == 0
+    assert 200 <= api.stats.requests <= 210 and api.stats.n_429 <= 5
     results = read_jsonl(tmp_path / "job.results.jsonl")
     counts = Counter(r["custom_id"] for r in results)
     assert len(counts) == n and max(counts.values()) == 1

@@ -136,7 +136,7 @@ class Engine:
         self.circuit = Circuit(outage_window=outage_window, base=base,
                                cap=max(self.policy.cap, base)) if outage_window > 0 else None
         outage = OutageWatch(self.circuit, self.stats, wall) if self.circuit else None
-        size = parse_pack(pack)  # ValueError for a size that cannot be
+        size = parse_pack(pack)  # ValueError: not a size, "auto" or "off"
         self.packer = Packer(size if isinstance(size, int) else None, self.outcomes.prepare,
                              self.lanes, self.stats) if size else None
         prepare = self.packer.prepare if self.packer else self.outcomes.prepare
