@@ -17,6 +17,7 @@ from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
+from .merging import merge
 from .options import (
     AUTH_HEADERS,
     finite,
@@ -321,6 +322,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 register(app)
+app.command("merge")(merge)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:

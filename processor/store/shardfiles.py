@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..shards import Shard
 
 __all__ = ["ShardFiles", "check_marker", "find_shard_files", "marker_path", "other_splits",
-           "shard_paths", "stem_of"]
+           "read_marker", "shard_paths", "split_problems", "stem_of"]
 
 _SCHEME = "bp-shard-v1"  # the hash of processor.shards: another scheme is another split
 _NAME = re.compile(r"^(?P<stem>.*)\.shard-(?P<k>\d+)-of-(?P<n>\d+)\.results\.jsonl$")
@@ -48,7 +48,7 @@ def marker_path(results: Path) -> Path:
     return results.with_name(results.name + ".shard")
 
 
-def _read_marker(path: Path) -> Shard | None:
+def read_marker(path: Path) -> Shard | None:
     try:
         data = orjson.loads(path.read_bytes())
         shard = Shard(int(data["k"]), int(data["n"]))
@@ -82,7 +82,7 @@ def check_marker(results: Path, errors: Path, shard: Shard | None) -> None:
             ``--shard`` (when this one has it), or to a shard (when this one has none).
     """
     marker = marker_path(results)
-    found = _read_marker(marker)
+    found = read_marker(marker)
     if shard is None:
         if found is not None:
             raise ConfigError(
@@ -153,3 +153,37 @@ def other_splits(input_path: Path, shard: Shard) -> list[Path]:
     that hold records (a rerun with another N would answer their lines again)."""
     return [f.results for n, group in sorted(find_shard_files(input_path).items())
             if n != shard.n for f in group if _has_records(f.results)]
+
+
+def split_problems(results: list[Path]) -> list[str]:
+    """What is wrong with a set of shard results files as one whole split, by their
+    markers: shards of different splits, a shard given twice, shards missing. Files
+    without a marker (another tool's, an unsharded run's) are not judged."""
+    marks: list[tuple[Path, Shard]] = []
+    for path in results:
+        try:
+            shard = read_marker(marker_path(path))
+        except ConfigError as exc:
+            return [str(exc)]
+        if shard is not None:
+            marks.append((path, shard))
+    if not marks:
+        return []
+    splits = sorted({s.n for _, s in marks})
+    if len(splits) > 1:
+        return [f"the files are shards of different splits (into {', '.join(map(str, splits))} "
+                "workers): their lines overlap; merge one split at a time"]
+    n = splits[0]
+    problems = []
+    by_k: dict[int, list[Path]] = {}
+    for path, shard in marks:
+        by_k.setdefault(shard.k, []).append(path)
+    for k, paths in sorted(by_k.items()):
+        if len(paths) > 1:
+            problems.append(f"shard {k}/{n} is given twice ({', '.join(map(str, paths))}): "
+                            "two runs of one shard answer the same lines")
+    missing = [str(k) for k in range(1, n + 1) if k not in by_k]
+    if missing and len(marks) == len(results):
+        problems.append(f"shard(s) {', '.join(missing)} of {n} are missing: the merged files "
+                        "lack their lines")
+    return problems
