@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from processor.cli.app import app
+from processor.errors import ConfigError
+from processor.run.runner import JobConfig, run_job
 from processor.shards import Shard, line_id, parse_shard, shard_of
 from processor.store.lock import JobLock
 from processor.store.paths import job_locks
@@ -179,35 +181,33 @@ async def test_other_splits_of_the_same_files_are_refused(mock_api: Any, tmp_pat
     api = await mock_api()
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(20)])
     out, err_file = tmp_path / "w.results.jsonl", tmp_path / "w.errors.jsonl"
-    code, err = await run_cli(job, api.base_url, "--shard", "2/4", "-o", str(out),
-                              "--errors", str(err_file))
+    named = ["-o", str(out), "--errors", str(err_file)]
+    code, err = await run_cli(job, api.base_url, "--shard", "2/4", *named)
     assert code == 0, err
-    sent = api.stats.requests
-    for args, words in (
-        (["--shard", "2/3"], "written by shard 2/4, and this is shard 2/3"),
-        (["--shard", "3/4"], "written by shard 2/4, and this is shard 3/4"),
-        ([], "was written by shard 2/4"),
-    ):
-        code, err = await run_cli(job, api.base_url, *args, "-o", str(out), "--errors",
-                                  str(err_file))
-        assert code == 2 and words in err, err
-    # Default names carry K and N; another N beside them is refused too.
     code, err = await run_cli(job, api.base_url, "--shard", "1/2")
     assert code == 0, err
-    code, err = await run_cli(job, api.base_url, "--shard", "1/3")
-    assert code == 2 and "split into another number of workers" in err, err
-    # An unsharded run's outputs are not taken over by a shard.
-    code, err = await run_cli(job, api.base_url)
+    code, err = await run_cli(job, api.base_url, "-o", str(tmp_path / "plain.jsonl"),
+                              "--errors", str(tmp_path / "plain.errors.jsonl"))
     assert code == 0, err
     sent = api.stats.requests
-    code, err = await run_cli(job, api.base_url, "--shard", "1/1", "-o",
-                              str(tmp_path / "job.results.jsonl"), "--errors",
-                              str(tmp_path / "job.errors.jsonl"))
-    assert code == 2 and "run without --shard" in err, err
+
+    code, err = await run_cli(job, api.base_url, "--shard", "2/3", *named)
+    assert code == 2 and "written by shard 2/4, and this is shard 2/3" in err, err
+    for shard, output, errors, words in (
+        (Shard(3, 4), out, err_file, "written by shard 2/4, and this is shard 3/4"),
+        (None, out, err_file, "was written by shard 2/4"),
+        # Default names carry K and N; another N beside them is refused too.
+        (Shard(1, 3), None, None, "split into another number of workers before"),
+        # An unsharded run's outputs are not taken over by a shard.
+        (Shard(1, 1), tmp_path / "plain.jsonl", tmp_path / "plain.errors.jsonl",
+         "run without --shard"),
+    ):
+        config = JobConfig(base_url=api.base_url, shard=shard)
+        with pytest.raises(ConfigError, match=words):
+            await run_job(job, config, output=output, errors=errors)
     assert api.stats.requests == sent
     # --fresh starts the shard over (old outputs moved aside, never deleted).
-    code, err = await run_cli(job, api.base_url, "--shard", "2/3", "-o", str(out),
-                              "--errors", str(err_file), "--fresh")
+    code, err = await run_cli(job, api.base_url, "--shard", "2/3", *named, "--fresh")
     assert code == 0, err
     assert all(shard_of(cid, 3) == 2 for cid in valid_ids(out))
     assert list(tmp_path.glob("w.results.jsonl.shard.*.bak"))
@@ -237,28 +237,33 @@ async def test_bare_lines_keep_their_shard_across_reruns_and_edits(
         mock_api: Any, tmp_path: Path) -> None:
     api = await mock_api()
     job = write_jsonl(tmp_path / "job.jsonl", [bare(i) for i in range(60)])
-    first = {}
-    for k in (1, 2, 3):
-        code, err = await run_cli(job, api.base_url, "--shard", f"{k}/3")
-        assert code == 0, err
-        first[k] = valid_ids(shard_files(job, k, 3)[0])
-        assert all(shard_of(c, 3) == k for c in first[k])
-    assert sorted(c for k in first for c in first[k]) == sorted(f"line-{i}" for i in range(1, 61))
-    # Edit one answered bare line: it stays in its shard, which notices the edit
-    # (named by position, as without shards) and refuses to resume blindly.
-    victim = first[2][0]
-    number = int(victim[5:])
-    lines = job.read_bytes().splitlines(keepends=True)
-    lines[number - 1] = orjson.dumps(bare(1000)) + b"\n"
-    job.write_bytes(b"".join(lines))
-    for k in (1, 3):
-        code, err = await run_cli(job, api.base_url, "--shard", f"{k}/3")
-        assert code == 0, err  # the edit is not theirs
+    results = shard_files(job, 2, 3)[0]
+    mine = [f"line-{n}" for n in range(1, 61) if shard_of(f"line-{n}", 3) == 2]
     code, err = await run_cli(job, api.base_url, "--shard", "2/3")
-    assert code == 2 and f"lines {number}" in err, err
+    assert code == 0, err
+    assert sorted(valid_ids(results)) == sorted(mine) and api.stats.requests == len(mine)
+    # Rerun: the same share, all done, nothing sent.
+    code, err = await run_cli(job, api.base_url, "--shard", "2/3")
+    assert code == 0 and f"{len(mine):,} skipped" in err, err
+    assert api.stats.requests == len(mine)
+    # Edit a bare line of another shard: not this shard's business. Edit one of its
+    # own: it stays in this shard (named by position), which notices the edit, as an
+    # unsharded run does, and refuses to resume blindly.
+    other = next(n for n in range(1, 61) if f"line-{n}" not in mine)
+    own = int(mine[3][5:])
+    lines = job.read_bytes().splitlines(keepends=True)
+    lines[other - 1] = orjson.dumps(bare(1000)) + b"\n"
+    job.write_bytes(b"".join(lines))
+    code, err = await run_cli(job, api.base_url, "--shard", "2/3")
+    assert code == 0, err
+    lines[own - 1] = orjson.dumps(bare(1001)) + b"\n"
+    job.write_bytes(b"".join(lines))
+    code, err = await run_cli(job, api.base_url, "--shard", "2/3")
+    assert code == 2 and f"lines {own})" in err, err
     code, err = await run_cli(job, api.base_url, "--shard", "2/3", "--resend-changed")
     assert code == 0, err
-    assert sorted(valid_ids(shard_files(job, 2, 3)[0])) == sorted(first[2])
+    assert sorted(valid_ids(results)) == sorted(mine)
+    assert api.stats.requests == len(mine) + 1
 
 
 def test_shard_option_is_checked(tmp_path: Path) -> None:
@@ -282,7 +287,7 @@ def test_estimate_counts_the_shards_share(tmp_path: Path) -> None:
         result = runner.invoke(app, ["estimate", str(job), "--shard", f"{k}/{N}", "--json",
                                      "--offline"])
         assert result.exit_code == 0, result.output
-        data = orjson.loads(result.output.splitlines()[-1])
+        data = orjson.loads(result.stdout)
         assert data["requests"] == sum(shard_of(cid, N) == k for cid in ids)
         assert data["bad_lines"] == sum(shard_of(cid, N) == k for cid in bad)
 

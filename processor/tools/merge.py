@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,15 +190,20 @@ def _confirm(results: Sequence[Path], errors: Sequence[Path], suspects: list[_Su
     names = [p.name for p in results]
     twice: set[str] = set()
     listed: set[str] = set()
+    # Whether an id has a result in the output: written in the first pass unless every
+    # occurrence of it was held back as a match (then the first held back goes in).
+    held = Counter(s.custom_id for s in suspects if s.kind == "result")
+    kept = {cid: len(in_results[cid]) > held[cid] for cid in ids}
     for s in suspects:
         found = in_results[s.custom_id]
         if s.kind == "result":
-            if len(found) >= 2:
+            if kept[s.custom_id]:
                 if len(report.duplicate_ids) < EXAMPLES and s.custom_id not in listed:
                     listed.add(s.custom_id)
                     files = ", ".join(dict.fromkeys(names[i] for i in found))
                     report.duplicate_ids.append(f"{s.custom_id}: in {files}")
                 continue
+            kept[s.custom_id] = True
             report.duplicates -= 1  # two ids with one fingerprint: not a repeat
             report.results_written += 1
             out.write(_line_at(results[s.file], s.offset))
