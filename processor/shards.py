@@ -40,6 +40,7 @@ _PERSON = b"bp-shard-v1"  # keys the hash: a new scheme gets a new name
 _CUSTOM_ID = b'"custom_id"'
 _FIRST_KEY_ID = re.compile(rb'\s*\{\s*"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 _BOM = b"\xef\xbb\xbf"
+_K_OF_N = re.compile(r"\s*([0-9]{1,9})\s*/\s*([0-9]{1,9})\s*", re.ASCII).fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +85,11 @@ def parse_shard(text: str) -> Shard:
     Raises:
         ValueError: with a message for the user (not K/N, K out of 1..N, N < 1).
     """
-    head, sep, tail = text.strip().partition("/")
-    if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+    m = _K_OF_N(text)
+    if m is None:
         raise ValueError(f"--shard must be K/N (e.g. 2/4: the second of four workers), "
                          f"got {text!r}")
-    k, n = int(head), int(tail)
+    k, n = int(m.group(1)), int(m.group(2))
     if n < 1:
         raise ValueError(f"--shard {text}: N (the number of workers) must be at least 1")
     if not 1 <= k <= n:

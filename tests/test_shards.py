@@ -271,7 +271,8 @@ def test_shard_option_is_checked(tmp_path: Path) -> None:
     runner = CliRunner()
     for value, words in (("0/4", "K must be from 1 to N"), ("5/4", "K must be from 1 to N"),
                          ("1/0", "at least 1"), ("x", "must be K/N"), ("1/2/3", "must be K/N"),
-                         ("-1/4", "must be K/N"), ("", "must be K/N")):
+                         ("-1/4", "must be K/N"), ("", "must be K/N"), ("\u00b2/4", "must be K/N"),
+                         ("1/99999999999", "must be K/N")):
         for extra in (["run", "--base-url", "http://127.0.0.1:9/v1"], ["estimate"]):
             command = extra[0]
             result = runner.invoke(app, [*extra, str(job), "--shard", value])
