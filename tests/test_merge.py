@@ -143,6 +143,7 @@ def test_paths_that_would_destroy_an_input_are_refused(tmp_path: Path) -> None:
         ([a, link, "-o", tmp_path / "m.jsonl"], "is given twice"),
         ([a, "-o", tmp_path], "is a folder"),
         ([a, "-o", tmp_path / "m.results.jsonl.ledger"], "named like the ledger"),
+        ([a, "-o", tmp_path / "m.results.jsonl.shard"], "named like the marker"),
         ([tmp_path / "missing.jsonl", "-o", tmp_path / "m.jsonl"], "no such file"),
         (["-o", tmp_path / "m.jsonl"], "give the shards' results files"),
         ([a], "give --output"),
