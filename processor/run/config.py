@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
 from ..jobs import DEFAULT_ENDPOINT
+from ..shards import Shard
 
 __all__ = ["JobConfig"]
 
@@ -55,6 +56,8 @@ class JobConfig:
         pack: send consecutive embeddings (and legacy completions) requests that differ
             only in their input as one request of at most this many inputs, or
             ``"auto"``; None: never (see :mod:`processor.run.packing`).
+        shard: take only this shard's lines (``--shard K/N``), with its own output
+            files and resume state (see :mod:`processor.shards`).
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -90,3 +93,4 @@ class JobConfig:
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     outage_window: float = 1800.0
     pack: int | str | None = None
+    shard: Shard | None = None

@@ -22,6 +22,7 @@ from ..cost import TokenCounter, base_model_name
 from ..cost.packing import Packs
 from ..errors import ConfigError, JobFormatError
 from ..jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
+from ..shards import Shard
 
 __all__ = [
     "MAX_BAD_LINE_NUMBERS",
@@ -174,6 +175,7 @@ def estimate_job(
     endpoint: str = DEFAULT_ENDPOINT,
     pack: int | str | None = None,
     burst_seconds: float = 1.0,
+    shard: Shard | None = None,
 ) -> Estimate:
     """Count, price and time a job file without sending anything.
 
@@ -192,6 +194,7 @@ def estimate_job(
             packs them (:class:`~processor.cost.packing.Packs`, a pack's tokens within
             ``burst_seconds`` of ``tpm``), so ``min_seconds`` is the packed bound.
         burst_seconds: the run's burst (``--burst-seconds``).
+        shard: count only this shard's lines (``--shard K/N``).
     """
     counter = counter if counter is not None else TokenCounter()
     est = Estimate(pack=pack)
@@ -199,7 +202,8 @@ def estimate_job(
     burst = tpm / 60.0 * burst_seconds if tpm else None
     packs: Packs[int] | None = Packs(pack if isinstance(pack, int) else None,
                                      lambda: burst) if pack else None
-    for item in iter_jobs(path, default_endpoint=endpoint):
+    keep = shard.line_filter() if shard is not None else None
+    for item in iter_jobs(path, default_endpoint=endpoint, keep=keep):
         try:
             cost = None if isinstance(item, BadLine) else counter.cost(item.body, item.url)
         except (JobFormatError, ValueError):  # as the engine does: unpriceable means bad
