@@ -456,3 +456,16 @@ def test_packs_keep_order_and_limits(rows: list[tuple[str, int]], size: int,
         assert len(pack) <= size
         if budget is not None and len(pack) > 1:
             assert sum(rows[i][1] for i in pack) <= budget
+
+
+def test_usage_shared_by_exact_counts_where_known() -> None:
+    parts = [_job(i) for i in range(3)]  # admission counts 2, 3, 4 (say, estimates)
+    pack = packed_job(parts, [5, None, 1])  # tiktoken's counts where known
+    data = [{"object": "embedding", "index": i, "embedding": [0.0]} for i in range(3)]
+    answer = Response(200, {"object": "list", "data": data,
+                            "usage": {"prompt_tokens": 9, "total_tokens": 9}}, None)
+    assert [p.body["usage"]["prompt_tokens"] for _, p in unpack(pack, answer)] == [5, 3, 1]
+    # Split, each half keeps its lines' counts.
+    halves: list[Any] = []
+    split_pack(pack, _bad(400, None), lambda job, delay: halves.append(job))
+    assert halves[1].counts == [None, 1]

@@ -82,6 +82,8 @@ class Engine:
         wall: the wall clock, for "resume at" times (default :func:`time.time`).
         pack: send consecutive packable requests as one, at most this many lines per
             request, or ``"auto"`` (see :mod:`processor.run.packing`); None: never.
+        exact_tokens: a job's exact prompt tokens (None: unknown), to share a packed
+            answer's usage out.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class Engine:
         sleep: Sleep | None = None,
         wall: Callable[[], float] = time.time,
         pack: int | str | None = None,
+        exact_tokens: Callable[[Job], int | None] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -138,7 +141,7 @@ class Engine:
         outage = OutageWatch(self.circuit, self.stats, wall) if self.circuit else None
         size = parse_pack(pack)  # ValueError: not a size, "auto" or "off"
         self.packer = Packer(size if isinstance(size, int) else None, self.outcomes.prepare,
-                             self.lanes, self.stats) if size else None
+                             self.lanes, self.stats, exact_tokens) if size else None
         prepare = self.packer.prepare if self.packer else self.outcomes.prepare
         self.admission = Admission(self, self.keys, self._waits, prepare,
                                    max_in_flight=max_in_flight, max_requeue=max_requeue,

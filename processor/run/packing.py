@@ -43,16 +43,18 @@ _INPUT_STATUSES = (400, 413, 422)
 
 @dataclass(slots=True)
 class PackedJob(Job):
-    """Several requests sent as one; ``parts`` are the lines, in the list's order."""
+    """Several requests sent as one; ``parts`` are the lines, in the list's order, and
+    ``counts`` their exact prompt tokens where known (how usage is shared out)."""
 
     parts: list[Job] = field(default_factory=list)
+    counts: list[int | None] = field(default_factory=list)
 
 
 class UnmappedAnswer(ServerError):
     """A 2xx answer to a packed request whose items do not match its inputs one to one."""
 
 
-def packed_job(parts: list[Job]) -> PackedJob:
+def packed_job(parts: list[Job], counts: list[int | None] | None = None) -> PackedJob:
     """One request carrying ``parts`` (all with the same pack key); costs their sum."""
     first = parts[0]
     name = pack_field(first.url)
@@ -60,7 +62,8 @@ def packed_job(parts: list[Job]) -> PackedJob:
     body = dict(first.body)
     body[name] = [part.body[name] for part in parts]
     job = PackedJob(custom_id=f"{first.custom_id} (+{len(parts) - 1} packed)", line=first.line,
-                    url=first.url, body=body, model=first.model, parts=parts)
+                    url=first.url, body=body, model=first.model, parts=parts,
+                    counts=counts or [None] * len(parts))
     job.payload = orjson.dumps(body)
     job.tokens = sum(part.tokens for part in parts)
     job.prompt_tokens = sum(part.prompt_tokens for part in parts)
@@ -116,11 +119,12 @@ def split_pack(job: Job, exc: APIError, requeue_at: Callable[[Job, float], None]
         return False
     parts = job.parts
     middle = len(parts) // 2
-    for half in (parts[:middle], parts[middle:]):
+    for half, counts in ((parts[:middle], job.counts[:middle]),
+                         (parts[middle:], job.counts[middle:])):
         if len(half) == 1:
             requeue_at(_inherit(half[0], job), 0.0)
         else:
-            requeued = packed_job([_inherit(part, job) for part in half])
+            requeued = packed_job([_inherit(part, job) for part in half], counts)
             requeued.history = list(job.history)
             requeued.fallback_from = job.fallback_from
             requeue_at(requeued, 0.0)
@@ -137,12 +141,16 @@ class Packer:
         prepare: readies a line for the wire (None: it was reported bad).
         lanes: the keys, whose token counters bound a pack's tokens.
         stats: where the summary note goes.
+        exact: a line's exact prompt tokens, None where unknown (usage is shared out by
+            them: see :mod:`processor.run.unpacking`).
     """
 
     def __init__(self, size: int | None, prepare: Callable[[Job | BadLine], Job | None],
-                 lanes: list[Lane], stats: Stats) -> None:
+                 lanes: list[Lane], stats: Stats,
+                 exact: Callable[[Job], int | None] | None = None) -> None:
         self.size = size
         self._prepare = prepare
+        self._exact = exact
         self.lanes = lanes
         self.stats = stats
         self.lines = 0
@@ -177,7 +185,15 @@ class Packer:
             return group[0]
         self.lines += len(group)
         self.packs += 1
-        return packed_job(group)
+        return packed_job(group, [self._count(job) for job in group])
+
+    def _count(self, job: Job) -> int | None:
+        if self._exact is None:
+            return None
+        try:
+            return self._exact(job)
+        except Exception:  # noqa: BLE001 - only a weight: the admission count stands in
+            return None
 
     def report(self) -> None:
         """Note in the summary how many lines went packed."""

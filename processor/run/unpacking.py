@@ -8,9 +8,9 @@ matched by their ``index``, never by position; an answer that does not hold exac
 item per input (``n`` per prompt) is not split at all (:class:`UnmappedAnswer`).
 
 Usage is shared out so the shares sum to the server's total: by each line's own
-prompt count (the admission count, exact when tiktoken's encodings are at hand), which
-*is* the line's count when those counts sum to the server's total, else proportional
-to them (largest remainder). Completion tokens are shared by the length of each line's
+prompt count (tiktoken's exact count when its encoding is at hand, else the admission
+count), which *is* the line's share when those counts sum to the server's total, else
+proportional to them (largest remainder). Completion tokens are shared by the length of each line's
 choices' text.
 """
 
@@ -82,8 +82,11 @@ def unpack(job: PackedJob, response: Response) -> list[tuple[Job, Response]]:
         raise _fail(job, response, "is not an object")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
     prompt_total = _int(usage.get("prompt_tokens")) if usage else None
-    prompts = (shares(prompt_total, [p.prompt_tokens for p in parts])
-               if prompt_total is not None else None)
+    # Each line's exact count where known (its admission count may be the larger
+    # character estimate), else its admission count.
+    weights = [p.prompt_tokens if c is None else c
+               for p, c in zip(parts, job.counts or [None] * len(parts), strict=True)]
+    prompts = shares(prompt_total, weights) if prompt_total is not None else None
     pieces: list[dict[str, Any]] = []
     if endpoint_kind(job.url) is Endpoint.EMBEDDINGS:
         data = _by_index(body.get("data"), len(parts), job, response, "embeddings")
