@@ -366,6 +366,12 @@ def test_estimate_shows_the_packed_bound(tmp_path: Path) -> None:
     shown = runner.invoke(app, ["estimate", str(job), "--offline", "--rpm", "3000",
                                 "--pack", "100"]).output
     assert "in 10 HTTP requests (--pack 100)" in shown
+    # auto: as many per request as the model takes (2,048), within one TPM burst.
+    auto = orjson.loads(runner.invoke(app, [*args, "--pack", "auto"]).output)
+    assert auto["http_requests"] == 1
+    burst = orjson.loads(runner.invoke(app, [*args, "--pack", "auto", "--tpm", "6000"]).output)
+    assert burst["http_requests"] >= burst["prompt_tokens"] / 100 > 1  # 100 tokens a burst
+    assert runner.invoke(app, [*args, "--pack", "many"]).exit_code == 2
 
 
 async def test_an_answer_that_does_not_map_is_split_down_to_lines(
