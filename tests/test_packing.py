@@ -475,3 +475,15 @@ def test_usage_shared_by_exact_counts_where_known() -> None:
     halves: list[Any] = []
     split_pack(pack, _bad(400, None), lambda job, delay: halves.append(job))
     assert halves[1].counts == [None, 1]
+
+
+async def test_stream_results_packs_too(mock_api: Any) -> None:
+    from processor.run.pipeline import stream_results
+
+    api = await mock_api()
+    lines = [emb_line(i) for i in range(10)]
+    config = JobConfig(base_url=api.base_url, pack=5, auto_rpm=False, auto_tpm=False)
+    records = [record async for record in stream_results(lines, config)]
+    assert sorted(r["custom_id"] for r in records) == sorted(f"e-{i}" for i in range(10))
+    check_vectors(records, lines)
+    assert api.stats.requests == 2
