@@ -81,8 +81,68 @@ class InputTally:
 INPUT_FACTS = tuple(InputTally.__dataclass_fields__)
 
 
+class _InputFacts:
+    """The facts of :class:`InputTally` as read-only attributes of :class:`Stats`: their
+    one writer is the resume/edit filter, everyone else reads them here."""
+
+    __slots__ = ()
+    input: InputTally
+
+    @property
+    def total(self) -> int | None:
+        return self.input.total
+
+    @property
+    def skipped(self) -> int:
+        return self.input.skipped
+
+    @property
+    def changed(self) -> int:
+        return self.input.changed
+
+    @property
+    def changed_examples(self) -> list[str]:
+        return self.input.changed_examples
+
+    @property
+    def retried_failed(self) -> int:
+        return self.input.retried_failed
+
+    @property
+    def changed_failed(self) -> int:
+        return self.input.changed_failed
+
+    @property
+    def changed_failed_examples(self) -> list[str]:
+        return self.input.changed_failed_examples
+
+    @property
+    def skipped_failed(self) -> int:
+        return self.input.skipped_failed
+
+    @property
+    def superseded(self) -> int:
+        return self.input.superseded
+
+    @property
+    def still_bad(self) -> int:
+        return self.input.still_bad
+
+    @property
+    def fixed_lines(self) -> int:
+        return self.input.fixed_lines
+
+    @property
+    def fixed_sent(self) -> int:
+        return self.input.fixed_sent
+
+    @property
+    def fixed_examples(self) -> list[int]:
+        return self.input.fixed_examples
+
+
 @dataclass(slots=True)
-class Stats:
+class Stats(_InputFacts):
     """Live counters of a run, published by the engine; the progress display reads them.
 
     One writer per fact: the engine (through the methods below) for its counters, the
@@ -147,60 +207,6 @@ class Stats:
     #: the requeue the engine holds (``retrying`` is its length); set by the engine.
     _requeue: Sized = ()
 
-    # -- the input's facts, read-only here (their one writer is the resume/edit filter) --
-
-    @property
-    def total(self) -> int | None:
-        return self.input.total
-
-    @property
-    def skipped(self) -> int:
-        return self.input.skipped
-
-    @property
-    def changed(self) -> int:
-        return self.input.changed
-
-    @property
-    def changed_examples(self) -> list[str]:
-        return self.input.changed_examples
-
-    @property
-    def retried_failed(self) -> int:
-        return self.input.retried_failed
-
-    @property
-    def changed_failed(self) -> int:
-        return self.input.changed_failed
-
-    @property
-    def changed_failed_examples(self) -> list[str]:
-        return self.input.changed_failed_examples
-
-    @property
-    def skipped_failed(self) -> int:
-        return self.input.skipped_failed
-
-    @property
-    def superseded(self) -> int:
-        return self.input.superseded
-
-    @property
-    def still_bad(self) -> int:
-        return self.input.still_bad
-
-    @property
-    def fixed_lines(self) -> int:
-        return self.input.fixed_lines
-
-    @property
-    def fixed_sent(self) -> int:
-        return self.input.fixed_sent
-
-    @property
-    def fixed_examples(self) -> list[int]:
-        return self.input.fixed_examples
-
     @property
     def retrying(self) -> int:
         """Requests waiting in the requeue."""
@@ -224,6 +230,19 @@ class Stats:
             self.stopped = reason
         if self.stop_reason is None:
             self.stop_reason = message
+
+    def output_failed(self, failure: str) -> None:
+        """The output files could not be written (``failure``: which and why): the run
+        stops on it, unless it stopped for another reason than an error, which then
+        stays (and this is noted)."""
+        self.output_error = failure
+        message = (f"cannot write the output files: {failure}; what was written is "
+                   "whole lines: fix the cause (free space) and rerun the same command to "
+                   "resume")
+        if self.stopped in (None, StopReason.OUTPUT_ERROR, StopReason.ERROR):
+            self.stopped, self.stop_reason = StopReason.OUTPUT_ERROR, message
+        else:
+            self.note(message)
 
     def watch_requeue(self, requeue: Sized) -> None:
         self._requeue = requeue

@@ -41,6 +41,7 @@ OTHER_OBJECTS = {
     ("run/engine.py", "changed"): "Waits.changed, an asyncio.Event",
     ("store/edits.py", "superseded"): "ResumeState.superseded, the moved ids",
     ("tools/imagejobs.py", "skipped"): "the jobs-from-images command's own counters",
+    ("tools/merge.py", "superseded"): "MergeReport's own count of error records left out",
     ("testing/app.py", "stats"): "the mock server's own counters (MockStats)",
 }
 _IN_PLACE = {"append", "extend", "insert", "pop", "remove", "clear", "add", "discard",

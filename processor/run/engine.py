@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from ..cost import Cost
+from ..cost.packing import parse_pack
 from ..jobs import BadLine, Job
 from ..limits.limiter import Limiter
 from ..stats import Stats, StopReason, clamp_seconds
@@ -37,6 +38,7 @@ from .circuit import Circuit
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
 from .outcomes import Outcomes, Sink
+from .packing import Packer
 from .policy import Stop
 from .retry import Fallback, RetryPolicy
 
@@ -46,6 +48,10 @@ __all__ = ["OUTAGE_WINDOW", "PROBE_IN_FLIGHT", "Engine", "Lane", "Sender", "Sink
 OUTAGE_WINDOW = 1800.0
 
 log = logging.getLogger(__name__)
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 class Engine:
@@ -79,6 +85,10 @@ class Engine:
         sleep: ``await sleep(seconds)`` (default :func:`asyncio.sleep`): every wait of
             the engine is bounded by it, so a fake clock and sleep drive it in tests.
         wall: the wall clock, for "resume at" times (default :func:`time.time`).
+        pack: send consecutive packable requests as one, at most this many lines per
+            request, or ``"auto"`` (see :mod:`processor.run.packing`); None: never.
+        exact_tokens: a job's exact prompt tokens (None: unknown), to share a packed
+            answer's usage out.
     """
 
     def __init__(
@@ -103,6 +113,8 @@ class Engine:
         clock: Callable[[], float] | None = None,
         sleep: Sleep | None = None,
         wall: Callable[[], float] = time.time,
+        pack: int | str | None = None,
+        exact_tokens: Callable[[Job], int | None] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -124,7 +136,7 @@ class Engine:
         self._clock = clock
         #: monotonic seconds: ``clock``, or the running loop's ``time`` (bound once the
         #: run starts: asked several times per request).
-        self.now: Callable[[], float] = clock if clock is not None else self._loop_time
+        self.now: Callable[[], float] = clock if clock is not None else _loop_time
         self._wall = wall
         self._waits = Waits(sleep)
         self._in_flight = 0
@@ -137,7 +149,11 @@ class Engine:
         self.circuit = Circuit(outage_window=outage_window, base=base,
                                cap=max(self.policy.cap, base)) if outage_window > 0 else None
         outage = OutageWatch(self.circuit, self.stats, wall) if self.circuit else None
-        self.admission = Admission(self, self.keys, self._waits, self.outcomes.prepare,
+        size = parse_pack(pack)  # ValueError: not a size, "auto" or "off"
+        self.packer = Packer(size if isinstance(size, int) else None, self.outcomes.prepare,
+                             self.lanes, self.stats, exact_tokens) if size else None
+        prepare = self.packer.prepare if self.packer else self.outcomes.prepare
+        self.admission = Admission(self, self.keys, self._waits, prepare,
                                    max_in_flight=max_in_flight, max_requeue=max_requeue,
                                    before_admit=before_admit, circuit=self.circuit,
                                    outage=outage)
@@ -168,17 +184,8 @@ class Engine:
         self.stop(stop.message, stop.reason)
 
     def output_failed(self, failure: str) -> None:
-        """The output files could not be written (``failure``: which and why), found when
-        they were closed: the run stops on it, unless it had stopped for another reason
-        than an error, which then stays (and this is noted)."""
-        self.stats.output_error = failure
-        message = (f"cannot write the output files: {failure}; what was written is "
-                   "whole lines: fix the cause (free space) and rerun the same command to "
-                   "resume")
-        if self.stats.stopped in (None, StopReason.OUTPUT_ERROR, StopReason.ERROR):
-            self.stats.stopped, self.stats.stop_reason = StopReason.OUTPUT_ERROR, message
-        else:
-            self.stats.note(message)
+        """The output files could not be written when closed: :meth:`Stats.output_failed`."""
+        self.stats.output_failed(failure)
 
     def abandon_in_flight(self, why: str | None = None) -> None:
         """Abandon in-flight requests now (a second Ctrl-C); files stay valid.
@@ -203,10 +210,6 @@ class Engine:
         """Attempts on the wire now (the engine's own count: it gates admission)."""
         return self._in_flight
 
-    @staticmethod
-    def _loop_time() -> float:
-        return asyncio.get_running_loop().time()
-
     # -- main loop -------------------------------------------------------------
 
     async def run(self, source: Iterable[Job | BadLine]) -> Stats:
@@ -218,7 +221,8 @@ class Engine:
         ticker = asyncio.create_task(self._tick())
         try:
             try:
-                await self.admission.admit(iter(source))
+                jobs = iter(source)
+                await self.admission.admit(self.packer.source(jobs) if self.packer else jobs)
             except BaseException:
                 # Even on a bug or a cancellation, what is in flight is finished (or
                 # abandoned after the grace period) before the session goes away.
@@ -229,7 +233,9 @@ class Engine:
         finally:
             ticker.cancel()
             if self._clock is None:
-                self.now = self._loop_time
+                self.now = _loop_time
+            if self.packer is not None:
+                self.packer.report()
             self.stats.finish(time.monotonic())
             if self.on_progress:
                 try:

@@ -107,19 +107,23 @@ class Outcomes:
             return None
         return item
 
-    def answered(self, job: Job, lane: Lane, response: Response, key: str) -> int:
-        """Write ``job``'s result (``key``: the key's name, "" for the only key); return
-        the tokens it used (0 if the answer does not say)."""
+    def answered(self, job: Job, lane: Lane, response: Response, key: str, *,
+                 packed: int = 0) -> int:
+        """Write ``job``'s result (``key``: the key's name, "" for the only key; ``packed``:
+        how many lines shared its request, 0 if none); return the tokens it used (0 if
+        the answer does not say)."""
         prompt, completion = usage(response.body)
         record = result_record(job, response.status, response.request_id, response.body,
                                self._record_id())
-        if key or job.fallback_from is not None:
+        if key or packed or job.fallback_from is not None:
             extra: dict[str, Any] = {}
             if key:
                 extra["key"] = key
             if job.fallback_from is not None:
                 extra["model"] = job.model
                 extra["fallback_from"] = job.fallback_from
+            if packed:
+                extra["packed"] = packed
             record["batchproc"] = extra
         self.sink.write_result(record, job.line_hash)
         # Counted once written: a result that could not be written is not done.

@@ -50,6 +50,11 @@ class InputFilter:
         """Count the input's lines (``total``: progress and ETA)."""
         self.tally.total = count_lines(src, cancel=stop_check(stop))
 
+    def share(self, lines: int) -> None:
+        """This run sends only a share of the input (a shard's): ``lines`` is its total
+        (an estimate until the input was read through)."""
+        self.tally.total = lines
+
     def superseded(self, lines: int) -> None:
         """``lines`` changed lines had their old records moved aside (``--resend-changed``)."""
         self.tally.superseded = lines
