@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import pytest
@@ -21,6 +21,7 @@ from processor.jobs import (
     line_hash,
     parse_line,
 )
+from processor.store import writer as store_writer
 from processor.store.ledger import LEDGER_ENTRY
 from processor.store.records import error_record, result_record
 from processor.store.writer import ResultWriter
@@ -491,29 +492,22 @@ def test_writer_appends_one_valid_json_line_per_record(tmp_path: Path) -> None:
     assert read_jsonl(errors) == [{"custom_id": "z", "error": {"code": "x"}}]
 
 
-class _CountingFile:
-    """Wraps a file and records each ``write`` call."""
-
-    def __init__(self, f: IO[bytes], calls: list[bytes]) -> None:
-        self._f = f
-        self._calls = calls
-
-    def write(self, data: bytes) -> int:
-        self._calls.append(bytes(data))
-        return self._f.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-
-def test_writer_writes_each_record_with_one_write(tmp_path: Path) -> None:
+def test_writer_writes_each_record_with_one_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
 
-    class Writer(ResultWriter):
-        def _open(self, path: Path) -> IO[bytes]:
-            return _CountingFile(super()._open(path), calls)  # type: ignore[return-value]
+    class CountingOs:
+        """``os`` as the writer sees it, noting each write (one ``os.write`` per record)."""
 
-    w = Writer(tmp_path / "r.jsonl", tmp_path / "e.jsonl")
+        def write(self, fd: int, data: bytes) -> int:
+            calls.append(bytes(data))
+            return os.write(fd, data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+    monkeypatch.setattr(store_writer, "os", CountingOs())
+    w = ResultWriter(tmp_path / "r.jsonl", tmp_path / "e.jsonl")
     w.write_result({"custom_id": "big", "body": {"x": "y" * 100_000}})
     w.write_error({"custom_id": "e", "error": {"message": "a\nb"}})
     w.close()
