@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +16,8 @@ from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
+from ..stats import Stats
+from .batch import batch_config, choose_via, register_batches, run_batch
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
 from .options import (
@@ -132,6 +135,26 @@ def run(
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
         "errors) while batchproc probes it without spending attempts; then the run stops "
         "(exit 75, rerun to resume). 0: off.")] = 1800.0,
+    via: Annotated[str, typer.Option(
+        help="'online' (the default), 'batch' (OpenAI's Batch API: half the price, answers "
+        "within 24h, its own quota; rerun to resume or collect) or 'auto' (batch from "
+        "20,000 requests, or when --rpm/--tpm put the online run over 2 hours).")] = "online",
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="--via batch: submit and exit; the same command later collects.")]
+    = False,
+    fallback_online: Annotated[bool, typer.Option(
+        "--fallback-online", help="--via batch: send the requests of expired, failed or "
+        "cancelled batches online instead of in a new batch.")] = False,
+    batch_queue_tokens: Annotated[int | None, typer.Option(
+        min=1, help="--via batch: enqueued tokens per model to stay under (default: learned "
+        "from the server's refusals); parts wait for room.")] = None,
+    batch_poll_every: Annotated[float, typer.Option(
+        min=0.01, callback=finite, help="--via batch: first poll interval (s), doubled each "
+        "round up to --batch-poll-max.")] = 5.0,
+    batch_poll_max: Annotated[float, typer.Option(
+        min=0.01, callback=finite, help="--via batch: longest poll interval (s).")] = 300.0,
+    batch_part_requests: Annotated[int, typer.Option(
+        min=1, max=50_000, help="--via batch: most requests per part.")] = 50_000,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -172,6 +195,16 @@ def run(
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
     config.allow_download = not offline
+    batch = (batch_config(batch_queue_tokens, batch_poll_every, batch_poll_max, detach,
+                          fallback_online, batch_part_requests)
+             if choose_via(via, input_path, output, config) == "batch" else None)
+
+    def job(progress: LiveReporter | PlainReporter | None) -> Coroutine[Any, Any, Stats]:
+        if batch is not None:
+            return run_batch(input_path, config, batch, output, errors, progress)
+        return run_job(input_path, config, output=output, errors=errors, on_progress=progress,
+                       handle_signals=True)
+
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
@@ -189,12 +222,10 @@ def run(
         reporter = PlainReporter(sys.stderr)
     try:
         if reporter is None:
-            stats = run_loop(run_job(input_path, config, output=output, errors=errors,
-                                      handle_signals=True), loop)
+            stats = run_loop(job(None), loop)
         else:
             with reporter:
-                stats = run_loop(run_job(input_path, config, output=output, errors=errors,
-                                          on_progress=reporter, handle_signals=True), loop)
+                stats = run_loop(job(reporter), loop)
     except BatchProcError as exc:
         message, code = error_exit(exc)
         typer.echo(message, err=True)
@@ -236,9 +267,17 @@ def mock_server(
     outage_mode: Annotated[str, typer.Option(
         help="What requests get during the outage: '502' (a load balancer's HTML page), "
         "'reset' (connection reset) or 'mixed'.")] = "502",
+    batch_seconds: Annotated[float, typer.Option(
+        min=0.01, help="Seconds a batch takes to complete (the Batch API's time scale).")] = 2.0,
+    batch_expire: Annotated[int, typer.Option(
+        min=0, help="The first N batches expire with half their requests answered.")] = 0,
+    batch_error_every: Annotated[int, typer.Option(
+        min=0, help="Every Nth request of a batch fails once (500) in its error file.")] = 0,
+    batch_queue_tokens: Annotated[int | None, typer.Option(
+        min=1, help="Enqueued tokens per model; a create past it is refused.")] = None,
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
-    from ..testing import MockConfig, OutageMode
+    from ..testing import BatchMockConfig, MockConfig, OutageMode
     from ..testing import run as run_mock
 
     modes = [m.value for m in OutageMode]
@@ -254,7 +293,9 @@ def mock_server(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_mock(config, host, port)
+    run_mock(config, host, port, BatchMockConfig(
+        seconds=batch_seconds, expire=batch_expire, error_every=batch_error_every,
+        queue_tokens=batch_queue_tokens))
 
 
 @app.command("sort")
@@ -313,6 +354,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 register(app)
+register_batches(app)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:
