@@ -15,7 +15,7 @@ import orjson
 
 from ..client.files import FilesAPI
 from ..client.http import OpenAIClient
-from ..errors import APIError, ConfigError
+from ..errors import APIError, AuthError, ConfigError, QuotaExceeded
 from ..jobs import BadLine, Job, iter_jobs
 from ..limits.limiter import Limiter
 from ..run.config import JobConfig
@@ -107,6 +107,9 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
                 await driver.run()
                 if state.online and not driver.stop.is_set():
                     await _online(state, folder, parts, client, writer, stats, rstate, driver)
+            except (AuthError, QuotaExceeded) as exc:
+                stats.stop(StopReason.KEY_REFUSED, f"{exc.kind}: the API key was refused: "
+                           f"{exc.message}")
             except APIError as exc:
                 stats.stop(StopReason.RERUN_LATER, f"the Batch API refused a call: "
                            f"{exc.kind}: {exc.message}; rerun the same command to resume")
@@ -157,7 +160,9 @@ async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIC
         engine = parts.engine(client, writer, stats=stats)
         driver_stop = driver.stop
         watcher = asyncio.ensure_future(driver_stop.wait())
-        watcher.add_done_callback(lambda _: engine.stop("interrupted", StopReason.SIGINT))
+        watcher.add_done_callback(
+            lambda fut: None if fut.cancelled() else engine.stop("interrupted",
+                                                                 StopReason.SIGINT))
         try:
             await engine.run(jobs())
         finally:

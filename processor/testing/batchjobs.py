@@ -203,7 +203,8 @@ class BatchStore:
                 bad(n, "model_not_found", f"The model `{model}` does not exist or you do "
                     "not have access to it.", "body.model")
             models.add(model)
-            tokens += price(body, KINDS.get(endpoint, "chat")).prompt
+            if self.config.queue_tokens is not None:  # counted only where it matters
+                tokens += price(body, KINDS.get(endpoint, "chat")).prompt
             lines.append(line)
         if len(models) > 1:
             bad(0, "mismatched_model", "All requests of a batch must use the same model.")
