@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from tests.batchkit import (
+    FAST,
     batch_api,  # noqa: F401 - fixture
     ids_of,
     records,
@@ -21,7 +22,6 @@ from tests.batchkit import (
     state_of,
     write_job,
 )
-from tests.batchkit import FAST
 
 KEY = "sk-batchtest-0123456789abcdefSECRET"
 

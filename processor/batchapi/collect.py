@@ -114,7 +114,7 @@ class Collector:
             self._fail(cid, metas[cid], code, f"the batch's validation refused this request: "
                        f"{message}", None, out)
         if not entries:  # failed with no reason given: everything goes again, once more
-            for cid, meta in metas.items():
+            for meta in metas.values():
                 meta.attempts += 1
 
     def _line(self, raw: bytes, metas: dict[str, Meta], part: PartState, batch_id: str,

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -19,6 +20,7 @@ from ..errors import APIError, AuthError, ConfigError, QuotaExceeded
 from ..jobs import BadLine, Job, iter_jobs
 from ..limits.limiter import Limiter
 from ..run.config import JobConfig
+from ..run.engine import Engine
 from ..run.outcomes import Outcomes
 from ..run.parts import Parts, build_parts
 from ..run.retry import RetryPolicy
@@ -33,7 +35,7 @@ from ..store.writer import ResultWriter
 from .calls import BatchCalls
 from .collect import Collector
 from .driver import BatchConfig, Driver
-from .plan import MAX_BYTES, Limits, iter_requests, plan_parts, read_meta
+from .plan import MAX_BYTES, Limits, Meta, iter_requests, plan_parts, read_meta
 from .state import BatchState, PartState, work_dir
 
 __all__ = ["batch_client", "run_batch_job"]
@@ -147,7 +149,8 @@ async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIC
         part = state.part(key)
         metas = read_meta(folder, part)
 
-        def jobs(part: PartState = part) -> Iterator[Job | BadLine]:
+        def jobs(part: PartState = part, metas: dict[str, Meta] = metas
+                 ) -> Iterator[Job | BadLine]:
             for cid, raw in iter_requests(folder, part):
                 meta = metas[cid]
                 if cid in rstate.done or cid in rstate.failed:
@@ -160,9 +163,7 @@ async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIC
         engine = parts.engine(client, writer, stats=stats)
         driver_stop = driver.stop
         watcher = asyncio.ensure_future(driver_stop.wait())
-        watcher.add_done_callback(
-            lambda fut: None if fut.cancelled() else engine.stop("interrupted",
-                                                                 StopReason.SIGINT))
+        watcher.add_done_callback(partial(_stop_engine, engine))
         try:
             await engine.run(jobs())
         finally:
@@ -172,6 +173,11 @@ async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIC
         state.online.remove(key)
         part.step = "done"
         driver.save()
+
+
+def _stop_engine(engine: Engine, fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        engine.stop("interrupted", StopReason.SIGINT)
 
 
 def _on_signals(driver: Driver, stats: Stats) -> Callable[[], None]:

@@ -4,6 +4,7 @@ sees the new statuses when it polls, and collects what cancelled batches answere
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,7 @@ async def cancel_running(state: BatchState, cfg: JobConfig,
     async with client:
         for part in state.parts:
             if part.active and part.batch_id:
-                with open(folder / CANCELLED, "a") as f:
-                    f.write(part.batch_id + "\n")
+                _note_cancel(folder, part.batch_id)
                 batch = await calls.cancel(part.batch_id)
                 _update(part, batch)
                 done.append((part, str(batch.get("status"))))
@@ -67,3 +67,11 @@ def _update(part: PartState, batch: dict[str, Any]) -> None:
     counts = batch.get("request_counts")
     if isinstance(counts, dict):
         part.counts = {k: v for k, v in counts.items() if isinstance(v, int)}
+
+
+def _note_cancel(folder: Path, batch_id: str) -> None:
+    """Note ``batch_id`` in the cancelled list (before the cancel is sent)."""
+    with open(folder / CANCELLED, "a") as f:
+        f.write(batch_id + "\n")
+        f.flush()
+        os.fsync(f.fileno())

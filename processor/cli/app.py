@@ -15,8 +15,8 @@ from ..cost import DEFAULT_MAX_TOKENS
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
-from ..store.paths import check_distinct, check_input, check_output
 from ..stats import Stats
+from ..store.paths import check_distinct, check_input, check_output
 from .batch import batch_config, choose_via, register_batches, run_batch
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code

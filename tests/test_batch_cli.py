@@ -1,0 +1,126 @@
+"""The Batch API's commands around ``run --via batch``: --detach then collect, ``batches``
+and ``batches --cancel``, ``estimate --via batch``, ``--via auto``, and the online path
+refusing a job whose batches still run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.batchkit import (
+    batch_api,  # noqa: F401 - fixture
+    cli,
+    ids_of,
+    run_batch,
+    state_of,
+    write_job,
+)
+
+
+async def test_detach_submits_and_exits_then_the_same_command_collects(
+        tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
+    api = await batch_api(batch={"seconds": 1.0})
+    job = write_job(tmp_path / "d.jsonl", 30)
+    code, _, err = await run_batch(job, api, "--batch-part-requests", "10", "--detach")
+    assert code == 0, err
+    assert "detached: 3 parts with the Batch API" in err and "batchproc batches" in err
+    assert (api.store.stats.uploads, api.store.stats.creates, api.store.stats.polls) == (3, 3, 0)
+    assert not ids_of(tmp_path / "d.results.jsonl")
+    # The online path will not send what the batches hold.
+    code, _, err = await cli("run", str(job), "--base-url", api.base_url, "--plain")
+    assert code == 2 and "--via batch" in err and api.stats.requests == 0
+    # `batches` lists the parts.
+    code, out, err = await cli("batches", str(job), "--plain")
+    assert code == 0, err
+    assert out.count("step=submitted") == 3 and "status=validating" in out
+    await asyncio.sleep(1.2)
+    code, _, err = await run_batch(job, api, "--batch-part-requests", "10")
+    assert code == 0, err
+    assert (api.store.stats.uploads, api.store.stats.creates) == (3, 3)
+    assert sorted(ids_of(tmp_path / "d.results.jsonl")) == sorted(f"r{i}" for i in range(30))
+    code, out, _ = await cli("batches", str(job), "--plain")
+    assert out.count("status=completed") == 3
+    # Done: a rerun sends nothing, and the online path may run it again (nothing to do).
+    code, _, err = await run_batch(job, api)
+    assert code == 0 and api.store.stats.creates == 3
+    code, _, err = await cli("run", str(job), "--base-url", api.base_url, "--plain")
+    assert code == 0 and api.stats.requests == 0
+
+
+async def test_batches_cancel_keeps_what_ran_and_leaves_the_rest_for_a_rerun(
+        tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
+    api = await batch_api(batch={"seconds": 8.0})
+    job = write_job(tmp_path / "c.jsonl", 20)
+    code, _, err = await run_batch(job, api, "--batch-part-requests", "10", "--detach")
+    assert code == 0, err
+    await asyncio.sleep(1.5)  # part of the work done
+    code, out, err = await cli("batches", str(job), "--cancel", "--plain",
+                               "--base-url", api.base_url)
+    assert code == 0, err
+    assert api.store.stats.cancels == 2 and "cancelled 2 batches" in err
+    code, _, err = await run_batch(job, api, "--batch-part-requests", "10")
+    assert code == 1 and "cancelled batches were not sent again" in err
+    assert api.store.stats.creates == 2
+    answered = ids_of(tmp_path / "c.results.jsonl")
+    assert 0 < len(answered) < 20 and len(set(answered)) == len(answered)
+    assert [p["status"] for p in state_of(job)["parts"]] == ["cancelled", "cancelled"]
+    # The next run sends the rest, only the rest.
+    code, _, err = await run_batch(job, api, "--batch-part-requests", "10")
+    assert code == 0, err
+    assert sorted(ids_of(tmp_path / "c.results.jsonl")) == sorted(f"r{i}" for i in range(20))
+    assert set(api.store.stats.submitted.values()) <= {1, 2}
+    assert sum(v == 2 for v in api.store.stats.submitted.values()) == 20 - len(answered)
+
+
+async def test_estimate_via_batch_halves_the_price_and_names_the_window(
+        tmp_path: Path) -> None:
+    job = write_job(tmp_path / "e.jsonl", 100, model="gpt-4o")
+    code, out, err = await cli("estimate", str(job), "--json", "--offline")
+    assert code == 0, err
+    online = orjson.loads(out)
+    code, out, err = await cli("estimate", str(job), "--json", "--offline", "--via", "batch")
+    assert code == 0, err
+    batch = orjson.loads(out)
+    assert batch["cost_usd"] == online["cost_usd"] / 2 and batch["via"] == "batch"
+    code, out, _ = await cli("estimate", str(job), "--offline", "--via", "batch",
+                             "--rpm", "10")
+    assert "24h completion window" in out and "not the rate limit" in out
+
+
+async def test_via_auto_picks_online_for_a_small_job(tmp_path: Path,
+                                                   batch_api: Any) -> None:  # noqa: F811
+    api = await batch_api()
+    job = write_job(tmp_path / "a.jsonl", 5)
+    code, _, err = await cli("run", str(job), "--base-url", api.base_url, "--plain",
+                             "--via", "auto")
+    assert code == 0, err
+    assert api.stats.ok == 5 and api.store.stats.creates == 0
+    # Over two hours online at --tpm 20 (200 requests of some 15 tokens): batch.
+    job = write_job(tmp_path / "b.jsonl", 200)
+    code, _, err = await cli("run", str(job), "--base-url", api.base_url, "--plain",
+                             "--via", "auto", "--tpm", "20", "--batch-poll-every", "0.1",
+                             "--batch-poll-max", "0.2")
+    assert code == 0, err
+    assert api.store.stats.creates == 1 and api.stats.ok == 5
+
+
+async def test_odd_flags_and_states_are_refused(tmp_path: Path,
+                                                batch_api: Any) -> None:  # noqa: F811
+    api = await batch_api()
+    job = write_job(tmp_path / "o.jsonl", 3)
+    code, _, err = await cli("run", str(job), "--base-url", api.base_url, "--via", "boat")
+    assert code == 2 and "--via" in err
+    code, _, err = await run_batch(job, api, "--batch-poll-every", "10", "--batch-poll-max", "1")
+    assert code == 2
+    code, _, err = await cli("batches", str(job))
+    assert code == 1 and "no Batch API run" in err
+    # A state file that is not one: said so, nothing sent.
+    folder = tmp_path / "o.batch"
+    folder.mkdir()
+    (folder / "state.json").write_text("{not json")
+    code, _, err = await run_batch(job, api)
+    assert code == 2 and "not a batchproc batch state file" in err
+    assert api.store.stats.uploads == 0
