@@ -124,3 +124,20 @@ async def test_odd_flags_and_states_are_refused(tmp_path: Path,
     code, _, err = await run_batch(job, api)
     assert code == 2 and "not a batchproc batch state file" in err
     assert api.store.stats.uploads == 0
+
+
+def test_mock_server_batch_flags(monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from processor.cli.app import app
+    from processor.testing import BatchMockConfig
+
+    seen: list[BatchMockConfig] = []
+    monkeypatch.setattr("processor.testing.run",
+                        lambda config, host, port, batch: seen.append(batch))
+    result = CliRunner().invoke(app, ["mock-server", "--batch-seconds", "3", "--batch-expire",
+                                      "1", "--batch-error-every", "7",
+                                      "--batch-queue-tokens", "900"])
+    assert result.exit_code == 0, result.output
+    (batch,) = seen
+    assert (batch.seconds, batch.expire, batch.error_every, batch.queue_tokens) == (3, 1, 7, 900)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -13,12 +14,13 @@ from typing import Any, TypeVar
 
 from ..client.answers import Response
 from ..client.files import FilesAPI
-from ..errors import APIError, RateLimited, RetryableAPIError
+from ..client.masking import Masker
+from ..errors import APIError, RateLimited, RetryableAPIError, ServerError
 from ..limits.limiter import Limiter
 from ..run.retry import RetryPolicy, server_hint
 from .state import BatchState
 
-__all__ = ["BatchCalls", "is_queue_full"]
+__all__ = ["BatchCalls", "is_queue_full", "safe_id"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +59,9 @@ class BatchCalls:
         self.policy = policy or RetryPolicy(CALL_ATTEMPTS, base=1.0, cap=30.0)
         self.sleep = sleep
 
+    def _obj(self, resp: Response) -> dict[str, Any]:
+        return _object(resp, self.api.client.masker)
+
     async def _admit(self) -> None:
         while (wait := self.limiter.try_acquire(0)) > 0:
             await self.sleep(wait)
@@ -80,24 +85,31 @@ class BatchCalls:
 
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:
         resp = await self._call("uploads", lambda: self.api.upload(path, filename))
-        return _object(resp)
+        made = self._obj(resp)
+        safe_id(made.get("id"), "file")
+        return made
 
     async def create(self, file_id: str, endpoint: str,
                      metadata: dict[str, str]) -> dict[str, Any]:
         payload = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h",
                    "metadata": metadata}
-        return _object(await self._call("creates",
-                                        lambda: self.api.post("/v1/batches", payload)))
+        made = self._obj(await self._call("creates",
+                                          lambda: self.api.post("/v1/batches", payload)))
+        safe_id(made.get("id"), "batch")
+        return made
 
     async def poll(self, batch_id: str) -> dict[str, Any]:
-        return _object(await self._call("polls",
-                                        lambda: self.api.get(f"/v1/batches/{batch_id}")))
+        batch_id = safe_id(batch_id, "batch")
+        return self._obj(await self._call("polls",
+                                          lambda: self.api.get(f"/v1/batches/{batch_id}")))
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
-        return _object(await self._call(
+        batch_id = safe_id(batch_id, "batch")
+        return self._obj(await self._call(
             "cancels", lambda: self.api.post(f"/v1/batches/{batch_id}/cancel")))
 
     async def download(self, file_id: str, dest: Path) -> int:
+        file_id = safe_id(file_id, "file")
         return await self._call("downloads", lambda: self.api.download(
             f"/v1/files/{file_id}/content", dest))
 
@@ -108,11 +120,11 @@ class BatchCalls:
             params = {"purpose": "batch", "limit": "1000", "order": "desc"}
             if after:
                 params["after"] = after
-            page = _object(await self._call("lists", partial(self.api.get, "/v1/files",
+            page = self._obj(await self._call("lists", partial(self.api.get, "/v1/files",
                                                              params)))
             for f in _items(page):
                 if f.get("filename") == filename and f.get("bytes") == size:
-                    return str(f["id"])
+                    return safe_id(f.get("id"), "file")
             if not page.get("has_more") or not page.get("last_id"):
                 return None
             after = str(page["last_id"])
@@ -126,12 +138,13 @@ class BatchCalls:
             params = {"limit": "100"}
             if after:
                 params["after"] = after
-            page = _object(await self._call("lists", partial(self.api.get, "/v1/batches",
+            page = self._obj(await self._call("lists", partial(self.api.get, "/v1/batches",
                                                              params)))
             items = _items(page)
             for b in items:
                 meta = b.get("metadata")
                 if isinstance(meta, dict) and meta.get("batchproc_part") == part_key:
+                    safe_id(b.get("id"), "batch")
                     return b
             oldest = items[-1].get("created_at") if items else None
             if (not page.get("has_more") or not page.get("last_id")
@@ -141,11 +154,25 @@ class BatchCalls:
         return None
 
 
-def _object(resp: Response) -> dict[str, Any]:
+_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def safe_id(value: object, what: str) -> str:
+    """An id the server gave, checked before it goes into a URL or a file: letters,
+    digits, ``_`` and ``-`` only (never ``../``, ``?``, ``#``, a host)."""
+    if isinstance(value, str) and _ID.fullmatch(value):
+        return value
+    raise ServerError(f"the server gave an odd {what} id: {str(value)[:80]!r}")
+
+
+def _object(resp: Response, masker: Masker) -> dict[str, Any]:
+    """The answer's JSON object, with anything secret in it masked (a hostile server
+    could echo the key into a status or a message that the state file keeps)."""
     body = resp.body
-    if not isinstance(body, dict) or not isinstance(body.get("id", ""), str):
-        raise APIError("the answer is not an object", status=resp.status)
-    return body
+    if not isinstance(body, dict):
+        raise ServerError("the answer is not a JSON object", status=resp.status)
+    masked = masker.tree(body) if masker else body
+    return masked if isinstance(masked, dict) else body
 
 
 def _items(page: dict[str, Any]) -> list[dict[str, Any]]:

@@ -85,6 +85,11 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
     stats = Stats()
     folder = work_dir(out_path)
     rstate = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats, True)
+    if cfg.fresh and folder.exists():
+        aside = folder.with_name(f"{folder.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
+        folder.rename(aside)
+        stats.note(f"--fresh: moved {folder} to {aside} (batches it still had running go on "
+                   "on the server, unread)")
     folder.mkdir(parents=True, exist_ok=True)
     state = BatchState.load(folder / "state.json") or BatchState(job=src.name)
     parts = build_parts(cfg)

@@ -11,6 +11,7 @@ part twice or creates a second batch for it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -139,6 +140,9 @@ class BatchState:
             known = {f.name for f in fields(PartState)}
             parts = [PartState(**{k: v for k, v in p.items() if k in known})
                      for p in data.pop("parts")]
+            for part in parts:  # its files are named by its key: never another path
+                if not re.fullmatch(r"p\d{4,9}", part.key) or part.file != f"{part.key}.jsonl":
+                    raise ValueError(f"odd part {part.key!r}")
             top = {f.name for f in fields(cls)}
             return cls(parts=parts, **{k: v for k, v in data.items() if k in top})
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
