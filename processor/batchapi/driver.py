@@ -18,7 +18,7 @@ from ..stats import Stats
 from .calls import BatchCalls, is_queue_full
 from .collect import Collector
 from .plan import resubmit_part
-from .state import FINAL, BatchState, PartState
+from .state import FINAL, BatchState, PartState, drop_files
 
 __all__ = ["CANCELLED", "BatchConfig", "Driver", "cancelled_by_user"]
 
@@ -269,4 +269,5 @@ class Driver:
         self.save()
         for path in files:
             path.unlink(missing_ok=True)
+        drop_files(self.folder, part)
         log.info("part %s (%s): %s", part.key, part.status, part.note)

@@ -36,7 +36,7 @@ from .calls import BatchCalls
 from .collect import Collector
 from .driver import BatchConfig, Driver
 from .plan import MAX_BYTES, Limits, Meta, iter_requests, plan_parts, read_meta
-from .state import BatchState, PartState, work_dir
+from .state import BatchState, PartState, drop_files, work_dir
 
 __all__ = ["batch_client", "run_batch_job"]
 
@@ -93,6 +93,9 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
     folder.mkdir(parents=True, exist_ok=True)
     state = BatchState.load(folder / "state.json") or BatchState(job=src.name)
     parts = build_parts(cfg)
+    if parts.azure:
+        raise ConfigError("--via batch does not drive Azure OpenAI's Batch API; use --via "
+                          "online")
     limiter = parts.lanes[0].limiter
     writer = ResultWriter(out_path, err_path)
     left = 0
@@ -178,6 +181,7 @@ async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIC
         state.online.remove(key)
         part.step = "done"
         driver.save()
+        drop_files(folder, part)
 
 
 def _stop_engine(engine: Engine, fut: asyncio.Future[object]) -> None:

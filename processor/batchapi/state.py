@@ -22,7 +22,8 @@ import orjson
 
 from ..errors import ConfigError, OutputError
 
-__all__ = ["FINAL", "STATE_VERSION", "BatchState", "PartState", "work_dir"]
+__all__ = ["FINAL", "STATE_VERSION", "BatchState", "PartState", "drop_files", "meta_row",
+           "save_atomic", "work_dir"]
 
 STATE_VERSION = 1
 #: batch statuses after which nothing changes.
@@ -186,3 +187,10 @@ def meta_row(custom_id: str, line: int, hashed: int, attempts: int, metadata: An
              history: list[dict[str, Any]]) -> bytes:
     """One line of a part's ``.meta.jsonl``: what the online path keeps in a Job."""
     return orjson.dumps([custom_id, line, hashed, attempts, metadata, history]) + b"\n"
+
+
+def drop_files(folder: Path, part: PartState) -> None:
+    """Remove a done part's input and meta files (recorded as done first: nothing reads
+    them again)."""
+    for name in (f"{part.key}.jsonl", f"{part.key}.meta.jsonl"):
+        (folder / name).unlink(missing_ok=True)

@@ -79,7 +79,8 @@ class BatchStats:
         return {"uploads": self.uploads, "creates": self.creates,
                 "creates_refused": self.creates_refused, "polls": self.polls,
                 "lists": self.lists, "cancels": self.cancels,
-                "downloads": dict(self.downloads), "calls": len(self.call_times)}
+                "downloads": dict(self.downloads), "calls": len(self.call_times),
+                "call_times": list(self.call_times)}
 
 
 @dataclass(slots=True)
