@@ -141,3 +141,25 @@ def test_mock_server_batch_flags(monkeypatch: Any) -> None:
     assert result.exit_code == 0, result.output
     (batch,) = seen
     assert (batch.seconds, batch.expire, batch.error_every, batch.queue_tokens) == (3, 1, 7, 900)
+
+
+async def test_ctrl_c_stops_and_the_rerun_collects(tmp_path: Path,
+                                                   batch_api: Any) -> None:  # noqa: F811
+    import signal
+
+    from tests.batchkit import FAST, start
+
+    api = await batch_api(batch={"seconds": 1.5})
+    job = write_job(tmp_path / "s.jsonl", 20)
+    proc = await start("run", str(job), "--base-url", api.base_url, "--via", "batch",
+                       "--plain", *FAST, "--batch-part-requests", "10")
+    while api.store.stats.creates < 2 or api.store.stats.polls < 1:
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, err.decode()
+    assert "rerun the same command to collect" in err.decode()
+    code, _, err2 = await run_batch(job, api, "--batch-part-requests", "10")
+    assert code == 0, err2
+    assert (api.store.stats.uploads, api.store.stats.creates) == (2, 2)
+    assert sorted(ids_of(tmp_path / "s.results.jsonl")) == sorted(f"r{i}" for i in range(20))

@@ -184,6 +184,20 @@ async def test_queue_quota_refusals_make_parts_wait(
     assert len(ids_of(tmp_path / "r.results.jsonl")) == 30
 
 
+async def test_queue_quota_failed_batches_are_made_again_later(
+        tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
+    # OpenAI's own way: the create succeeds, the batch fails validation for the quota.
+    api = await batch_api(batch={"seconds": 0.6, "queue_tokens": 45, "queue_fail": True})
+    job = write_job(tmp_path / "q.jsonl", 30)
+    code, _, err = await run_batch(job, api, "--batch-part-requests", "10")
+    assert code == 0, err
+    parts = state_of(job)["parts"]
+    assert len(parts) == 3 and max(p["gen"] for p in parts) >= 2
+    assert api.store.stats.creates == sum(p["gen"] for p in parts)
+    assert sorted(ids_of(tmp_path / "q.results.jsonl")) == sorted(f"r{i}" for i in range(30))
+    assert state_of(job)["queue_tokens"] == {"gpt-4o-mini": 45}
+
+
 async def test_polling_calls_are_counted_and_stay_within_rpm(
         tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
     api = await batch_api(batch={"seconds": 2.0})

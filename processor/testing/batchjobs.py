@@ -47,6 +47,8 @@ class BatchMockConfig:
         reject_ids: custom_ids that fail with a 400 in the error file, every time.
         queue_tokens: enqueued (prompt) tokens per model; a create that would pass it
             is refused with ``token_limit_exceeded``.
+        queue_fail: instead of refusing the create, make the batch and fail it at
+            validation with that error (what OpenAI's API does).
         models: when set, a line naming another model fails the batch's validation.
     """
 
@@ -56,6 +58,7 @@ class BatchMockConfig:
     error_every: int = 0
     reject_ids: frozenset[str] = frozenset()
     queue_tokens: int | None = None
+    queue_fail: bool = False
     models: frozenset[str] | None = None
 
 
@@ -150,10 +153,13 @@ class BatchStore:
         lines, model, tokens, errors = self._validate(f.data, endpoint)
         quota = self.config.queue_tokens
         if quota is not None and not errors and self.enqueued(model) + tokens > quota:
-            return ("token_limit_exceeded",
-                    f"Enqueued token limit reached for {model} in organization org-mock. "
-                    f"Limit: {quota:,} enqueued tokens. Please try again once some "
-                    "in_progress batches have been completed.")
+            message = (f"Enqueued token limit reached for {model} in organization org-mock. "
+                       f"Limit: {quota:,} enqueued tokens. Please try again once some "
+                       "in_progress batches have been completed.")
+            if not self.config.queue_fail:
+                return "token_limit_exceeded", message
+            errors, tokens = [{"code": "token_limit_exceeded", "message": message,
+                               "param": None, "line": None}], 0
         ordinal = len(self.batches) + 1
         batch = MockBatch(self.new_id("batch_"), endpoint, f.id, metadata, self.clock(),
                           int(time.time()), lines, model, tokens,
