@@ -147,14 +147,13 @@ async def test_ctrl_c_stops_and_the_rerun_collects(tmp_path: Path,
                                                    batch_api: Any) -> None:  # noqa: F811
     import signal
 
-    from tests.batchkit import FAST, start
+    from tests.batchkit import FAST, start, wait_until
 
     api = await batch_api(batch={"seconds": 1.5})
     job = write_job(tmp_path / "s.jsonl", 20)
     proc = await start("run", str(job), "--base-url", api.base_url, "--via", "batch",
                        "--plain", *FAST, "--batch-part-requests", "10")
-    while api.store.stats.creates < 2 or api.store.stats.polls < 1:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: api.store.stats.creates >= 2 and api.store.stats.polls >= 1)
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 130, err.decode()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,11 @@ from tests.batchkit import (
     run_batch,
     start,
     state_of,
+    wait_until,
     write_job,
 )
 
 KEY = "sk-batchtest-0123456789abcdefSECRET"
-
-
-async def _wait_for(check: Any, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 async def test_120k_lines_three_parts_exactly_once_through_kills(
@@ -40,14 +33,14 @@ async def test_120k_lines_three_parts_exactly_once_through_kills(
     args = ("run", str(job), "--base-url", api.base_url, "--via", "batch", "--plain", *FAST)
     # First run: killed (SIGKILL) while it polls its three batches.
     proc = await start(*args)
-    await _wait_for(lambda: api.store.stats.creates == 3 and api.store.stats.polls >= 1)
+    await wait_until(lambda: api.store.stats.creates == 3 and api.store.stats.polls >= 1)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     assert not (tmp_path / "big.results.jsonl").exists() or not ids_of(
         tmp_path / "big.results.jsonl")
     # Second run: killed once the first output file is being collected.
     proc = await start(*args)
-    await _wait_for(lambda: sum(api.store.stats.downloads.values()) >= 1)
+    await wait_until(lambda: sum(api.store.stats.downloads.values()) >= 1)
     await asyncio.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
