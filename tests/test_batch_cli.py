@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.batchkit import (
     batch_api,  # noqa: F401 - fixture
@@ -19,6 +20,7 @@ from tests.batchkit import (
     write_job,
 )
 
+pytestmark = pytest.mark.slow  # the CLI in subprocesses
 
 async def test_detach_submits_and_exits_then_the_same_command_collects(
         tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
@@ -67,7 +69,8 @@ async def test_batches_cancel_keeps_what_ran_and_leaves_the_rest_for_a_rerun(
     answered = ids_of(tmp_path / "c.results.jsonl")
     assert 0 < len(answered) < 20 and len(set(answered)) == len(answered)
     assert [p["status"] for p in state_of(job)["parts"]] == ["cancelled", "cancelled"]
-    # The next run sends the rest, only the rest.
+    # The next run sends the rest, only the rest (batches now finish in half a second).
+    api.store.config.seconds = 0.5
     code, _, err = await run_batch(job, api, "--batch-part-requests", "10")
     assert code == 0, err
     assert sorted(ids_of(tmp_path / "c.results.jsonl")) == sorted(f"r{i}" for i in range(20))

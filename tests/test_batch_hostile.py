@@ -14,6 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.batchkit import cli, write_job
 
+pytestmark = pytest.mark.slow  # the CLI in subprocesses
+
 KEY = "sk-hostile-batch-key-0123456789"
 
 
@@ -73,7 +75,7 @@ async def test_a_redirected_upload_is_not_followed(tmp_path: Path,
                                                    hostile_batch: Any) -> None:
     base, seen = await hostile_batch(upload_status=307)
     code, text = await _run(write_job(tmp_path / "j.jsonl", 3), base)
-    assert code == 75 and "not followed" in text
+    assert code == 1 and "not followed" in text
     assert seen == ["POST /v1/files"] and KEY not in text
 
 

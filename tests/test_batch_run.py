@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.batchkit import (
     FAST,
@@ -22,6 +23,8 @@ from tests.batchkit import (
     wait_until,
     write_job,
 )
+
+pytestmark = pytest.mark.slow  # the CLI in subprocesses
 
 KEY = "sk-batchtest-0123456789abcdefSECRET"
 

@@ -16,7 +16,7 @@ import orjson
 
 from ..client.files import FilesAPI
 from ..client.http import OpenAIClient
-from ..errors import APIError, AuthError, ConfigError, QuotaExceeded
+from ..errors import APIError, AuthError, ConfigError, QuotaExceeded, RetryableAPIError
 from ..jobs import BadLine, Job, iter_jobs
 from ..limits.limiter import Limiter
 from ..run.config import JobConfig
@@ -120,9 +120,12 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
             except (AuthError, QuotaExceeded) as exc:
                 stats.stop(StopReason.KEY_REFUSED, f"{exc.kind}: the API key was refused: "
                            f"{exc.message}")
+            except RetryableAPIError as exc:
+                stats.stop(StopReason.RERUN_LATER, f"the Batch API kept failing: {exc.kind}: "
+                           f"{exc.message}; rerun the same command to resume")
             except APIError as exc:
-                stats.stop(StopReason.RERUN_LATER, f"the Batch API refused a call: "
-                           f"{exc.kind}: {exc.message}; rerun the same command to resume")
+                stats.stop(StopReason.ERROR, f"the Batch API refused a call: {exc.kind}: "
+                           f"{exc.message}; what was collected is kept, rerun once fixed")
             finally:
                 remove()
                 left = driver.left

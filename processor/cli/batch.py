@@ -38,7 +38,7 @@ def batch_state(input_path: Path, output: Path | None) -> BatchState | None:
     out = output or default_paths(input_path)[0]
     try:
         return BatchState.load(work_dir(out) / "state.json")
-    except BatchProcError:
+    except (BatchProcError, OSError):  # the run's own checks say what is wrong
         return None
 
 
