@@ -69,6 +69,9 @@ async def run_batch_job(
         ConfigError: as :func:`processor.run.runner.run_job`, or a state file that is not
             one; JobLocked: another run holds the job.
     """
+    if config.shard is not None:
+        raise ConfigError("--shard splits online work between workers; --via batch submits "
+                          "the whole job to the Batch API in one run (leave out --shard)")
     src = Path(input_path)
     default_out, default_err = default_paths(src)
     out_path = Path(output) if output else default_out

@@ -20,11 +20,13 @@ from ..store.paths import check_distinct, check_input, check_output
 from .batch import batch_config, choose_via, register_batches, run_batch
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
+from .merging import merge
 from .options import (
     AUTH_HEADERS,
     finite,
     is_local,
     parse_headers,
+    parse_shard_option,
     resolve_keys,
     run_loop,
     setup_logging,
@@ -57,6 +59,11 @@ def run(
     = None,
     errors: Annotated[Path | None, typer.Option(
         help="Errors file (default: <stem>.errors.jsonl beside the input).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Take only share K of N (K from 1 to N) of the lines, for N "
+        "workers: by custom_id, else by line number. Outputs default to "
+        "<stem>.shard-K-of-N.results.jsonl / .errors.jsonl; combine with `batchproc merge`.")]
+    = None,
     base_url: Annotated[str | None, typer.Option(
         help=f"API base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}).")] = None,
     endpoint: Annotated[str, typer.Option(
@@ -161,6 +168,7 @@ def run(
         check_input(input_path)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="JOBS.jsonl") from None
+    split = parse_shard_option(shard)
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     # A credential header of the user's own (a gateway's token) is what authenticates:
     # the ambient $OPENAI_API_KEY is not read, so it never goes to that gateway.
@@ -195,6 +203,7 @@ def run(
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
     config.allow_download = not offline
+    config.shard = split
     batch = (batch_config(batch_queue_tokens, batch_poll_every, batch_poll_max, detach,
                           fallback_online, batch_part_requests)
              if choose_via(via, input_path, output, config) == "batch" else None)
@@ -354,6 +363,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 register(app)
+app.command("merge")(merge)
 register_batches(app)
 
 

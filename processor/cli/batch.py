@@ -60,6 +60,8 @@ def choose_via(via: str, input_path: Path, output: Path | None, config: JobConfi
         return via
     if unfinished:
         return "batch"
+    if config.shard is not None:  # a worker's share of online work
+        return "online"
     requests = count_lines(input_path)
     if requests >= AUTO_REQUESTS:
         return "batch"

@@ -24,6 +24,7 @@ from ..tools.estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_
 from ..tools.export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from ..tools.imagejobs import write_image_jobs
 from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_USAGE
+from .options import parse_shard_option
 
 __all__ = ["register"]
 
@@ -164,11 +165,15 @@ def estimate(
         "--offline", help="Never download a tiktoken encoding: count with what is local, else by "
         "characters.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Only the share of worker K of N (as run --shard K/N takes).")]
+    = None,
     via: Annotated[str, typer.Option(
         help="'online', or 'batch': at the Batch API's price (half), within its 24h "
         "window.")] = "online",
 ) -> None:
     """Count, price and time a job without sending anything (an upper bound)."""
+    split = parse_shard_option(shard)
     if via not in ("online", "batch"):
         raise typer.BadParameter("must be online or batch", param_hint="--via")
     if not jobs.is_file():
@@ -180,7 +185,7 @@ def estimate(
     counter = TokenCounter(encodings_dir=encodings_dir, allow_download=not offline,
                            default_max_tokens=default_max_tokens)
     result = estimate_job(jobs, counter=counter, prices=table, rpm=parse_limit(rpm, "--rpm"),
-                          tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint)
+                          tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint, shard=split)
     if via == "batch":
         result.at_batch_price()
     if json_out:
