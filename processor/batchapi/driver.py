@@ -260,9 +260,8 @@ class Driver:
                 new.step = "online"
                 self.state.online.append(new.key)
         part.step = "done"
-        part.note = (f"{got.answered:,} answered, {got.failed:,} failed, {got.retried:,} "
-                     f"to retry, {got.unanswered:,} unanswered"
-                     + (f" -> {new.key}" if new else ""))
+        part.note = (f"{got.answered:,} ok, {got.failed:,} failed, {got.retried:,} retry, "
+                     f"{got.unanswered:,} unanswered" + (f" -> {new.key}" if new else ""))
         if new is not None:
             self.state.parts.append(new)
         self._blocked.discard(part.model)

@@ -150,7 +150,10 @@ def _render(table: list[dict[str, Any]], plain: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(*heads)
+    t = Table()
+    for head in heads:  # the note wraps; the rest keep their width
+        t.add_column(head, no_wrap=head != "note", min_width=None if head == "note" else
+                     len(head))
     for row in table:
         t.add_row(*("" if row[h] is None else str(row[h]) for h in heads))
     Console().print(t)
