@@ -72,6 +72,9 @@ async def run_batch_job(
     if config.shard is not None:
         raise ConfigError("--shard splits online work between workers; --via batch submits "
                           "the whole job to the Batch API in one run (leave out --shard)")
+    if config.pack is not None:
+        raise ConfigError("--pack saves online requests; the Batch API takes each line as "
+                          "it is (leave out --pack with --via batch)")
     src = Path(input_path)
     default_out, default_err = default_paths(src)
     out_path = Path(output) if output else default_out

@@ -12,6 +12,7 @@ import typer
 
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
+from ..cost.packing import parse_pack
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
@@ -142,26 +143,24 @@ def run(
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
         "errors) while batchproc probes it without spending attempts; then the run stops "
         "(exit 75, rerun to resume). 0: off.")] = 1800.0,
-    via: Annotated[str, typer.Option(
-        help="'online' (the default), 'batch' (OpenAI's Batch API: half the price, answers "
-        "within 24h, its own quota; rerun to resume or collect) or 'auto' (batch from "
-        "20,000 requests, or when --rpm/--tpm put the online run over 2 hours).")] = "online",
-    detach: Annotated[bool, typer.Option(
-        "--detach", help="--via batch: submit and exit; the same command later collects.")]
-    = False,
-    fallback_online: Annotated[bool, typer.Option(
-        "--fallback-online", help="--via batch: send the requests of expired, failed or "
-        "cancelled batches online instead of in a new batch.")] = False,
-    batch_queue_tokens: Annotated[int | None, typer.Option(
-        min=1, help="--via batch: enqueued tokens per model to stay under (default: learned "
-        "from the server's refusals); parts wait for room.")] = None,
-    batch_poll_every: Annotated[float, typer.Option(
-        min=0.01, callback=finite, help="--via batch: first poll interval (s), doubled each "
-        "round up to --batch-poll-max.")] = 5.0,
-    batch_poll_max: Annotated[float, typer.Option(
-        min=0.01, callback=finite, help="--via batch: longest poll interval (s).")] = 300.0,
-    batch_part_requests: Annotated[int, typer.Option(
-        min=1, max=50_000, help="--via batch: most requests per part.")] = 50_000,
+    pack: Annotated[str, typer.Option(
+        help="Send consecutive embeddings (and legacy completions) requests that differ "
+        "only in their input as one request of up to N inputs, within the model's limits "
+        "and one TPM burst; each line still gets its own result. 'auto': as many as those "
+        "limits allow; 'off': never.")] = "off",
+    via: Annotated[str, typer.Option(help="'online'; 'batch': OpenAI's Batch API (half the "
+        "price, within 24h; rerun to resume or collect); 'auto': batch from 20,000 requests "
+        "or over 2 hours online at --rpm/--tpm.")] = "online",
+    detach: Annotated[bool, typer.Option("--detach", help="--via batch: submit and exit; "
+        "the same command later collects.")] = False,
+    fallback_online: Annotated[bool, typer.Option("--fallback-online", help="--via batch: "
+        "send what expired, failed or cancelled batches left online.")] = False,
+    batch_queue_tokens: Annotated[int | None, typer.Option(min=1, help="Enqueued tokens per "
+        "model to stay under (default: learned from refusals); parts wait.")] = None,
+    batch_poll_every: Annotated[float, typer.Option(min=0.01, callback=finite, help="First "
+        "poll interval (s), doubled each round up to --batch-poll-max.")] = 5.0,
+    batch_poll_max: Annotated[float, typer.Option(min=0.01, callback=finite)] = 300.0,
+    batch_part_requests: Annotated[int, typer.Option(min=1, max=50_000)] = 50_000,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -202,6 +201,10 @@ def run(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
+    try:
+        config.pack = parse_pack(pack)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pack") from None
     config.allow_download = not offline
     config.shard = split
     batch = (batch_config(batch_queue_tokens, batch_poll_every, batch_poll_max, detach,
@@ -276,14 +279,13 @@ def mock_server(
     outage_mode: Annotated[str, typer.Option(
         help="What requests get during the outage: '502' (a load balancer's HTML page), "
         "'reset' (connection reset) or 'mixed'.")] = "502",
-    batch_seconds: Annotated[float, typer.Option(
-        min=0.01, help="Seconds a batch takes to complete (the Batch API's time scale).")] = 2.0,
-    batch_expire: Annotated[int, typer.Option(
-        min=0, help="The first N batches expire with half their requests answered.")] = 0,
-    batch_error_every: Annotated[int, typer.Option(
-        min=0, help="Every Nth request of a batch fails once (500) in its error file.")] = 0,
-    batch_queue_tokens: Annotated[int | None, typer.Option(
-        min=1, help="Enqueued tokens per model; a create past it is refused.")] = None,
+    batch_seconds: Annotated[float, typer.Option(min=0.01, help="Seconds a batch takes.")] = 2.0,
+    batch_expire: Annotated[int, typer.Option(min=0, help="The first N batches expire half "
+        "done.")] = 0,
+    batch_error_every: Annotated[int, typer.Option(min=0, help="Every Nth request of a batch "
+        "fails once (500).")] = 0,
+    batch_queue_tokens: Annotated[int | None, typer.Option(min=1, help="Enqueued tokens per "
+        "model; a create past it is refused.")] = None,
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
     from ..testing import BatchMockConfig, MockConfig, OutageMode
