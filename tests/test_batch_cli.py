@@ -52,6 +52,21 @@ async def test_detach_submits_and_exits_then_the_same_command_collects(
     assert code == 0 and api.stats.requests == 0
 
 
+async def test_a_batch_the_server_lost_is_submitted_again(
+        tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
+    api = await batch_api(batch={"seconds": 0.5})
+    job = write_job(tmp_path / "l.jsonl", 10)
+    code, _, err = await run_batch(job, api, "--detach")
+    assert code == 0, err
+    api.store.batches.clear()
+    api.store.files.clear()
+    code, _, err = await run_batch(job, api)
+    assert code == 0, err
+    assert (api.store.stats.uploads, api.store.stats.creates) == (2, 2)
+    assert state_of(job)["parts"][0]["gen"] == 2
+    assert sorted(ids_of(tmp_path / "l.results.jsonl")) == sorted(f"r{i}" for i in range(10))
+
+
 async def test_batches_cancel_keeps_what_ran_and_leaves_the_rest_for_a_rerun(
         tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
     api = await batch_api(batch={"seconds": 8.0})

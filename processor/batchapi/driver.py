@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import APIError
+from ..errors import APIError, BadRequest
 from ..stats import Stats
 from .calls import BatchCalls, is_queue_full
 from .collect import Collector
@@ -218,7 +218,19 @@ class Driver:
             if self.stop.is_set():
                 return
             assert part.batch_id is not None
-            batch = await self.calls.poll(part.batch_id)
+            try:
+                batch = await self.calls.poll(part.batch_id)
+            except BadRequest as exc:
+                if exc.status != 404:
+                    raise
+                # The batch is gone (deleted, another organisation's key): its requests
+                # go again in a new batch of the same part, uploaded again if need be.
+                log.warning("part %s: batch %s not found; submitting the part again",
+                            part.key, part.batch_id)
+                part.note = f"batch {part.batch_id} not found: submitted again"
+                part.step, part.file_id, part.batch_id = "planned", None, None
+                part.status, part.gen = None, part.gen + 1
+                continue
             part.status = str(batch.get("status"))
             counts = batch.get("request_counts")
             if isinstance(counts, dict):
