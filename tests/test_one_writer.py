@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent / "processor"
 INPUT_OWNER = "store/inputfilter.py"
 #: the engine: the writers of every other fact of Stats (stats.py holds its methods).
 ENGINE = {"stats.py", "run/engine.py", "run/admission.py", "run/attempts.py",
-          "run/outcomes.py", "run/keys.py", "run/outage.py"}
+          "run/outcomes.py", "run/keys.py", "run/outage.py",
+          # The engine of a --via batch run (it never runs beside the online engine on
+          # the same stats).
+          "batchapi/run.py", "batchapi/driver.py", "batchapi/collect.py"}
 #: Stats methods that change it; ``note`` (an append-only log of messages for the
 #: summary) may be called by anyone who runs the engine.
 MUTATORS = {name for name, fn in vars(Stats).items()

@@ -24,9 +24,9 @@ from ..run.engine import Engine
 from ..run.outcomes import Outcomes
 from ..run.parts import Parts, build_parts
 from ..run.retry import RetryPolicy
-from ..run.runner import _prepare_files, _resume_filter, _sendable, default_paths
+from ..run.runner import _prepare_files, _sendable, default_paths
 from ..stats import Stats, StopReason
-from ..store.edits import unchanged_filter, unreported
+from ..store.inputfilter import InputFilter
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
 from ..store.paths import check_job_paths, job_locks
@@ -88,9 +88,13 @@ async def run_batch_job(
 async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: BatchConfig,
                on_progress: Callable[[Stats], None] | None, handle_signals: bool,
                ) -> tuple[Stats, BatchState]:
-    stats = Stats()
+    started = time.monotonic()
     folder = work_dir(out_path)
-    rstate = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats, True)
+    # The resume/edit filter keeps what it finds in the input (stats.input, read-only).
+    found, notes = InputFilter(), list[str]()
+    rstate = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, found,
+                                     notes, True)
+    stats = Stats(input=found.tally, notes=notes, started=started)
     if cfg.fresh and folder.exists():
         aside = folder.with_name(f"{folder.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
         folder.rename(aside)
@@ -113,8 +117,8 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
                                   rstate.failed)
             driver = Driver(state, folder, calls, collector, bcfg, stats, on_progress)
             new = await asyncio.to_thread(_plan, src, cfg, bcfg, state, folder, rstate,
-                                          stats, Outcomes(writer, stats, parts.cost, Limiter()),
-                                          parts)
+                                          stats, found,
+                                          Outcomes(writer, stats, parts.cost, Limiter()), parts)
             if new:
                 state.parts += new
                 driver.save()
@@ -143,17 +147,17 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
 
 
 def _plan(src: Path, cfg: JobConfig, bcfg: BatchConfig, state: BatchState, folder: Path,
-          rstate: ResumeState, stats: Stats, outcomes: Outcomes,
+          rstate: ResumeState, stats: Stats, found: InputFilter, outcomes: Outcomes,
           parts: Parts) -> list[PartState]:
     """New parts for the requests neither answered, failed for good, nor in a part."""
     covered: set[str] = set()
     for part in state.parts:
         if part.step != "done":
             covered.update(read_meta(folder, part))
-    skip = _resume_filter(rstate, cfg.retry_failed, stats)
-    items = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                 skip_line=unchanged_filter(rstate, stats)),
-                       rstate, stats, _sendable(parts))
+    items = found.unreported(
+        iter_jobs(src, default_endpoint=cfg.endpoint, skip=found.skip(rstate, cfg.retry_failed),
+                  skip_line=found.skip_line(rstate)),
+        rstate, _sendable(parts), stats.note)
     limits = Limits(requests=bcfg.part_requests, bytes=MAX_BYTES, tokens=bcfg.queue_tokens)
     return plan_parts(items, state, folder, outcomes.prepare, limits, covered.__contains__)
 
