@@ -116,6 +116,8 @@ class Stats:
     #: how many times the circuit opened.
     outages: int = 0
     stopped: StopReason | None = None
+    #: what admission waits for besides the limits ("waiting for Redis ..."), else None.
+    waiting_for: str | None = None
     abandoned: bool = False
     still_bad: int = 0
     #: the requeue the engine holds (``retrying`` is its length); set by the engine.

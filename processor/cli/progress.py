@@ -63,9 +63,10 @@ def _rate(value: float, stats: Stats, name: str) -> str:
 
 
 def outage_line(stats: Stats) -> str:
-    """``server down since 14:02, probing every 8s`` while the server is down, else ``""``."""
+    """``server down since 14:02, probing every 8s`` while the server is down,
+    ``waiting for Redis ...`` while the shared limiter is, else ``""``."""
     if stats.outage_since is None:
-        return ""
+        return stats.waiting_for or ""
     since = time.strftime("%H:%M", time.localtime(stats.outage_since))
     every = f", probing every {human_duration(stats.probe_every)}" if stats.probe_every else ""
     return f"server down since {since}{every}"

@@ -115,7 +115,7 @@ class Engine:
         self.lanes = self.keys.lanes
         self.limiter = self.lanes[0].limiter
         self.sink = sink
-        self.outcomes = Outcomes(sink, self.stats, cost, self.limiter)
+        self.outcomes = Outcomes(sink, self.stats, cost, self.lanes[0].limiter_for)
         self.policy = policy or RetryPolicy()
         self.on_progress = on_progress
         self.progress_interval = progress_interval
@@ -216,8 +216,9 @@ class Engine:
         """Start one attempt of ``job`` on ``lane`` (its capacity already spent)."""
         job.lane = lane
         job.sent_at = self.now()
-        job.cum_requests = lane.limiter.cum_requests
-        job.cum_tokens = lane.limiter.cum_tokens
+        limiter = lane.limiter_for(job.model)
+        job.cum_requests = limiter.cum_requests
+        job.cum_tokens = limiter.cum_tokens
         self._in_flight += 1
         self.stats.sent(job.tokens)
         task = asyncio.get_running_loop().create_task(self._attempt(job))

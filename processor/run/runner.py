@@ -118,7 +118,7 @@ async def _run(
     counter = parts.counter
     skip = _resume_filter(state, cfg.retry_failed, stats)
     writer = ResultWriter(out_path, err_path)
-    async with parts.client() as client:
+    async with parts.client() as client, parts.limits():
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         # Bad lines reported before (by content) are not reported again.
         source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
