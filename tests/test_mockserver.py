@@ -477,12 +477,16 @@ async def test_stats_and_reset(make_client: MakeClient) -> None:
         "outage": 0,
         "tokens_charged": cost_of(CHAT, "/v1/chat/completions"),
         "by_status": {"200": 1, "429": 1, "400": 1},
+        "models": {"gpt-4o": {
+            "admitted": 1, "refused": 1, "tokens": cost_of(CHAT, "/v1/chat/completions"),
+            "first": stats["models"]["gpt-4o"]["first"],
+            "last": stats["models"]["gpt-4o"]["last"]}},
     }
     app_stats = client.app[STATS_KEY]
     assert isinstance(app_stats, MockStats) and app_stats.by_status[429] == 1
     assert client.app["stats"] is app_stats
     cleared = await (await client.post("/reset-stats")).json()
-    assert cleared["requests"] == 0 and cleared["by_status"] == {}
+    assert cleared["requests"] == 0 and cleared["by_status"] == {} and cleared["models"] == {}
 
 
 @pytest.mark.parametrize(
@@ -655,7 +659,9 @@ async def test_cli_survives_cut_streams(mock_api: Any, tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_cli_rides_out_a_short_outage(mock_api: Any, tmp_path: Path) -> None:
     api = await mock_api(outage_at=0, outage_for=0.5, outage_mode="mixed", seed=2)
+    t0 = time.monotonic()
     code, err, job = await _cli_run(api, tmp_path, 20)
+    print("FIRST", api.stats.models["gpt-4o-mini"]["first"] - t0)
     assert code == 0, err
     results = read_jsonl(tmp_path / "job.results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(f"req-{i}" for i in range(20))

@@ -27,15 +27,15 @@ __all__ = ["LimitOpt", "LimiterNamespaceOpt", "LimiterOpt", "LimitsFileOpt", "Sc
 PASSWORD_ENV = ("BATCHPROC_REDIS_PASSWORD", "REDIS_PASSWORD")
 
 LimitOpt = Annotated[list[str] | None, typer.Option(
-    "--limit", metavar="MODEL=RPM/TPM[/RPD/TPD]",
+    "--limit", metavar="MODEL=RPM/TPM(/RPD/TPD)",
     help="One model's limits (repeatable), e.g. --limit gpt-4o=500/30_000 --limit "
     "gpt-4o-mini=5000/2_000_000/-/20_000_000; '-' or nothing leaves one to the bare flag "
     "(or auto). Overrides --rpm/--tpm/--rpd/--tpd for that model.")]
 LimitsFileOpt = Annotated[Path | None, typer.Option(
-    help="A file of per-model limits: one MODEL=RPM/TPM[/RPD/TPD] a line, '#' comments "
+    help="A file of per-model limits: one MODEL=RPM/TPM(/RPD/TPD) a line, '#' comments "
     "(--limit wins for a model given in both).")]
 SharedOpt = Annotated[list[str] | None, typer.Option(
-    "--shared-bucket", metavar="MODEL,MODEL[,...]",
+    "--shared-bucket", metavar="MODEL,MODEL,...",
     help="Models the server counts in one bucket (an alias and its snapshot), e.g. "
     "gpt-4o,gpt-4o-2024-08-06; limited as the first (repeatable).")]
 ScopeOpt = Annotated[str, typer.Option(
