@@ -30,11 +30,13 @@ from .limit_options import (
     scope,
     shared_buckets,
 )
+from .merging import merge
 from .options import (
     AUTH_HEADERS,
     finite,
     is_local,
     parse_headers,
+    parse_shard_option,
     resolve_keys,
     run_loop,
     setup_logging,
@@ -69,6 +71,11 @@ def run(
     = None,
     errors: Annotated[Path | None, typer.Option(
         help="Errors file (default: <stem>.errors.jsonl beside the input).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Take only share K of N (K from 1 to N) of the lines, for N "
+        "workers: by custom_id, else by line number. Outputs default to "
+        "<stem>.shard-K-of-N.results.jsonl / .errors.jsonl; combine with `batchproc merge`.")]
+    = None,
     base_url: Annotated[str | None, typer.Option(
         help=f"API base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}).")] = None,
     endpoint: Annotated[str, typer.Option(
@@ -160,6 +167,7 @@ def run(
         check_input(input_path)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="JOBS.jsonl") from None
+    split = parse_shard_option(shard)
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     # A credential header of the user's own (a gateway's token) is what authenticates:
     # the ambient $OPENAI_API_KEY is not read, so it never goes to that gateway.
@@ -200,6 +208,7 @@ def run(
     config.limiter_password = redis_password() if config.limiter else None
     config.limiter_namespace = limiter_namespace
     config.allow_download = not offline
+    config.shard = split
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
@@ -343,6 +352,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 register(app)
+app.command("merge")(merge)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:

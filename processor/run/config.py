@@ -9,6 +9,7 @@ from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPO
 from ..cost import DEFAULT_MAX_TOKENS
 from ..jobs import DEFAULT_ENDPOINT
 from ..limits.models import ModelLimit
+from ..shards import Shard
 
 __all__ = ["JobConfig"]
 
@@ -53,6 +54,8 @@ class JobConfig:
         outage_window: seconds the server may stay down (most attempts failing with
             5xx or connection errors) while batchproc probes it, spending no attempts,
             before the run stops (resumable); 0 turns this off.
+        shard: take only this shard's lines (``--shard K/N``), with its own output
+            files and resume state (see :mod:`processor.shards`).
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -93,3 +96,4 @@ class JobConfig:
     limiter: str | None = field(default=None, repr=False)  # a URL may hold a password
     limiter_password: str | None = field(default=None, repr=False)
     limiter_namespace: str | None = None
+    shard: Shard | None = None

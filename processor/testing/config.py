@@ -49,6 +49,8 @@ class MockConfig:
         model_limits: limits per model, ``{"gpt-4o": (rpm, tpm, rpd, tpd)}`` (None: no
             limit; the daily ones may be left out): each has its own buckets and its own
             ``x-ratelimit-*`` headers, as OpenAI counts; other models use ``rpm``...
+        outage_from_first_request: count ``outage_at`` from the first request the server
+            sees instead of from its start (tests whose client takes a while to start).
 
     Raises:
         ValueError: a limit below 1 request / not positive, a probability outside [0, 1],
@@ -79,6 +81,7 @@ class MockConfig:
     outage_for: float = 0.0
     outage_mode: OutageMode = OutageMode.BAD_GATEWAY
     model_limits: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
+    outage_from_first_request: bool = False
 
     def __post_init__(self) -> None:
         limits = {m: tuple(v) + (None,) * (4 - len(v)) for m, v in self.model_limits.items()}
