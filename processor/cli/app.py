@@ -13,6 +13,7 @@ from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPO
 from ..cost import DEFAULT_MAX_TOKENS
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
+from ..limits.models import ModelLimit
 from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
@@ -24,11 +25,11 @@ from .limit_options import (
     LimitsFileOpt,
     ScopeOpt,
     SharedOpt,
+    check_namespace,
+    limit_plan,
     limiter_url,
     model_limits,
     redis_password,
-    scope,
-    shared_buckets,
 )
 from .merging import merge
 from .options import (
@@ -201,12 +202,13 @@ def run(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
-    config.limits = model_limits(limit, limits_file)
-    config.shared_buckets = shared_buckets(shared_bucket)
-    config.limit_scope = scope(limit_scope)
+    plan = limit_plan(ModelLimit(config.rpm, config.tpm, config.rpd, config.tpd), limit,
+                      limits_file, shared_bucket, limit_scope)
+    config.limits, config.limit_scope = plan.per_model, plan.scope.value
+    config.shared_buckets = plan.shared
     config.limiter = limiter_url(limiter)
     config.limiter_password = redis_password() if config.limiter else None
-    config.limiter_namespace = limiter_namespace
+    config.limiter_namespace = check_namespace(limiter_namespace)
     config.allow_download = not offline
     config.shard = split
     # The live display only when a person watches: both streams on a terminal.

@@ -12,6 +12,7 @@ import typer
 
 from ..errors import ConfigError
 from ..limits.models import (
+    LimitPlan,
     ModelLimit,
     Scope,
     parse_limit_spec,
@@ -21,7 +22,8 @@ from ..limits.models import (
 from ..limits.redis import check_url
 
 __all__ = ["LimitOpt", "LimiterNamespaceOpt", "LimiterOpt", "LimitsFileOpt", "ScopeOpt",
-           "SharedOpt", "model_limits", "redis_password", "scope", "shared_buckets"]
+           "SharedOpt", "check_namespace", "limit_plan", "limiter_url", "model_limits",
+           "redis_password", "scope", "shared_buckets"]
 
 #: environment variables read for the Redis password when the URL has none, in order.
 PASSWORD_ENV = ("BATCHPROC_REDIS_PASSWORD", "REDIS_PASSWORD")
@@ -116,3 +118,25 @@ def redis_password() -> str | None:
         if value:
             return value
     return None
+
+
+def limit_plan(defaults: ModelLimit, limit: list[str] | None, limits_file: Path | None,
+               shared: list[str] | None, limit_scope: str) -> LimitPlan:
+    """The per-model options as one checked :class:`LimitPlan`."""
+    try:
+        return LimitPlan(defaults, per_model=model_limits(limit, limits_file),
+                         shared=shared_buckets(shared), scope=Scope(scope(limit_scope)))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--limit / --shared-bucket") from None
+
+
+def check_namespace(value: str | None) -> str | None:
+    """``--limiter-namespace``, checked: printable, no braces (they tag Redis Cluster
+    slots) and no spaces."""
+    if value is None:
+        return None
+    if not value or len(value) > 200 or any(c in value for c in "{} \t\r\n") \
+            or not value.isprintable():
+        raise typer.BadParameter("1 to 200 printable characters, no spaces or braces",
+                                 param_hint="--limiter-namespace")
+    return value

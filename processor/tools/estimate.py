@@ -21,6 +21,7 @@ from typing import Any
 from ..cost import TokenCounter, base_model_name
 from ..errors import ConfigError, JobFormatError
 from ..jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
+from ..limits.models import LimitPlan, ModelLimit, Scope
 from ..shards import Shard
 
 __all__ = [
@@ -170,6 +171,7 @@ def estimate_job(
     tpm: float | None = None,
     endpoint: str = DEFAULT_ENDPOINT,
     shard: Shard | None = None,
+    plan: LimitPlan | None = None,
 ) -> Estimate:
     """Count, price and time a job file without sending anything.
 
@@ -185,11 +187,15 @@ def estimate_job(
         rpm, tpm: the limits the run will use, for ``min_seconds``.
         endpoint: the endpoint of lines that name none.
         shard: count only this shard's lines (``--shard K/N``).
+        plan: limits per model (``--limit``, shared buckets, the scope); then ``rpm`` and
+            ``tpm`` are unused (the plan's defaults are the bare flags) and the least
+            time is the longest of the buckets', which run at once.
     """
     counter = counter if counter is not None else TokenCounter()
     est = Estimate()
     sent_requests = sent_tokens = 0
     keep = shard.line_filter() if shard is not None else None
+    by_bucket: dict[str, list[int]] = {}
     for item in iter_jobs(path, default_endpoint=endpoint, keep=keep):
         try:
             cost = None if isinstance(item, BadLine) else counter.cost(item.body, item.url)
@@ -205,11 +211,16 @@ def estimate_job(
         totals.prompt_tokens += cost.prompt_tokens
         totals.max_completion_tokens += cost.completion_tokens
         totals.image_tokens += cost.image_tokens
-        if tpm and cost.total > tpm:
+        whole = tpm if plan is None else _whole_tpm(plan, item.model)
+        if whole and cost.total > whole:
             est.too_large += 1
         else:
             sent_requests += 1
             sent_tokens += cost.total
+            if plan is not None:
+                sent = by_bucket.setdefault(plan.bucket(item.model), [0, 0])
+                sent[0] += 1
+                sent[1] += cost.total
     for model, totals in est.by_model.items():
         est.requests += totals.requests
         est.prompt_tokens += totals.prompt_tokens
@@ -226,6 +237,37 @@ def estimate_job(
         est.cost_usd += totals.cost_usd
     est.unpriced_models.sort()
     est.total_tokens = est.prompt_tokens + est.max_completion_tokens
-    est.min_seconds, est.binding_limit = min_seconds(sent_requests, sent_tokens, rpm, tpm)
+    if plan is None:
+        est.min_seconds, est.binding_limit = min_seconds(sent_requests, sent_tokens, rpm, tpm)
+    else:
+        est.min_seconds, est.binding_limit = _plan_seconds(plan, by_bucket, sent_requests,
+                                                           sent_tokens)
     est.token_counts = counter.mode if est.requests else "estimate"
     return est
+
+
+def _whole_tpm(plan: LimitPlan, model: str | None) -> float | None:
+    """The smallest tokens/min a request of ``model`` must fit in whole (None: none)."""
+    given = [plan.limit(plan.bucket(model)).tpm]
+    if plan.scope is Scope.KEY:
+        given.append(plan.defaults.tpm)
+    return min((v for v in given if v), default=None)
+
+
+def _plan_seconds(plan: LimitPlan, by_bucket: Mapping[str, list[int]], requests: int,
+                  tokens: int) -> tuple[float | None, str | None]:
+    """The least time under limits per model: every bucket runs at its own limits at
+    once, so the slowest bucket (or, with the key scope, the key's own flags) sets it."""
+    best: tuple[float | None, str | None] = (None, None)
+    candidates = []
+    for bucket, (n, t) in by_bucket.items():
+        own = plan.per_model.get(bucket, ModelLimit()) if plan.scope is Scope.KEY \
+            else plan.limit(bucket)
+        seconds, limit = min_seconds(n, t, own.rpm, own.tpm)
+        candidates.append((seconds, f"{limit} {bucket or '(no model)'}" if limit else None))
+    if plan.scope is Scope.KEY:
+        candidates.append(min_seconds(requests, tokens, plan.defaults.rpm, plan.defaults.tpm))
+    for seconds, limit in candidates:
+        if seconds is not None and (best[0] is None or seconds > best[0]):
+            best = (seconds, limit)
+    return best
