@@ -238,3 +238,31 @@ def test_redis_py_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(ConfigError, match="pip install 'batchproc\\[redis\\]'"):
         RedisBudget("redis://127.0.0.1:1/0", namespace="t")
+
+
+async def test_scope_key_counters_are_shared_by_the_keys_models(redis_server: RedisServer
+                                                               ) -> None:
+    """--limit-scope key: the key-wide counter lives in one hash every model passes."""
+    budget = RedisBudget(redis_server.url, namespace="scope")
+    key_wide = rpm(1200)  # 20 a second for the whole key
+    a = RedisLimiter(budget, [budget.key("k", "a"), budget.key("k", None)], [rpm(60_000)],
+                     [key_wide])
+    b = RedisLimiter(budget, [budget.key("k", "b"), budget.key("k", None)], [rpm(60_000)],
+                     [key_wide])
+    await a.acquire(1)
+    await b.acquire(1)
+    await asyncio.sleep(1.1)  # the key-wide counter is full: 20
+    waits = [await (a if i % 2 else b).acquire(1) for i in range(40)]
+    assert 20 <= sum(1 for w in waits if w == 0) <= 22
+    assert a.binding(1, 0) is key_wide or b.binding(1, 0) is key_wide
+    await budget.aclose()
+
+
+async def test_nonsense_remaining_headers_stay_bounded(limiters: Make) -> None:
+    limiter = limiters(rpm(6000))
+    await asyncio.sleep(await limiter.acquire(1))
+    assert await limiter.acquire(1) == 0.0
+    limiter.sync(6000, -1e300, None, None, sent_at=limiter.now(),
+                 cum_requests=limiter.cum_requests, cum_tokens=limiter.cum_tokens, force=True)
+    await settle(limiter)
+    assert await limiter.acquire(1) < 1.0  # at worst one request's wait, not forever

@@ -366,6 +366,7 @@ class RedisLimiter(Limiter):
                 continue
             back = 0.0 if refused_tokens is None else float(unit.amount(refused_tokens))
             c = mirror.counter
+            left = min(max(0.0, float(left)), c.limit)  # a server's nonsense stays bounded
             args += ["1", _field(c, True), repr(c.limit / c.period), repr(MINUTE),
                      repr(float(left) + back), "m", "q" if unit is Unit.REQUESTS else "t"]
             n += 1

@@ -134,6 +134,12 @@ def long_wait_stop(lane: Lane, tokens: int, wait: float, *, key: str = "",
     return None
 
 
+def _admits_now(lane: Lane, job: Job) -> bool:
+    """The fast path: ``lane``'s local counters admit ``job`` now (and spent for it)."""
+    limiter = lane.limiter_for(job.model)
+    return not limiter.remote and limiter.try_acquire(job.tokens) <= 0
+
+
 class Control(Protocol):
     """What admission (and an attempt) needs from the engine that runs it."""
 
@@ -266,8 +272,7 @@ class Admission:
                     return  # never sent: a resumed run will pick it up
                 if self.outage is not None:
                     self.outage.probing(job)
-            elif lane is None or held.waiting(bucket) or lane.limiter_for(job.model).remote \
-                    or lane.limiter_for(job.model).try_acquire(job.tokens) > 0:
+            elif lane is None or held.waiting(bucket) or not _admits_now(lane, job):
                 # Not the fast path (one key, capacity available now): the request waits
                 # in its model's line, and the loop goes on with the next one.
                 held.hold(bucket, job)
