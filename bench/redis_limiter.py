@@ -116,18 +116,19 @@ def model_rates(stats: dict[str, Any]) -> dict[str, float]:
             for m, v in stats["models"].items() if v["admitted"] > 1}
 
 
-def four_workers(folder: Path, redis: Redis, limit: int, n: int) -> dict[str, Any]:
+def four_workers(folder: Path, redis: Redis | None, limit: int, n: int) -> dict[str, Any]:
     tpm = 10_000_000
-    path = job(folder / "four.jsonl", [("gpt-4o-mini", n)])
-    with MockServer(folder / "mock4.log", rpm=limit, tpm=tpm, initial_fill=0.0) as mock:
+    name = "four" if redis else "four-alone"
+    path = job(folder / f"{name}.jsonl", [("gpt-4o-mini", n)])
+    with MockServer(folder / f"{name}.log", rpm=limit, tpm=tpm, initial_fill=0.0) as mock:
         flags = ["--base-url", mock.base_url, "--rpm", str(limit), "--tpm", str(tpm),
-                 "--limiter", redis.url, "--max-in-flight", "64"]
+                 "--max-in-flight", "64"] + (["--limiter", redis.url] if redis else [])
         start = time.monotonic()
         procs = [run([str(path), *flags, "--shard", f"{k}/4"]) for k in range(1, 5)]
         codes = [p.wait(3600) for p in procs]
         wall = time.monotonic() - start
         stats = mock.stats()
-    merged = folder / "four.merged.jsonl"
+    merged = folder / f"{name}.merged.jsonl"
     merge = subprocess.run([BATCHPROC, "merge", "--job", str(path), "-o", str(merged)],
                            env=client_env(), capture_output=True)
     ids = [orjson.loads(line)["custom_id"] for line in merged.read_bytes().splitlines()]
@@ -178,6 +179,11 @@ def main() -> None:
                   f"{four['rate']:.0f}/min = {four['efficiency']:.1%} of the limit (server "
                   f"side, first to last admission); {four['wall_efficiency']:.1%} over the "
                   f"whole wall time ({four['wall_s']:.1f} s, process start included)")
+            alone = four_workers(folder, None, limit, int(limit * seconds / 60))
+            print(f"the same without --limiter (each worker on its own counters): exactly "
+                  f"once {alone['exactly_once']}, 429s {alone['n_429']}, combined "
+                  f"{alone['rate']:.0f}/min = {alone['efficiency']:.1%} of the limit; "
+                  f"{alone['wall_efficiency']:.1%} over the whole wall time")
             for how in ("auto", "flags", "flags+redis"):
                 two = two_models(folder, redis, how, 3000, 600, seconds)
                 print(f"two models (3,000 and 600 /min), {how}: {two['ok']}/{two['n']} ok, "
