@@ -5,6 +5,7 @@ bare flags count, and the Redis password from the environment never printed."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -58,19 +59,20 @@ def test_help_says_what_the_bare_flags_count() -> None:
     assert "for each model" in text and "--limit-scope" in text and "--limiter" in text
 
 
+def estimate_json(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, ["estimate", *args, "--json", "--offline"])
+    assert result.exit_code == 0, result.output
+    return orjson.loads(result.stdout.strip().splitlines()[-1])  # stdout: the JSON only
+
+
 def test_estimate_with_limits_per_model(tmp_path: Path) -> None:
     lines = [chat_line(i, model="gpt-4o") for i in range(120)] + \
         [chat_line(1000 + i, model="gpt-4o-mini") for i in range(100)]
     job = write_jsonl(tmp_path / "job.jsonl", lines)
-    code, out = invoke("estimate", str(job), "--json", "--offline", "--rpm", "6000",
-                       "--limit", "gpt-4o=60")
-    assert code == 0, out
-    est = orjson.loads(out)
+    est = estimate_json(str(job), "--rpm", "6000", "--limit", "gpt-4o=60")
     # The models run at once, each at its own limit: gpt-4o's 120 at 60/min set it.
     assert est["min_seconds"] == pytest.approx(120.0) and est["binding_limit"] == "rpm gpt-4o"
-    code, out = invoke("estimate", str(job), "--json", "--offline", "--rpm", "100",
-                       "--limit", "gpt-4o=60", "--limit-scope", "key")
-    est = orjson.loads(out)
+    est = estimate_json(str(job), "--rpm", "100", "--limit", "gpt-4o=60", "--limit-scope", "key")
     # Scope key: the key's 100/min over all 220 requests binds (132 s).
     assert est["min_seconds"] == pytest.approx(132.0) and est["binding_limit"] == "rpm"
 

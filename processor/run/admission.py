@@ -276,6 +276,8 @@ class Admission:
                 # Not the fast path (one key, capacity available now): the request waits
                 # in its model's line, and the loop goes on with the next one.
                 held.hold(bucket, job)
+                # Let its line's task ask for it now, before the next line is read.
+                await asyncio.sleep(0)
                 continue
             run.send(job, lane)
 
