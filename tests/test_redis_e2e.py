@@ -131,3 +131,22 @@ async def test_redis_that_never_comes_back_stops_the_run_resumable(
     assert code == 75, err
     assert "unreachable" in err and "rerun" in err
     assert api.stats.requests == 0
+
+
+async def test_kill_9_and_rerun_with_redis_answers_each_once(
+        mock_api: Any, redis_server: RedisServer, tmp_path: Path) -> None:
+    api = await mock_api(rpm=1200, tpm=1_000_000, initial_fill=0.0)
+    n = 40
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
+    flags = ["--rpm", "1200", "--tpm", "1000000", "--limiter", redis_server.url]
+    proc = await start_cli(job, api.base_url, *flags, max_in_flight=8)
+    for _ in range(3000):
+        if api.stats.ok >= 10:
+            break
+        await asyncio.sleep(0.02)
+    proc.kill()  # SIGKILL: no grace, no summary
+    await proc.wait()
+    code, err = await finish(await start_cli(job, api.base_url, *flags, max_in_flight=8))
+    assert code == 0, err
+    ids = [r["custom_id"] for r in read_jsonl(tmp_path / "job.results.jsonl")]
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(n))  # each exactly once
