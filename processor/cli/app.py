@@ -11,6 +11,7 @@ import typer
 
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
+from ..cost.packing import parse_pack
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..limits.models import ModelLimit
@@ -162,6 +163,11 @@ def run(
         "errors) while batchproc probes it without spending attempts (or a --limiter Redis "
         "stays unreachable); then the run stops (exit 75, rerun to resume). 0: off.")]
     = 1800.0,
+    pack: Annotated[str, typer.Option(
+        help="Send consecutive embeddings (and legacy completions) requests that differ "
+        "only in their input as one request of up to N inputs, within the model's limits "
+        "and one TPM burst; each line still gets its own result. 'auto': as many as those "
+        "limits allow; 'off': never.")] = "off",
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -209,6 +215,10 @@ def run(
     config.limiter = limiter_url(limiter)
     config.limiter_password = redis_password() if config.limiter else None
     config.limiter_namespace = check_namespace(limiter_namespace)
+    try:
+        config.pack = parse_pack(pack)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pack") from None
     config.allow_download = not offline
     config.shard = split
     # The live display only when a person watches: both streams on a terminal.

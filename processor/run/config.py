@@ -54,6 +54,9 @@ class JobConfig:
         outage_window: seconds the server may stay down (most attempts failing with
             5xx or connection errors) while batchproc probes it, spending no attempts,
             before the run stops (resumable); 0 turns this off.
+        pack: send consecutive embeddings (and legacy completions) requests that differ
+            only in their input as one request of at most this many inputs, or
+            ``"auto"``; None: never (see :mod:`processor.run.packing`).
         shard: take only this shard's lines (``--shard K/N``), with its own output
             files and resume state (see :mod:`processor.shards`).
     """
@@ -96,4 +99,5 @@ class JobConfig:
     limiter: str | None = field(default=None, repr=False)  # a URL may hold a password
     limiter_password: str | None = field(default=None, repr=False)
     limiter_namespace: str | None = None
+    pack: int | str | None = None
     shard: Shard | None = None

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..cost import TokenCounter, base_model_name
+from ..cost.packing import Packs
 from ..errors import ConfigError, JobFormatError
 from ..jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
 from ..limits.models import LimitPlan, ModelLimit, Scope
@@ -84,6 +85,9 @@ class Estimate:
     """The figures of one job (see :func:`estimate_job`); ``to_dict`` is the ``--json``."""
 
     requests: int = 0
+    #: HTTP requests the run will send (fewer than ``requests`` with ``--pack``).
+    http_requests: int = 0
+    pack: int | str | None = None
     bad_lines: int = 0
     prompt_tokens: int = 0
     max_completion_tokens: int = 0
@@ -170,6 +174,8 @@ def estimate_job(
     rpm: float | None = None,
     tpm: float | None = None,
     endpoint: str = DEFAULT_ENDPOINT,
+    pack: int | str | None = None,
+    burst_seconds: float = 1.0,
     shard: Shard | None = None,
     plan: LimitPlan | None = None,
 ) -> Estimate:
@@ -186,14 +192,21 @@ def estimate_job(
         prices: model prefix -> :class:`Price` (see :func:`price_for`).
         rpm, tpm: the limits the run will use, for ``min_seconds``.
         endpoint: the endpoint of lines that name none.
+        pack: ``--pack`` (a size, ``"auto"`` or None): requests are counted as the run
+            packs them (:class:`~processor.cost.packing.Packs`, a pack's tokens within
+            ``burst_seconds`` of ``tpm``), so ``min_seconds`` is the packed bound.
+        burst_seconds: the run's burst (``--burst-seconds``).
         shard: count only this shard's lines (``--shard K/N``).
         plan: limits per model (``--limit``, shared buckets, the scope); then ``rpm`` and
             ``tpm`` are unused (the plan's defaults are the bare flags) and the least
             time is the longest of the buckets', which run at once.
     """
     counter = counter if counter is not None else TokenCounter()
-    est = Estimate()
+    est = Estimate(pack=pack)
     sent_requests = sent_tokens = 0
+    burst = tpm / 60.0 * burst_seconds if tpm else None
+    packs: Packs[str] | None = Packs(pack if isinstance(pack, int) else None,
+                                     lambda: burst) if pack else None
     keep = shard.line_filter() if shard is not None else None
     by_bucket: dict[str, list[int]] = {}
     for item in iter_jobs(path, default_endpoint=endpoint, keep=keep):
@@ -215,12 +228,19 @@ def estimate_job(
         if whole and cost.total > whole:
             est.too_large += 1
         else:
-            sent_requests += 1
             sent_tokens += cost.total
-            if plan is not None:
-                sent = by_bucket.setdefault(plan.bucket(item.model), [0, 0])
-                sent[0] += 1
-                sent[1] += cost.total
+            bucket = plan.bucket(item.model) if plan is not None else ""
+            sent = by_bucket.setdefault(bucket, [0, 0])
+            sent[1] += cost.total
+            # Requests as the run sends them: packed (a pack is one request) or not.
+            done = [[bucket]] if packs is None else packs.add(bucket, item.url, item.body,
+                                                              item.model, cost.total)
+            for one in done:
+                sent_requests += 1
+                by_bucket[one[0]][0] += 1
+    for one in packs.flush() if packs is not None else []:
+        sent_requests += 1
+        by_bucket[one[0]][0] += 1
     for model, totals in est.by_model.items():
         est.requests += totals.requests
         est.prompt_tokens += totals.prompt_tokens
@@ -237,6 +257,7 @@ def estimate_job(
         est.cost_usd += totals.cost_usd
     est.unpriced_models.sort()
     est.total_tokens = est.prompt_tokens + est.max_completion_tokens
+    est.http_requests = sent_requests
     if plan is None:
         est.min_seconds, est.binding_limit = min_seconds(sent_requests, sent_tokens, rpm, tpm)
     else:
