@@ -106,8 +106,11 @@ def job(path: Path, models: list[tuple[str, int]]) -> Path:
     return path
 
 
-def run(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([BATCHPROC, *args, "--quiet"], env=client_env(),
+def run(args: list[str], client: str = BATCHPROC) -> subprocess.Popen[bytes]:
+    env = client_env()
+    if client != BATCHPROC:
+        env.pop("PYTHONPATH", None)  # the other build's own code, not this tree's
+    return subprocess.Popen([client, *args, "--quiet"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -140,17 +143,17 @@ def four_workers(folder: Path, redis: Redis | None, limit: int, n: int) -> dict[
 
 
 def two_models(folder: Path, redis: Redis, how: str, big: int, small: int,
-               seconds: float) -> dict[str, Any]:
+               seconds: float, client: str = BATCHPROC) -> dict[str, Any]:
     n_big, n_small = int(big * seconds / 60), int(small * seconds / 60)
     path = job(folder / f"two-{how}.jsonl", [("gpt-4o-mini", n_big), ("gpt-4o", n_small)])
     opts = ["--limit", f"gpt-4o-mini={big}/40_000_000", "--limit", f"gpt-4o={small}/8_000_000"]
     with MockServer(folder / f"mock-{how}.log", initial_fill=0.02, options=opts) as mock:
         flags = ["--base-url", mock.base_url, "--max-in-flight", "64"]
-        if how != "auto":
+        if not how.endswith("auto"):
             flags += ["--rpm", str(big), "--tpm", "40000000"]
         if "redis" in how:
             flags += ["--limiter", redis.url, "--limiter-namespace", f"two-{how}"]
-        code = run([str(path), *flags]).wait(3600)
+        code = run([str(path), *flags], client).wait(3600)
         stats = mock.stats()
     rates = model_rates(stats)
     return {"how": how, "code": code, "ok": stats["ok"], "n": n_big + n_small,
@@ -161,6 +164,8 @@ def two_models(folder: Path, redis: Redis, how: str, big: int, small: int,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter runs (~1 min in all)")
+    parser.add_argument("--before", metavar="BATCHPROC", help="also run the two-model job "
+                        "with this client (e.g. an older build), for comparison")
     a = parser.parse_args()
     seconds = 15.0 if a.quick else 45.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,6 +194,11 @@ def main() -> None:
                 print(f"two models (3,000 and 600 /min), {how}: {two['ok']}/{two['n']} ok, "
                       f"exit {two['code']}, 429s {two['n_429']}; gpt-4o-mini at "
                       f"{two['big']:.1%} of its limit, gpt-4o at {two['small']:.1%}")
+            for how in ("auto", "flags") if a.before else ():
+                two = two_models(folder, redis, f"before-{how}", 3000, 600, seconds, a.before)
+                print(f"  with {a.before}, {how}: {two['ok']}/{two['n']} ok, exit "
+                      f"{two['code']}, 429s {two['n_429']}; gpt-4o-mini at {two['big']:.1%} "
+                      f"of its limit, gpt-4o at {two['small']:.1%}")
         finally:
             redis.stop()
 
