@@ -41,7 +41,7 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 90) -> tuple
 
 async def test_four_workers_share_one_redis_budget(mock_api: Any, redis_server: RedisServer,
                                                    tmp_path: Path) -> None:
-    limit = 1200  # requests/min: 20 a second (scaled down from real limits for speed)
+    limit = 2400  # requests/min: 40 a second (scaled down from real limits for speed)
     api = await mock_api(rpm=limit, tpm=1_000_000, initial_fill=0.0)
     n = 120
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
@@ -74,7 +74,8 @@ async def test_two_models_each_at_its_own_limit(how: str, mock_api: Any,
     big, small = 1800, 360  # per minute: 30 and 6 a second (the 3,000 / 600 of a real tier)
     api = await mock_api(initial_fill=0.02, model_limits={
         "gpt-4o-mini": (big, 2_000_000), "gpt-4o": (small, 400_000)})
-    lines = [chat_line(i, model="gpt-4o" if i % 6 == 0 else "gpt-4o-mini") for i in range(180)]
+    n = 120
+    lines = [chat_line(i, model="gpt-4o" if i % 6 == 0 else "gpt-4o-mini") for i in range(n)]
     job = write_jsonl(tmp_path / "job.jsonl", lines)
     extra = [] if how == "auto" else ["--rpm", str(big), "--tpm", "2000000"]
     if how.endswith("redis"):
@@ -82,7 +83,7 @@ async def test_two_models_each_at_its_own_limit(how: str, mock_api: Any,
     code, err = await finish(await start_cli(job, api.base_url, *extra, max_in_flight=32))
     assert code == 0, err
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "job.results.jsonl")) == \
-        sorted(f"req-{i}" for i in range(180))
+        sorted(f"req-{i}" for i in range(n))
     models = api.stats.models
     fast, slow = models["gpt-4o-mini"], models["gpt-4o"]
     assert api.stats.n_429 <= 8, api.stats.to_dict()
@@ -97,10 +98,10 @@ async def test_two_models_each_at_its_own_limit(how: str, mock_api: Any,
 
 async def test_redis_stopped_mid_run_then_restarted(mock_api: Any, redis_server: RedisServer,
                                                     tmp_path: Path) -> None:
-    api = await mock_api(rpm=600, tpm=1_000_000, initial_fill=0.0)
+    api = await mock_api(rpm=1200, tpm=1_000_000, initial_fill=0.0)
     n = 40
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
-    proc = await start_cli(job, api.base_url, "--rpm", "600", "--tpm", "1000000",
+    proc = await start_cli(job, api.base_url, "--rpm", "1200", "--tpm", "1000000",
                            "--limiter", redis_server.url, max_in_flight=8)
     for _ in range(3000):  # until 10 are answered (the server's counters are polled)
         if api.stats.ok >= 10:
@@ -109,7 +110,7 @@ async def test_redis_stopped_mid_run_then_restarted(mock_api: Any, redis_server:
     redis_server.stop()
     await asyncio.sleep(0.05)  # what was admitted before the stop reaches the server
     at_stop = api.stats.requests
-    await asyncio.sleep(1.5)  # Redis down: 15 requests' worth of time at 10 a second
+    await asyncio.sleep(1.5)  # Redis down: 30 requests' worth of time at 20 a second
     while_down = api.stats.requests - at_stop
     redis_server.start()
     code, err = await finish(proc)
@@ -127,7 +128,7 @@ async def test_redis_that_never_comes_back_stops_the_run_resumable(
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(5)])
     redis_server.stop()
     code, err = await finish(await start_cli(job, api.base_url, "--rpm", "600", "--limiter",
-                                             redis_server.url, "--outage-window", "2"))
+                                             redis_server.url, "--outage-window", "1"))
     assert code == 75, err
     assert "unreachable" in err and "rerun" in err
     assert api.stats.requests == 0
