@@ -212,3 +212,19 @@ async def test_a_spent_daily_budget_of_one_model_stops_the_run() -> None:
     assert stats.stop_reason is not None and "daily budget" in stats.stop_reason
     assert len([1 for _, c in server.sent if c.startswith("a-")]) == 3
     assert math.isfinite(clock.now)
+
+
+def test_a_packs_token_budget_is_its_models_counters() -> None:
+    """--pack with limits per model: a pack of gpt-4o lines fits gpt-4o's TPM burst."""
+    from processor.run.config import JobConfig
+    from processor.run.lanes import build_lanes
+    from processor.run.packing import Packer
+    from processor.stats import Stats
+
+    cfg = JobConfig(tpm=600_000, limits={"small": ModelLimit(None, 6_000)})
+    lanes = build_lanes(cfg, [(None, None, None)])
+    packer = Packer(None, lambda item: item if isinstance(item, Job) else None, lanes, Stats())
+    packer._model = "small"
+    assert packer.budget() == pytest.approx(100.0)  # 6,000/min: a burst of one second
+    packer._model = "big"
+    assert packer.budget() == pytest.approx(10_000.0)
