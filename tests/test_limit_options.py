@@ -84,3 +84,25 @@ def test_the_redis_password_from_the_environment_is_never_printed(job: Path) -> 
                        env={"BATCHPROC_REDIS_PASSWORD": secret})
     assert code == 75, out  # Redis never came: stopped, resumable
     assert "unreachable" in out and secret not in out
+
+
+def test_the_display_says_waiting_for_redis_verbatim() -> None:
+    import io
+
+    from rich.console import Console
+
+    from processor.cli.progress import LiveReporter, PlainReporter
+    from processor.stats import Stats
+
+    stats = Stats(total=10)
+    stats.waiting_for = ("waiting for Redis at redis://:***@h:6379/0 for 3s (ConnectionError: "
+                         "[Errno 111] [/bold] refused); nothing is sent without the shared "
+                         "budget")
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=300)
+    with LiveReporter(console) as live:
+        live(stats)
+    plain = io.StringIO()
+    PlainReporter(plain)(stats)
+    for text in (out.getvalue(), plain.getvalue()):
+        assert "waiting for Redis" in text and "[/bold]" in text and "[Errno 111]" in text

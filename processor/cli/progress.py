@@ -160,7 +160,9 @@ class LiveReporter:
         )
         outage = outage_line(stats)
         if outage:
-            detail += f"\n[bold red]{outage}[/]"
+            from rich.markup import escape  # a server's or Redis's words are not markup
+
+            detail += f"\n[bold red]{escape(outage)}[/]"
         self._live.update(self._render(detail))
 
     def __enter__(self) -> LiveReporter:
