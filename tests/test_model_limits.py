@@ -228,3 +228,33 @@ def test_a_packs_token_budget_is_its_models_counters() -> None:
     assert packer.budget() == pytest.approx(100.0)  # 6,000/min: a burst of one second
     packer._model = "big"
     assert packer.budget() == pytest.approx(10_000.0)
+
+
+async def test_a_fallback_model_is_charged_to_its_own_counters() -> None:
+    """Requests moved to --fallback-model go at the fallback's limit, not the first's."""
+    from processor.errors import APIError, RateLimited
+    from processor.run.retry import Fallback
+
+    clock = FakeClock()
+    sent_models: list[tuple[float, str]] = []
+
+    class ModelServer(Server):
+        async def post(self, endpoint: str, payload: bytes, *, headers: Any = None,
+                       model: str | None = None) -> Any:
+            sent_models.append((clock.now, model or ""))
+            return await super().post(endpoint, payload, headers=headers, model=model)
+
+    def fail(cid: str, n: int) -> APIError | None:
+        return RateLimited("busy", status=429, retry_after=0.0) if n == 1 else None
+
+    server = ModelServer(clock, latency=0.1, fail=fail)
+    plan = LimitPlan(per_model={"a": ModelLimit(6000), "b": ModelLimit(60)}, auto_rpm=False,
+                     auto_tpm=False)
+    eng, sink = _engine(clock, server, plan, fallback=Fallback("b", after=1),
+                        outage_window=0)
+    stats = await clock.drive(eng.run(_jobs(["a"] * 5)))
+    assert stats.ok == 5 and stats.fallbacks == 5
+    on_b = [t for t, m in sent_models if m == "b"]
+    assert len(on_b) == 5
+    for k, t in enumerate(on_b):  # at b's 60/min, from b's own (empty) counter
+        assert k + 1 <= t + 1 + 1e-9
