@@ -31,7 +31,8 @@ class Lane:
         limiter: this key's counters.
         headers: auth headers for this key (None: the client's default).
         retired: set once the server refused the key (401/403).
-        models: the key's limiters per model bucket (None: ``limiter`` for all models).
+        models: the key's limiters per model bucket (None: ``limiter`` for all models;
+            else ``limiter`` holds the bare flags for calls that are no model's).
     """
 
     name: str | None

@@ -47,7 +47,10 @@ def build_lanes(cfg: JobConfig,
     """One lane per ``(name, key, headers)``, each with its limiters per model bucket
     (in Redis when ``budget`` is given, named by a fingerprint of the key)."""
     plan = limit_plan(cfg)
-    return [Lane(name, Limiter(), headers,
+    # ``Lane.limiter``: the bare flags, for calls that are no model's (the Batch API's
+    # files and batches); requests go by ``Lane.limiter_for(model)``.
+    return [Lane(name, Limiter.per_minute(cfg.rpm, cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd,
+                                          burst_seconds=cfg.burst_seconds), headers,
                  models=ModelLimiters(plan, _factory(cfg, key, budget)))
             for name, key, headers in keys]
 
