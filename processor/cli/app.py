@@ -18,9 +18,9 @@ from ..jobs import DEFAULT_ENDPOINT
 from ..limits.models import ModelLimit
 from ..run.runner import JobConfig, run_job
 from ..stats import Stats
-from ..store.paths import check_distinct, check_input, check_output
+from ..store.paths import check_input
 from .batch import batch_config, choose_via, register_batches, run_batch
-from .commands import io_failure, parse_limit, register
+from .commands import parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
 from .limit_options import (
     LimiterNamespaceOpt,
@@ -48,6 +48,7 @@ from .options import (
     split_secret_headers,
 )
 from .progress import LiveReporter, PlainReporter, format_summary
+from .sorting import register_sort
 
 __all__ = ["app", "main"]
 
@@ -341,62 +342,8 @@ def mock_server(
         queue_tokens=batch_queue_tokens))
 
 
-@app.command("sort")
-def sort(
-    results: Annotated[Path, typer.Argument(metavar="RESULTS.jsonl", help="A results file.")],
-    input_path: Annotated[Path, typer.Option(
-        "--input", help="The job file whose order to follow.")],
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Where to write (default: <results stem>.sorted.jsonl).")]
-    = None,
-    chunk_size: Annotated[int, typer.Option(
-        min=1000, help="Pairs sorted in memory at a time (memory bound).")] = 100_000,
-) -> None:
-    """Write results in input order, in bounded memory (an external sort on disk)."""
-    from ..tools.ordering import sort_results
-
-    for path in (results, input_path):
-        if not path.is_file():
-            raise typer.BadParameter(f"no such file: {path}")
-    if output is None:
-        stem = results.name.removesuffix(".jsonl")
-        output = results.with_name(f"{stem}.sorted.jsonl")
-    try:
-        check_output(output, "--output", "give a file")
-        check_distinct([("RESULTS.jsonl", results), ("--input", input_path)],
-                       [("--output", output)])
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--output") from None
-    before = _stamp(output)
-    try:
-        stats = sort_results(results, input_path, output, chunk=chunk_size)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    except OSError as exc:
-        written = _stamp(output) not in (None, before)
-        if written:  # a cut-off copy would look complete (an untouched old one is kept)
-            output.unlink(missing_ok=True)
-        raise io_failure(exc, output, " (the partial output was removed)" if written else ""
-                         ) from None
-    typer.echo(
-        f"wrote {stats.written:,} results in input order to {output}; "
-        f"{stats.missing:,} input lines have no result"
-        + (f", {stats.unmatched:,} results are not in the input (put last)"
-           if stats.unmatched else "")
-        + (f", {stats.duplicates:,} repeated results left out" if stats.duplicates else ""),
-        err=True,
-    )
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 register(app)
+register_sort(app)
 app.command("merge")(merge)
 register_batches(app)
 
