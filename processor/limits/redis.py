@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .counter import DAY, MINUTE, Counter, Unit
@@ -175,8 +175,11 @@ class RedisBudget:
             log.debug("Redis feedback (%s) lost: %s", args[0], self._words(exc))
 
     def _words(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"[:200]
-        return text.replace(self._secret, "***") if self._secret else text
+        text = f"{type(exc).__name__}: {exc}"
+        if self._secret:  # as given, and as decoded from the URL (%40 -> @)
+            for secret in {self._secret, unquote(self._secret)}:
+                text = text.replace(secret, "***")
+        return text[:200]
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
