@@ -203,6 +203,8 @@ class Stats(_InputFacts):
     #: how many times the circuit opened.
     outages: int = 0
     stopped: StopReason | None = None
+    #: what admission waits for besides the limits ("waiting for Redis ..."), else None.
+    waiting_for: str | None = None
     abandoned: bool = False
     #: the requeue the engine holds (``retrying`` is its length); set by the engine.
     _requeue: Sized = ()

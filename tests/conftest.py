@@ -107,3 +107,6 @@ async def start_cli(job: Path, base_url: str, *extra: str,
 # The hostile server (redirects, echoes, huge/endless bodies, outages, absurd headers)
 # and its foreign host: ``api = await hostile_api(redirect(301))``; see tests/hostile.py.
 from tests.hostile import hostile_api  # noqa: E402, F401
+
+# A real redis-server on loopback for the shared limiter: see tests/redisfix.py.
+from tests.redisfix import redis_server  # noqa: E402, F401

@@ -477,12 +477,16 @@ async def test_stats_and_reset(make_client: MakeClient) -> None:
         "outage": 0,
         "tokens_charged": cost_of(CHAT, "/v1/chat/completions"),
         "by_status": {"200": 1, "429": 1, "400": 1},
+        "models": {"gpt-4o": {
+            "admitted": 1, "refused": 1, "tokens": cost_of(CHAT, "/v1/chat/completions"),
+            "first": stats["models"]["gpt-4o"]["first"],
+            "last": stats["models"]["gpt-4o"]["last"]}},
     }
     app_stats = client.app[STATS_KEY]
     assert isinstance(app_stats, MockStats) and app_stats.by_status[429] == 1
     assert client.app["stats"] is app_stats
     cleared = await (await client.post("/reset-stats")).json()
-    assert cleared["requests"] == 0 and cleared["by_status"] == {}
+    assert cleared["requests"] == 0 and cleared["by_status"] == {} and cleared["models"] == {}
 
 
 @pytest.mark.parametrize(

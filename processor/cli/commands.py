@@ -20,11 +20,13 @@ from ..cost import DEFAULT_MAX_TOKENS, TokenCounter
 from ..cost.packing import parse_pack
 from ..errors import ConfigError
 from ..jobs import DEFAULT_ENDPOINT
+from ..limits.models import ModelLimit
 from ..store.paths import check_distinct, check_output
 from ..tools.estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
 from ..tools.export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from ..tools.imagejobs import write_image_jobs
 from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_USAGE
+from .limit_options import LimitOpt, LimitsFileOpt, ScopeOpt, SharedOpt, limit_plan
 from .options import parse_shard_option
 
 __all__ = ["register"]
@@ -172,6 +174,10 @@ def estimate(
     shard: Annotated[str | None, typer.Option(
         metavar="K/N", help="Only the share of worker K of N (as run --shard K/N takes).")]
     = None,
+    limit: LimitOpt = None,
+    limits_file: LimitsFileOpt = None,
+    shared_bucket: SharedOpt = None,
+    limit_scope: ScopeOpt = "model",
     via: Annotated[str, typer.Option(
         help="'online', or 'batch': at the Batch API's price (half), within its 24h "
         "window.")] = "online",
@@ -192,9 +198,12 @@ def estimate(
         raise _fail(str(exc)) from None
     counter = TokenCounter(encodings_dir=encodings_dir, allow_download=not offline,
                            default_max_tokens=default_max_tokens)
+    per_model = limit or limits_file or shared_bucket or limit_scope != "model"
+    plan = limit_plan(ModelLimit(parse_limit(rpm, "--rpm"), parse_limit(tpm, "--tpm")), limit,
+                      limits_file, shared_bucket, limit_scope) if per_model else None
     result = estimate_job(jobs, counter=counter, prices=table, rpm=parse_limit(rpm, "--rpm"),
                           tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint, pack=pack_size,
-                          shard=split)
+                          shard=split, plan=plan)
     if via == "batch":
         result.at_batch_price()
     if json_out:
@@ -246,8 +255,8 @@ def _render(est: Estimate) -> None:
     else:
         rows.append(("least time", f"{_duration(est.min_seconds)} ({est.binding_limit} binds)"))
     if est.too_large:
-        rows.append(("too large", f"{est.too_large:,} requests exceed the whole --tpm and "
-                     "would fail unsent"))
+        rows.append(("too large", f"{est.too_large:,} requests exceed a whole tokens/min "
+                     "limit and would fail unsent"))
     rows.append(("token counts", est.token_counts))
     summary = Table(show_header=False, box=None)
     for name, value in rows:

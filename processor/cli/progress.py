@@ -63,9 +63,10 @@ def _rate(value: float, stats: Stats, name: str) -> str:
 
 
 def outage_line(stats: Stats) -> str:
-    """``server down since 14:02, probing every 8s`` while the server is down, else ``""``."""
+    """``server down since 14:02, probing every 8s`` while the server is down,
+    ``waiting for Redis ...`` while the shared limiter is, else ``""``."""
     if stats.outage_since is None:
-        return ""
+        return stats.waiting_for or ""
     since = time.strftime("%H:%M", time.localtime(stats.outage_since))
     every = f", probing every {human_duration(stats.probe_every)}" if stats.probe_every else ""
     return f"server down since {since}{every}"
@@ -159,7 +160,9 @@ class LiveReporter:
         )
         outage = outage_line(stats)
         if outage:
-            detail += f"\n[bold red]{outage}[/]"
+            from rich.markup import escape  # a server's or Redis's words are not markup
+
+            detail += f"\n[bold red]{escape(outage)}[/]"
         self._live.update(self._render(detail))
 
     def __enter__(self) -> LiveReporter:

@@ -19,7 +19,7 @@ from ..stats import clamp_seconds
 from .counter import Counter, Unit, flag_counters
 from .server import ServerLimits
 
-__all__ = ["Backoff", "Limiter"]
+__all__ = ["Admits", "Backoff", "Limiter"]
 
 
 class Backoff:
@@ -68,7 +68,36 @@ class Backoff:
                 c.set_scale(scale, now)
 
 
-class Limiter:
+class Admits:
+    """What admission asks of a limiter besides its counters: a local one answers at
+    once; a remote one (:class:`~processor.limits.redis.RedisLimiter`) must be awaited
+    and can be unreachable."""
+
+    __slots__ = ()
+
+    #: admission asks a store elsewhere (:meth:`acquire` must be awaited; Redis).
+    remote = False
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why admission could not be asked for too long (the run stops), else None."""
+        return None
+
+    @property
+    def trouble(self) -> str | None:
+        """What admission waits for besides the counters, for the display ("waiting for
+        Redis ..."), else None."""
+        return None
+
+    def try_acquire(self, tokens: int) -> float:
+        raise NotImplementedError
+
+    async def acquire(self, tokens: int) -> float:
+        """Spend now and return 0 if the counters allow, else return the wait."""
+        return self.try_acquire(tokens)
+
+
+class Limiter(Admits):
     """Admission under several counters at once.
 
     Besides the user's counters (flags), a limiter learns from the server:

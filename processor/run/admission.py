@@ -25,6 +25,7 @@ from typing import Protocol
 from ..jobs import BadLine, Job
 from ..stats import StopReason, clamp_seconds, clock_at, human_duration
 from .circuit import Circuit
+from .held import HeldLines
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
 from .policy import LONG_PAUSE, NO_KEY_LEFT, Stop, rerun_later
@@ -91,7 +92,8 @@ class Waits:
 
 
 def long_wait_stop(lane: Lane, tokens: int, wait: float, *, key: str = "",
-                   at: Callable[[float], str] = clock_at) -> Stop | None:
+                   at: Callable[[float], str] = clock_at, model: str | None = None
+                   ) -> Stop | None:
     """The stop for a wait too long to sit through, or None to wait.
 
     A spent daily budget (``--rpd`` / ``--tpd``) never comes back within the run; a
@@ -101,10 +103,14 @@ def long_wait_stop(lane: Lane, tokens: int, wait: float, *, key: str = "",
     Args:
         lane: the key that admits soonest; ``wait``: in how many seconds.
         key: the key's name for messages ("" for the only key).
+        model: the request's model (its limiter on ``lane`` is asked).
     """
     if wait <= DAILY_STOP_WAIT:
         return None
-    limiter = lane.limiter
+    limiter = lane.limiter_for(model)
+    if limiter.unavailable:  # the shared budget's store has been down too long
+        return Stop(StopReason.RERUN_LATER, f"{limiter.unavailable}; rerun the same command "
+                                            "once it is back to resume", None)
     now = limiter.now()
     on_key = f" for key ${key}" if key else ""
     counter = limiter.binding(tokens, now)
@@ -126,6 +132,12 @@ def long_wait_stop(lane: Lane, tokens: int, wait: float, *, key: str = "",
         return rerun_later(wait, f"the next request would wait {human_duration(wait)} "
                                  f"under {what}{on_key}", at)
     return None
+
+
+def _admits_now(lane: Lane, job: Job) -> bool:
+    """The fast path: ``lane``'s local counters admit ``job`` now (and spent for it)."""
+    limiter = lane.limiter_for(job.model)
+    return not limiter.remote and limiter.try_acquire(job.tokens) <= 0
 
 
 class Control(Protocol):
@@ -175,6 +187,12 @@ class Admission:
         #: (time it may go again, sequence, job): retries waiting, soonest first.
         self.requeue: list[tuple[float, int, Job]] = []
         self._seq = 0
+        #: requests waiting for their model's counters, one line per bucket.
+        self.held = HeldLines(run, waits, self._capacity, self._cap, circuit)
+
+    def _cap(self) -> int:
+        return min(self.max_in_flight, PROBE_IN_FLIGHT) if self.keys.learning \
+            else self.max_in_flight
 
     def requeue_at(self, job: Job, delay: float) -> None:
         """Send ``job`` again ``delay`` seconds from now (in order of due time, then of
@@ -183,12 +201,19 @@ class Admission:
         heapq.heappush(self.requeue, (self.run.now() + delay, self._seq, job))
 
     async def admit(self, source: Iterator[Job | BadLine]) -> None:
-        """Admit requests until ``source`` and the requeue are empty, or the run stops."""
+        """Admit requests until ``source``, the requeue and the held lines are empty, or
+        the run stops."""
+        try:
+            await self._admit(source)
+        finally:
+            await self.held.close()
+
+    async def _admit(self, source: Iterator[Job | BadLine]) -> None:
         run, requeue, waits, circuit = self.run, self.requeue, self.waits, self.circuit
+        held = self.held
         exhausted = False
         while not run.stopping:
-            cap = min(self.max_in_flight, PROBE_IN_FLIGHT) if self.keys.learning \
-                else self.max_in_flight
+            cap = self._cap()
             # The clock is read only when a retry waits or the server is down.
             now = run.now() if requeue or (circuit is not None and not circuit.closed) \
                 else -math.inf
@@ -213,7 +238,8 @@ class Admission:
             job: Job | None = None
             if requeue and (probe or requeue[0][0] <= now):
                 job = heapq.heappop(requeue)[2]
-            elif not exhausted and len(requeue) < self.max_requeue:
+            elif not exhausted and len(requeue) < self.max_requeue \
+                    and len(held) < self.max_requeue:
                 # New lines pause while the requeue is full: what is held stays bounded
                 # however fast the server fails.
                 if self.before_admit is not None:
@@ -235,34 +261,43 @@ class Admission:
                     return
                 await waits.change(wait)
                 continue
-            elif run.in_flight:
+            elif run.in_flight or held:
                 await waits.change(None)
                 continue
             else:
                 return
             lanes = self.keys.lanes
             lane = lanes[0] if len(lanes) == 1 else None
-            if lane is None or lane.limiter.try_acquire(job.tokens) > 0:
-                # Not the fast path (one key, capacity available now): wait for some key.
-                # Probes count against the limits like any request.
+            bucket = lanes[0].bucket(job.model)
+            if probe:
+                # The server is down: the one probe waits for capacity here (it counts
+                # against the limits like any request); nothing else goes meanwhile.
                 lane = await self._capacity(job)
                 if lane is None:
                     return  # never sent: a resumed run will pick it up
-            if probe and self.outage is not None:
-                self.outage.probing(job)
+                if self.outage is not None:
+                    self.outage.probing(job)
+            elif lane is None or held.waiting(bucket) or not _admits_now(lane, job):
+                # Not the fast path (one key, capacity available now): the request waits
+                # in its model's line, and the loop goes on with the next one.
+                held.hold(bucket, job)
+                # Let its line's task ask for it now, before the next line is read.
+                await asyncio.sleep(0)
+                continue
             run.send(job, lane)
 
     async def _capacity(self, job: Job) -> Lane | None:
         """Sleep until some key's counters admit ``job`` and spend there; None if stopped."""
         run = self.run
         while not run.stopping:
-            lane, wait = self.keys.pick(job.tokens)
+            lane, wait = await self.keys.acquire(job)
             if lane is None:
                 run.halt(Stop(StopReason.KEY_REFUSED, NO_KEY_LEFT))
                 return None
             if wait <= 0:
                 return lane
-            stop = long_wait_stop(lane, job.tokens, wait, key=self.keys.label(lane))
+            stop = long_wait_stop(lane, job.tokens, wait, key=self.keys.label(lane),
+                                  model=job.model)
             if stop is not None:
                 run.halt(stop)
                 return None

@@ -112,7 +112,7 @@ class Attempts:
         assert job.lane is not None
         self.keys.learn(job.lane, info, sent_at=job.sent_at, cum_requests=job.cum_requests,
                         cum_tokens=job.cum_tokens, force=force,
-                        refused_tokens=job.tokens if refused else None)
+                        refused_tokens=job.tokens if refused else None, model=job.model)
 
     def answered(self, job: Job, lane: Lane, response: Response) -> None:
         if self.outage is not None:
@@ -136,7 +136,7 @@ class Attempts:
         else:
             used = self.outcomes.answered(job, lane, response, key)
         if used and self.refund_unused and job.tokens > used:
-            lane.limiter.refund(job.tokens - used)
+            lane.limiter_for(job.model).refund(job.tokens - used)
 
     def failed(self, job: Job, exc: APIError) -> None:
         """Record what the failure says (history, headers, the key's pause, the circuit),
@@ -157,8 +157,8 @@ class Attempts:
             self.stats.refused()
             # The key's pause, however long: a paused key is avoided, and when every
             # key waits over an hour, admission stops the run (long_wait_stop).
-            lane.limiter.rate_limited(hint)
-            insisted, told = self.keys.refused(lane)
+            lane.limiter_for(job.model).rate_limited(hint)
+            insisted, told = self.keys.refused(lane, job.model)
         outage = self._weigh_outage(job, exc, hint)
         switched = job.fallback_from is not None
         if refuses_model(exc, job.model, self.fallback, switched):

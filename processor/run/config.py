@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
 from ..jobs import DEFAULT_ENDPOINT
+from ..limits.models import ModelLimit
 from ..shards import Shard
 
 __all__ = ["JobConfig"]
@@ -92,5 +93,11 @@ class JobConfig:
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     outage_window: float = 1800.0
+    limits: Mapping[str, ModelLimit] = field(default_factory=dict)
+    shared_buckets: list[list[str]] = field(default_factory=list)
+    limit_scope: str = "model"
+    limiter: str | None = field(default=None, repr=False)  # a URL may hold a password
+    limiter_password: str | None = field(default=None, repr=False)
+    limiter_namespace: str | None = None
     pack: int | str | None = None
     shard: Shard | None = None

@@ -61,9 +61,8 @@ class Engine:
         client: anything with ``async post(endpoint, payload) -> Response``.
         limiter: the capacity counters.
         sink: where result and error records go.
-        cost: a job's admission cost (tokens, or a :class:`~processor.cost.Cost`);
-            may raise ``ValueError`` or
-            :class:`~processor.errors.JobFormatError` for a request that cannot be costed.
+        cost: a job's admission cost (tokens, or a :class:`~processor.cost.Cost`); may
+            raise ``ValueError`` or ``JobFormatError`` for a request that cannot be costed.
         policy: retry policy.
         max_in_flight: most attempts on the wire at once.
         on_progress: called with the live :class:`Stats` every ``progress_interval`` s.
@@ -128,7 +127,7 @@ class Engine:
         self.lanes = self.keys.lanes
         self.limiter = self.lanes[0].limiter
         self.sink = sink
-        self.outcomes = Outcomes(sink, self.stats, cost, self.limiter)
+        self.outcomes = Outcomes(sink, self.stats, cost, self.lanes[0].limiter_for)
         self.policy = policy or RetryPolicy()
         self.on_progress = on_progress
         self.progress_interval = progress_interval
@@ -248,8 +247,9 @@ class Engine:
         """Start one attempt of ``job`` on ``lane`` (its capacity already spent)."""
         job.lane = lane
         job.sent_at = self.now()
-        job.cum_requests = lane.limiter.cum_requests
-        job.cum_tokens = lane.limiter.cum_tokens
+        limiter = lane.limiter_for(job.model)
+        job.cum_requests = limiter.cum_requests
+        job.cum_tokens = limiter.cum_tokens
         self._in_flight += 1
         self.stats.sent(job.tokens)
         task = self._create_task(self.attempts.attempt(job))

@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..jobs import Job
 from ..limits import Limiter, Unit
+from ..limits.models import ModelLimiters
 from ..stats import Stats
 
 __all__ = ["PROBE_ANSWERS", "KeyPool", "Lane", "implausible"]
@@ -29,6 +31,8 @@ class Lane:
         limiter: this key's counters.
         headers: auth headers for this key (None: the client's default).
         retired: set once the server refused the key (401/403).
+        models: the key's limiters per model bucket (None: ``limiter`` for all models;
+            else ``limiter`` holds the bare flags for calls that are no model's).
     """
 
     name: str | None
@@ -36,6 +40,19 @@ class Lane:
     headers: Mapping[str, str] | None = None
     retired: bool = False
     answered: int = 0
+    models: ModelLimiters[Limiter] | None = None
+
+    def limiter_for(self, model: str | None) -> Limiter:
+        """The limiter that admits ``model``'s requests on this key."""
+        return self.limiter if self.models is None else self.models.get(model)
+
+    def limiters(self) -> list[Limiter]:
+        """Every limiter of this key made so far."""
+        return [self.limiter] if self.models is None else self.models.all()
+
+    def bucket(self, model: str | None) -> str:
+        """The counters ``model``'s requests pass ("" when all models share them)."""
+        return "" if self.models is None else self.models.bucket(model)
 
 
 def implausible(limiter: Limiter, name: str, value: float) -> str:
@@ -77,10 +94,14 @@ class KeyPool:
         """Some working key still learns its limits from the server's headers."""
         if self._settled:
             return False
-        if not any(lane.limiter.server.auto for lane in self.lanes):
+        limiters = [limiter for lane in self.lanes for limiter in lane.limiters()]
+        if all(lane.models is None for lane in self.lanes) \
+                and not any(limiter.server.auto for limiter in limiters):
+            # No key can make a new limiter (one per model) that would learn.
             self._settled = True
             return False
-        return any(lane.limiter.learning for lane in self.lanes if not lane.retired)
+        return any(limiter.learning for lane in self.lanes if not lane.retired
+                   for limiter in lane.limiters())
 
     def label(self, lane: Lane) -> str:
         """The key's name for messages when the run has several, else ""."""
@@ -101,6 +122,29 @@ class KeyPool:
                 best, shortest = lane, wait
         return best, shortest
 
+    async def acquire(self, job: Job) -> tuple[Lane | None, float]:
+        """:meth:`pick` for ``job``'s model, asking remote limiters too (Redis).
+
+        The stats' :attr:`~processor.stats.Stats.waiting_for` says what admission waits
+        for besides the limits (Redis down), for the display.
+        """
+        best: Lane | None = None
+        shortest = math.inf
+        trouble: str | None = None
+        for lane in self.working:
+            limiter = lane.limiter_for(job.model)
+            wait = await limiter.acquire(job.tokens)
+            trouble = trouble or limiter.trouble
+            if wait <= 0:
+                self.stats.waiting_for = trouble
+                return lane, 0.0
+            if wait != wait:  # NaN: no finite answer from the counters, wait a second
+                wait = 1.0
+            if best is None or wait < shortest:
+                best, shortest = lane, wait
+        self.stats.waiting_for = trouble
+        return best, shortest
+
     def retire(self, lane: Lane, why: str) -> None:
         lane.retired = True
         name = lane.name or "?"
@@ -109,10 +153,10 @@ class KeyPool:
         self.stats.note(message)
         log.warning("%s", message)
 
-    def refused(self, lane: Lane) -> tuple[int, str]:
+    def refused(self, lane: Lane, model: str | None = None) -> tuple[int, str]:
         """One more 429 on ``lane``: how many in a row while it states a limit that cannot
         be real (0 if it states none), and that limit in words."""
-        limiter = lane.limiter
+        limiter = lane.limiter_for(model)
         if not limiter.ignored:
             self._refusals.pop(id(lane), None)
             return 0, ""
@@ -125,10 +169,13 @@ class KeyPool:
             self._refusals.pop(id(lane), None)
 
     def learn(self, lane: Lane, info: Any, *, sent_at: float, cum_requests: float,
-              cum_tokens: float, force: bool, refused_tokens: int | None = None) -> None:
-        """Feed one answer's rate-limit headers (``info``; None: it had none) to the key."""
+              cum_tokens: float, force: bool, refused_tokens: int | None = None,
+              model: str | None = None) -> None:
+        """Feed one answer's rate-limit headers (``info``; None: it had none) to the
+        limiter of ``model`` on the key."""
         stats = self.stats
-        limiter = lane.limiter
+        limiter = lane.limiter_for(model)
+        bucket = lane.bucket(model)
         if info is None:
             if limiter.learning:
                 self._answers_without_headers += 1
@@ -143,11 +190,14 @@ class KeyPool:
                      cum_tokens=cum_tokens, force=force, refused_tokens=refused_tokens)
         for name, value in limiter.learned.items():
             short = "rpm" if name == Unit.REQUESTS.per_minute else "tpm"
+            if bucket and len(lane.limiters()) > 1:
+                short += f" {bucket}"
             if stats.learned_limit(short, value) and was_learning:
                 log.info("learned %s = %g from the server's headers", short, value)
         if was_learning and not limiter.learning and limiter.learned:
             learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
-            stats.note(f"limits learned from the server: {learned}")
+            of = f" for {bucket}" if bucket else ""
+            stats.note(f"limits learned from the server{of}: {learned}")
         for name, value in limiter.ignored.items():
             if (id(lane), name) not in self._warned:
                 self._warned.add((id(lane), name))

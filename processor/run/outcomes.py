@@ -51,15 +51,17 @@ class Outcomes:
         sink: where records go; ``stats``: the run's counters.
         cost: a job's admission cost (may raise ``ValueError`` or
             :class:`~processor.errors.JobFormatError` for a request that cannot be costed).
-        limiter: the first key's counters (a request larger than a whole limit fails).
+        limiter: the first key's counters for a model (a request larger than a whole
+            limit fails); a :class:`Limiter` stands for every model.
     """
 
     def __init__(self, sink: Sink, stats: Stats, cost: Callable[[Job], int | Cost],
-                 limiter: Limiter) -> None:
+                 limiter: Limiter | Callable[[str | None], Limiter]) -> None:
         self.sink = sink
         self.stats = stats
         self.cost = cost
-        self.limiter = limiter
+        self.limiter_for = (lambda _model: limiter) if isinstance(limiter, Limiter) \
+            else limiter
         self._record_id = RecordIds()
 
     def prepare(self, item: Job | BadLine) -> Job | None:
@@ -98,7 +100,7 @@ class Outcomes:
                      item.custom_id, item.metadata, input_hash=item.line_hash)
             return None
         # Only a flag can make a request too large: a limit from headers may be wrong.
-        too_large = self.limiter.too_large(item.tokens)
+        too_large = self.limiter_for(item.model).too_large(item.tokens)
         if too_large is not None:
             self.fail(item, "request_too_large",
                       f"request needs {item.tokens} tokens, more than the whole "

@@ -155,11 +155,13 @@ class Packer:
         self.stats = stats
         self.lines = 0
         self.packs = 0
+        self._model: str | None = None
 
     def budget(self) -> float | None:
         """Tokens one request may carry: the smallest burst of the keys' token counters
         (a pack never holds more than the counter allows at once); None: no TPM."""
-        sizes = [c.size for lane in self.lanes for c in lane.limiter.counters
+        sizes = [c.size for lane in self.lanes
+                 for c in lane.limiter_for(self._model).counters
                  if c.unit is Unit.TOKENS and c.refill]
         return min(sizes) if sizes else None
 
@@ -175,6 +177,7 @@ class Packer:
             job = self._prepare(item)
             if job is None:
                 continue
+            self._model = job.model  # the counters budget() asks: this model's
             for group in packs.add(job, job.url, job.body, job.model, job.tokens):
                 yield self._request(group)
         for group in packs.flush():

@@ -3,16 +3,19 @@ from a :class:`~processor.run.config.JobConfig` and shared by the entry points."
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from ..client.http import OpenAIClient, is_azure_url
 from ..cost import Cost, TokenCounter
+from ..errors import ConfigError
 from ..jobs import Job
-from ..limits.limiter import Limiter
+from ..limits.redis import RedisBudget
 from ..stats import Stats
 from .config import JobConfig
 from .engine import Engine, Lane, Sink
+from .lanes import build_budget, build_lanes
 from .retry import Fallback, RetryPolicy
 
 __all__ = ["Parts", "build_parts"]
@@ -27,6 +30,19 @@ class Parts:
     lanes: list[Lane]
     default_key: str | None
     azure: bool
+    budget: RedisBudget | None = None
+
+    @contextlib.asynccontextmanager
+    async def limits(self) -> AsyncIterator[None]:
+        """Hold the shared limiter's connection for the run (nothing without one)."""
+        if self.budget is None:
+            yield
+            return
+        try:
+            await self.budget.check()
+            yield
+        finally:
+            await self.budget.aclose()
 
     def cost(self, job: Job) -> Cost:
         return self.counter.cost(job.body, job.url)
@@ -65,16 +81,14 @@ def build_parts(cfg: JobConfig) -> Parts:
                            default_max_tokens=cfg.default_max_tokens, background=True)
     azure = cfg.azure if cfg.azure is not None else is_azure_url(cfg.base_url)
 
-    def new_limiter() -> Limiter:
-        return Limiter.per_minute(
-            cfg.rpm, cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd, burst_seconds=cfg.burst_seconds,
-            auto_requests=cfg.auto_rpm and not cfg.rpm,
-            auto_tokens=cfg.auto_tpm and not cfg.tpm,
-        )
-
-    if cfg.api_keys:
-        header = "api-key" if azure else "Authorization"
-        lanes = [Lane(name, new_limiter(), {header: key if azure else f"Bearer {key}"})
-                 for name, key in cfg.api_keys]
-        return Parts(cfg, counter, lanes, None, azure)
-    return Parts(cfg, counter, [Lane(None, new_limiter())], cfg.api_key, azure)
+    budget = build_budget(cfg)
+    try:
+        if cfg.api_keys:
+            header = "api-key" if azure else "Authorization"
+            lanes = build_lanes(cfg, [(name, key, {header: key if azure else f"Bearer {key}"})
+                                      for name, key in cfg.api_keys], budget)
+            return Parts(cfg, counter, lanes, None, azure, budget)
+        lanes = build_lanes(cfg, [(None, cfg.api_key, None)], budget)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Parts(cfg, counter, lanes, cfg.api_key, azure, budget)

@@ -88,7 +88,7 @@ async def stream_results(
             room.clear()
             await room.wait()
 
-    async with parts.client() as client:
+    async with parts.client() as client, parts.limits():
         engine = parts.engine(client, _QueueSink(queue), stats=stats or Stats(),
                               before_admit=wait_for_room)
 

@@ -126,7 +126,7 @@ async def _run(
     counter = parts.counter
     stats = Stats(input=found.tally, limits=limits, notes=notes, started=started)
     writer = ResultWriter(out_path, err_path)
-    async with parts.client() as client:
+    async with parts.client() as client, parts.limits():
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
         # Bad lines reported before (by content) are not reported again.
         source = found.unreported(

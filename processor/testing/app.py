@@ -56,6 +56,10 @@ class _Server:
         self.limiter = Limiter(config.rpm, config.tpm, config.rpd, config.tpd,
                                initial_fill=config.initial_fill,
                                count_rejected=config.count_rejected, now=now)
+        # Each model named in model_limits has buckets of its own, as OpenAI counts.
+        self.limiters = {model: Limiter(*limits, initial_fill=config.initial_fill,
+                                        count_rejected=config.count_rejected, now=now)
+                         for model, limits in config.model_limits.items()}
         self.faults = Faults(config, rng, now)
         self.answers = Answers(rng, config.embedding_dim)
 
@@ -161,7 +165,9 @@ class _Server:
                 body = error_body(f"Invalid image: {exc}.", "invalid_request_error",
                                   "invalid_image_format")
                 return self._reply(400, body, headers, start)
-            refused = self.limiter.admit(model, cost.total, start, headers)
+            refused = self.limiters.get(model, self.limiter).admit(model, cost.total, start,
+                                                                   headers)
+            self.stats.by_model(model, start, refused is None, cost.total)
             if refused is not None:
                 return self._reply(429, refused, headers, start)
             self.stats.tokens_charged += cost.total

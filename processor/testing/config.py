@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -47,6 +48,9 @@ class MockConfig:
         outage_at: seconds after the server started when an outage begins (``None``: never).
         outage_for: how long the outage lasts, in seconds.
         outage_mode: what requests get meanwhile (:class:`OutageMode`).
+        model_limits: limits per model, ``{"gpt-4o": (rpm, tpm, rpd, tpd)}`` (None: no
+            limit; the daily ones may be left out): each has its own buckets and its own
+            ``x-ratelimit-*`` headers, as OpenAI counts; other models use ``rpm``...
         outage_from_first_request: count ``outage_at`` from the first request the server
             sees instead of from its start (tests whose client takes a while to start).
 
@@ -79,9 +83,16 @@ class MockConfig:
     outage_at: float | None = None
     outage_for: float = 0.0
     outage_mode: OutageMode = OutageMode.BAD_GATEWAY
+    model_limits: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
     outage_from_first_request: bool = False
 
     def __post_init__(self) -> None:
+        limits = {m: tuple(v) + (None,) * (4 - len(v)) for m, v in self.model_limits.items()}
+        for model, (rpm, tpm, rpd, tpd) in limits.items():
+            if any(v is not None and v < 1 for v in (rpm, rpd)) or any(
+                    v is not None and v <= 0 for v in (tpm, tpd)):
+                raise ValueError(f"{model}: rpm/rpd at least 1, tpm/tpd positive")
+        self.model_limits = limits
         faults = (self.fail_500, self.fail_503, self.reset, self.hang, self.truncate)
         if any(v is not None and v < 1 for v in (self.rpm, self.rpd)):
             raise ValueError("rpm and rpd must be at least 1")
@@ -117,16 +128,33 @@ class MockStats:
     outage: int = 0
     tokens_charged: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+    #: per model: requests admitted and refused (429) by the limits, tokens admitted,
+    #: and the clock's first and last admission.
+    models: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def by_model(self, model: str, now: float, admitted: bool, tokens: int) -> None:
+        """Count one request of ``model`` that passed (or not) the rate limits."""
+        m = self.models.get(model)
+        if m is None:
+            m = self.models[model] = {"admitted": 0, "refused": 0, "tokens": 0,
+                                      "first": now, "last": now}
+        if admitted:
+            m["admitted"] += 1
+            m["tokens"] += tokens
+            m["last"] = now
+        else:
+            m["refused"] += 1
 
     def to_dict(self) -> dict[str, Any]:
         """Return the counters as a new plain dict (``by_status`` keyed by int)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return out | {"by_status": dict(self.by_status)}
+        return out | {"by_status": dict(self.by_status),
+                      "models": {m: dict(v) for m, v in self.models.items()}}
 
     def clear(self) -> None:
         """Set every counter back to zero."""
         for f in fields(self):
-            setattr(self, f.name, {} if f.name == "by_status" else 0)
+            setattr(self, f.name, {} if f.name in ("by_status", "models") else 0)
 
     def count_status(self, status: int) -> None:
         """Count one answer with this HTTP status (and in ``n_429`` / ``n_5xx``)."""

@@ -22,6 +22,7 @@ from ..cost import TokenCounter, base_model_name
 from ..cost.packing import Packs
 from ..errors import ConfigError, JobFormatError
 from ..jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
+from ..limits.models import LimitPlan, ModelLimit, Scope
 from ..shards import Shard
 
 __all__ = [
@@ -189,6 +190,7 @@ def estimate_job(
     pack: int | str | None = None,
     burst_seconds: float = 1.0,
     shard: Shard | None = None,
+    plan: LimitPlan | None = None,
 ) -> Estimate:
     """Count, price and time a job file without sending anything.
 
@@ -208,14 +210,18 @@ def estimate_job(
             ``burst_seconds`` of ``tpm``), so ``min_seconds`` is the packed bound.
         burst_seconds: the run's burst (``--burst-seconds``).
         shard: count only this shard's lines (``--shard K/N``).
+        plan: limits per model (``--limit``, shared buckets, the scope); then ``rpm`` and
+            ``tpm`` are unused (the plan's defaults are the bare flags) and the least
+            time is the longest of the buckets', which run at once.
     """
     counter = counter if counter is not None else TokenCounter()
     est = Estimate(pack=pack)
     sent_requests = sent_tokens = 0
     burst = tpm / 60.0 * burst_seconds if tpm else None
-    packs: Packs[int] | None = Packs(pack if isinstance(pack, int) else None,
+    packs: Packs[str] | None = Packs(pack if isinstance(pack, int) else None,
                                      lambda: burst) if pack else None
     keep = shard.line_filter() if shard is not None else None
+    by_bucket: dict[str, list[int]] = {}
     for item in iter_jobs(path, default_endpoint=endpoint, keep=keep):
         try:
             cost = None if isinstance(item, BadLine) else counter.cost(item.body, item.url)
@@ -231,14 +237,23 @@ def estimate_job(
         totals.prompt_tokens += cost.prompt_tokens
         totals.max_completion_tokens += cost.completion_tokens
         totals.image_tokens += cost.image_tokens
-        if tpm and cost.total > tpm:
+        whole = tpm if plan is None else _whole_tpm(plan, item.model)
+        if whole and cost.total > whole:
             est.too_large += 1
         else:
             sent_tokens += cost.total
-            sent_requests += 1 if packs is None else len(
-                packs.add(0, item.url, item.body, item.model, cost.total))
-    if packs is not None:
-        sent_requests += len(packs.flush())
+            bucket = plan.bucket(item.model) if plan is not None else ""
+            sent = by_bucket.setdefault(bucket, [0, 0])
+            sent[1] += cost.total
+            # Requests as the run sends them: packed (a pack is one request) or not.
+            done = [[bucket]] if packs is None else packs.add(bucket, item.url, item.body,
+                                                              item.model, cost.total)
+            for one in done:
+                sent_requests += 1
+                by_bucket[one[0]][0] += 1
+    for one in packs.flush() if packs is not None else []:
+        sent_requests += 1
+        by_bucket[one[0]][0] += 1
     for model, totals in est.by_model.items():
         est.requests += totals.requests
         est.prompt_tokens += totals.prompt_tokens
@@ -256,6 +271,37 @@ def estimate_job(
     est.unpriced_models.sort()
     est.total_tokens = est.prompt_tokens + est.max_completion_tokens
     est.http_requests = sent_requests
-    est.min_seconds, est.binding_limit = min_seconds(sent_requests, sent_tokens, rpm, tpm)
+    if plan is None:
+        est.min_seconds, est.binding_limit = min_seconds(sent_requests, sent_tokens, rpm, tpm)
+    else:
+        est.min_seconds, est.binding_limit = _plan_seconds(plan, by_bucket, sent_requests,
+                                                           sent_tokens)
     est.token_counts = counter.mode if est.requests else "estimate"
     return est
+
+
+def _whole_tpm(plan: LimitPlan, model: str | None) -> float | None:
+    """The smallest tokens/min a request of ``model`` must fit in whole (None: none)."""
+    given = [plan.limit(plan.bucket(model)).tpm]
+    if plan.scope is Scope.KEY:
+        given.append(plan.defaults.tpm)
+    return min((v for v in given if v), default=None)
+
+
+def _plan_seconds(plan: LimitPlan, by_bucket: Mapping[str, list[int]], requests: int,
+                  tokens: int) -> tuple[float | None, str | None]:
+    """The least time under limits per model: every bucket runs at its own limits at
+    once, so the slowest bucket (or, with the key scope, the key's own flags) sets it."""
+    best: tuple[float | None, str | None] = (None, None)
+    candidates = []
+    for bucket, (n, t) in by_bucket.items():
+        own = plan.per_model.get(bucket, ModelLimit()) if plan.scope is Scope.KEY \
+            else plan.limit(bucket)
+        seconds, limit = min_seconds(n, t, own.rpm, own.tpm)
+        candidates.append((seconds, f"{limit} {bucket or '(no model)'}" if limit else None))
+    if plan.scope is Scope.KEY:
+        candidates.append(min_seconds(requests, tokens, plan.defaults.rpm, plan.defaults.tpm))
+    for seconds, limit in candidates:
+        if seconds is not None and (best[0] is None or seconds > best[0]):
+            best = (seconds, limit)
+    return best
