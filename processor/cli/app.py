@@ -13,8 +13,9 @@ from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPO
 from ..cost import DEFAULT_MAX_TOKENS
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
-from ..run.runner import JobConfig, run_job
+from ..run.runner import JobConfig, default_paths, run_job
 from ..store.paths import check_distinct, check_input, check_output
+from .cachecmd import CACHE_HELP, DEFAULT_IGNORE_TEXT, cache_config, register_cache
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
 from .options import (
@@ -132,6 +133,18 @@ def run(
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
         "errors) while batchproc probes it without spending attempts; then the run stops "
         "(exit 75, rerun to resume). 0: off.")] = 1800.0,
+    cache: Annotated[str | None, typer.Option(
+        metavar="PATH|default|off", envvar="BATCHPROC_CACHE", help=CACHE_HELP)] = None,
+    cache_mode: Annotated[str, typer.Option(
+        help="all: look up and store every request; deterministic: only those meant to "
+        "repeat (temperature 0, a seed, embeddings); read-only: store nothing; refresh: "
+        "look nothing up, store (replace) every answer.")] = "all",
+    cache_ignore: Annotated[str, typer.Option(
+        help="Top-level body fields left out of the cache key (comma-separated; 'none').")]
+    = DEFAULT_IGNORE_TEXT,
+    single_flight: Annotated[str, typer.Option(
+        help="Identical requests in flight at once are sent once, the answer written for "
+        "each: all, deterministic (as for --cache-mode) or off.")] = "all",
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -172,6 +185,16 @@ def run(
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
     config.allow_download = not offline
+    config.cache_path, config.cache_mode, config.cache_ignore, config.single_flight = \
+        cache_config(cache, cache_mode, cache_ignore, single_flight)
+    if config.cache_path:
+        outs = default_paths(input_path)
+        try:
+            check_distinct([("JOBS.jsonl", input_path)], [
+                ("--cache", Path(config.cache_path)), ("--output", output or outs[0]),
+                ("--errors", errors or outs[1])])
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--cache") from None
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
@@ -313,6 +336,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 register(app)
+register_cache(app)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:
@@ -321,7 +345,7 @@ def _command_names(typer_app: typer.Typer) -> frozenset[str]:
     return frozenset(
         info.name or typer.main.get_command_name(info.callback.__name__)
         for info in typer_app.registered_commands if info.callback is not None
-    )
+    ) | frozenset(group.name for group in typer_app.registered_groups if group.name)
 
 
 _COMMANDS = _command_names(app)

@@ -30,7 +30,7 @@ from .outage import OutageWatch
 from .policy import LONG_PAUSE, NO_KEY_LEFT, Stop, rerun_later
 
 __all__ = ["DAILY_PERIOD", "DAILY_STOP_WAIT", "PROBE_IN_FLIGHT", "Admission", "Control",
-           "Sleep", "Waits", "long_wait_stop"]
+           "Sleep", "Stage", "Waits", "long_wait_stop"]
 
 #: while learning limits (``auto``), at most this many requests in flight.
 PROBE_IN_FLIGHT = 4
@@ -144,6 +144,19 @@ class Control(Protocol):
     def send(self, job: Job, lane: Lane) -> None: ...
 
 
+class Stage(Protocol):
+    """Between reading a line and admitting it: answers some lines without a request
+    (:class:`~processor.run.singleflight.SharedAnswers`)."""
+
+    def take(self, job: Job) -> bool:
+        """True if ``job`` is dealt with (not to be admitted)."""
+        ...
+
+    def room(self) -> bool:
+        """Whether another line may be read now."""
+        ...
+
+
 class Admission:
     """The admission loop and the requeue.
 
@@ -154,12 +167,14 @@ class Admission:
         max_in_flight / max_requeue: see :class:`~processor.run.engine.Engine`.
         before_admit: awaited before each new line is taken (a consumer's back-pressure).
         circuit / outage: the outage circuit and its watch (None: turned off).
+        stage: answers some new lines without a request (None: every line is admitted).
     """
 
     def __init__(self, run: Control, keys: KeyPool, waits: Waits,
                  prepare: Callable[[Job | BadLine], Job | None], *, max_in_flight: int,
                  max_requeue: int, before_admit: Callable[[], Awaitable[None]] | None,
-                 circuit: Circuit | None, outage: OutageWatch | None) -> None:
+                 circuit: Circuit | None, outage: OutageWatch | None,
+                 stage: Stage | None = None) -> None:
         self.run = run
         self.keys = keys
         self.waits = waits
@@ -169,6 +184,7 @@ class Admission:
         self.before_admit = before_admit
         self.circuit = circuit
         self.outage = outage
+        self.stage = stage
         #: (time it may go again, sequence, job): retries waiting, soonest first.
         self.requeue: list[tuple[float, int, Job]] = []
         self._seq = 0
@@ -183,6 +199,7 @@ class Admission:
         """Admit requests until ``source`` and the requeue are empty, or the run stops."""
         run, requeue, waits, circuit = self.run, self.requeue, self.waits, self.circuit
         exhausted = False
+        stage, taken = self.stage, 0
         while not run.stopping:
             cap = min(self.max_in_flight, PROBE_IN_FLIGHT) if self.keys.learning \
                 else self.max_in_flight
@@ -208,7 +225,8 @@ class Admission:
             job: Job | None = None
             if requeue and (probe or requeue[0][0] <= now):
                 job = heapq.heappop(requeue)[2]
-            elif not exhausted and len(requeue) < self.max_requeue:
+            elif not exhausted and len(requeue) < self.max_requeue and (
+                    stage is None or stage.room()):
                 # New lines pause while the requeue is full: what is held stays bounded
                 # however fast the server fails.
                 if self.before_admit is not None:
@@ -221,6 +239,11 @@ class Admission:
                     continue
                 job = self.prepare(item)
                 if job is None:
+                    continue
+                if stage is not None and stage.take(job):
+                    taken += 1
+                    if taken % 64 == 0:  # a long run of cache hits must not hold the loop
+                        await asyncio.sleep(0)
                     continue
             elif requeue:
                 wait = requeue[0][0] - now

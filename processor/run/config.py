@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
 from ..jobs import DEFAULT_ENDPOINT
+from ..store.cachekey import DEFAULT_IGNORE
 
 __all__ = ["JobConfig"]
 
@@ -52,6 +53,14 @@ class JobConfig:
         outage_window: seconds the server may stay down (most attempts failing with
             5xx or connection errors) while batchproc probes it, spending no attempts,
             before the run stops (resumable); 0 turns this off.
+        cache_path: the response cache, a SQLite file (None: no cache); see
+            :mod:`processor.store.cache`.
+        cache_mode: ``all``, ``deterministic``, ``read-only`` or ``refresh``
+            (:class:`~processor.store.cachekey.CacheMode`).
+        cache_ignore: top-level body fields left out of the cache key.
+        single_flight: ``all``, ``deterministic`` or ``off``
+            (:class:`~processor.store.cachekey.Share`): identical requests in flight
+            at once are sent once.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -86,3 +95,7 @@ class JobConfig:
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     outage_window: float = 1800.0
+    cache_path: str | None = None
+    cache_mode: str = "all"
+    cache_ignore: tuple[str, ...] = DEFAULT_IGNORE
+    single_flight: str = "all"

@@ -38,6 +38,7 @@ from .outage import OutageWatch
 from .outcomes import Outcomes, Sink
 from .policy import Stop
 from .retry import Fallback, RetryPolicy
+from .singleflight import Dedupe, SharedAnswers
 
 __all__ = ["OUTAGE_WINDOW", "PROBE_IN_FLIGHT", "Engine", "Lane", "Sender", "Sink"]
 
@@ -78,6 +79,8 @@ class Engine:
         sleep: ``await sleep(seconds)`` (default :func:`asyncio.sleep`): every wait of
             the engine is bounded by it, so a fake clock and sleep drive it in tests.
         wall: the wall clock, for "resume at" times (default :func:`time.time`).
+        dedupe: single-flight and the response cache (:mod:`processor.run.singleflight`);
+            None: every request is sent.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Engine:
         clock: Callable[[], float] | None = None,
         sleep: Sleep | None = None,
         wall: Callable[[], float] = time.time,
+        dedupe: Dedupe | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -131,10 +135,14 @@ class Engine:
         self.circuit = Circuit(outage_window=outage_window, base=base,
                                cap=max(self.policy.cap, base)) if outage_window > 0 else None
         outage = OutageWatch(self.circuit, self.stats, wall) if self.circuit else None
+        # Followers wait off the wire: 10 x max_in_flight at most, then reading pauses.
+        self.shared = SharedAnswers(sink, self.stats, dedupe, max_waiting=10 * max_in_flight) \
+            if dedupe is not None and dedupe.active else None
+        self.outcomes.shared = self.shared
         self.admission = Admission(self, self.keys, self._waits, self.outcomes.prepare,
                                    max_in_flight=max_in_flight, max_requeue=max_requeue,
                                    before_admit=before_admit, circuit=self.circuit,
-                                   outage=outage)
+                                   outage=outage, stage=self.shared)
         self.stats.watch_requeue(self.admission.requeue)
         self.attempts = Attempts(self, client, self.keys, self.outcomes, outage,
                                  self.admission.requeue_at, policy=self.policy,

@@ -106,6 +106,7 @@ async def _run(
         state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
                                         count_total, signals.flag if signals else None)
         parts = build_parts(cfg)
+        cache = await asyncio.to_thread(parts.open_cache)
     except BaseException as exc:
         if signals is not None:
             signals.remove()
@@ -119,7 +120,7 @@ async def _run(
     skip = _resume_filter(state, cfg.retry_failed, stats)
     writer = ResultWriter(out_path, err_path)
     async with parts.client() as client:
-        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
+        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats, cache=cache)
         # Bad lines reported before (by content) are not reported again.
         source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
                                       skip_line=unchanged_filter(state, stats)),
@@ -135,6 +136,8 @@ async def _run(
                 writer.close()
             except OutputError:
                 pass  # kept in writer.failure
+            if cache is not None:  # commits its last answers
+                await asyncio.to_thread(cache.close)
     if writer.failure is not None:
         stats.output_error = str(writer.failure)
         message = (f"cannot write the output files: {writer.failure}; what was written is "
