@@ -168,13 +168,15 @@ class ResponseCache:
         writes: store answers (False: only look up; the file is opened read-only).
         replace: a new answer replaces a stored one (``refresh``); else the first stays.
         batch / interval: a transaction per ``batch`` answers or ``interval`` seconds.
+        busy_timeout: seconds the writer waits for another process's write to end.
 
     Raises:
         ConfigError: see :func:`connect`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, writes: bool = True,
-                 replace: bool = False, batch: int = BATCH, interval: float = INTERVAL) -> None:
+                 replace: bool = False, batch: int = BATCH, interval: float = INTERVAL,
+                 busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self._read = connect(self.path, read_only=not writes)
         # A lookup must never hold the event loop for long: a locked file is a miss.
@@ -182,6 +184,7 @@ class ResponseCache:
         self.writes = writes
         self._sql = _REPLACE if replace else _KEEP
         self._batch = batch
+        self._busy = busy_timeout
         self._interval = interval
         self._pending: dict[bytes, Hit] = {}
         self._pending_bytes = 0
@@ -262,7 +265,7 @@ class ResponseCache:
 
     def _write_loop(self) -> None:
         try:
-            conn = connect(self.path)
+            conn: sqlite3.Connection | None = connect(self.path, busy_timeout=self._busy)
         except ConfigError as exc:
             self._warn(f"{exc}; answers are not stored")
             conn = None

@@ -18,11 +18,11 @@ from .cache import connect
 __all__ = ["CacheStats", "Pruned", "cache_stats", "file_bytes", "parse_age", "parse_size",
            "prune"]
 
-_AGE = re.compile(r"(\d{1,9})([smhdw])")
+_AGE = re.compile(r"([0-9]{1,9})([smhdw])")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 #: the longest age accepted (100 years): beyond it, "older than" means nothing.
 MAX_AGE = 100 * 365 * 86_400
-_SIZE = re.compile(r"(\d{1,15})([KMGT]?)(?:i?B)?")
+_SIZE = re.compile(r"([0-9]{1,15})([KMGT]?)(?:i?B)?")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
