@@ -3,6 +3,7 @@ failures, retries, fallbacks, modes, and what a pipeline's reader gets."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,18 @@ async def test_a_pipeline_reader_gets_each_record_with_its_own_body(mock_api: An
     again = [r async for r in stream_results(requests, config(api, cache_path=str(cache)))]
     assert api.stats.requests == 4
     assert all(r["batchproc"] == {"cached": True} for r in again)
+
+
+async def test_a_damaged_cache_row_is_a_miss(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api()
+    job = write_jsonl(tmp_path / "job.jsonl", [same(i, f"q{i}") for i in range(4)])
+    cache = tmp_path / "c.sqlite"
+    await run_job(job, config(api, cache_path=str(cache)))
+    conn = sqlite3.connect(cache)
+    conn.execute("UPDATE responses SET body = CAST('{not json' AS BLOB) WHERE rowid = 1")
+    conn.execute("UPDATE responses SET body = CAST('[1, 2]' AS BLOB) WHERE rowid = 2")
+    conn.execute("UPDATE responses SET status = 'ok' WHERE rowid = 3")
+    conn.commit()
+    conn.close()
+    stats = await run_job(job, config(api, cache_path=str(cache), fresh=True))
+    assert api.stats.requests == 4 + 3 and stats.cached == 1 and stats.ok == 4

@@ -138,9 +138,9 @@ class SharedAnswers:
         if look:
             assert self.dedupe.cache is not None
             hit = self.dedupe.cache.get(key)
-            if hit is not None:
-                record = result_record(job, hit.status, hit.request_id, orjson.loads(hit.body),
-                                       self._ids())
+            body = _object(hit.body) if hit is not None else None
+            if hit is not None and body is not None:
+                record = result_record(job, hit.status, hit.request_id, body, self._ids())
                 record["batchproc"] = {"cached": True}
                 self.sink.write_result(record, job.line_hash)
                 self.stats.served(cached=True, model=hit.model or job.model,
@@ -215,3 +215,12 @@ class SharedAnswers:
         if not self._warned:
             self._warned = True
             log.warning("%s", message)
+
+
+def _object(data: bytes) -> dict[str, Any] | None:
+    """A stored body, parsed; None if it is not a JSON object (a damaged row: a miss)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -160,6 +160,14 @@ def _check(conn: sqlite3.Connection, path: Path, read_only: bool) -> None:
         raise ConfigError(f"cannot set up cache {path}: {exc}") from None
 
 
+def _sound(row: tuple[Any, ...]) -> bool:
+    """Whether a stored row has the types :class:`Hit` promises (a JSON object body)."""
+    status, request_id, model, prompt, completion, body = row
+    return (type(status) is int and 200 <= status < 300 and isinstance(request_id, str)
+            and (model is None or isinstance(model, str)) and type(prompt) is int
+            and type(completion) is int and isinstance(body, bytes) and body[:1] == b"{")
+
+
 class ResponseCache:
     """The cache file for one run: lookups here, stores on a writer thread.
 
@@ -197,6 +205,8 @@ class ResponseCache:
         self.stored = 0
         self.served = 0
         self.dropped = 0
+        #: seconds the writer thread spent committing.
+        self.write_seconds = 0.0
         if writes:
             self._thread = threading.Thread(target=self._write_loop, name="batchproc-cache",
                                             daemon=True)
@@ -213,8 +223,8 @@ class ResponseCache:
             except sqlite3.Error as exc:
                 self._warn(f"cannot read cache {self.path} ({exc}); treated as a miss")
                 return None
-            if row is None:
-                return None
+            if row is None or not _sound(row):
+                return None  # an edited or damaged row is a miss
             hit = Hit(*row)
         self.served += 1
         if self.writes:
@@ -284,7 +294,9 @@ class ResponseCache:
                     break
                 batch.append(item)
             done = None in batch
+            start = time.perf_counter()
             self._commit(conn, [b for b in batch if b is not None])
+            self.write_seconds += time.perf_counter() - start
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
