@@ -13,16 +13,18 @@ from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPO
 from ..cost import DEFAULT_MAX_TOKENS
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
-from ..run.runner import JobConfig, default_paths, run_job
+from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .cachecmd import CACHE_HELP, DEFAULT_IGNORE_TEXT, cache_config, register_cache
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
+from .merging import merge
 from .options import (
     AUTH_HEADERS,
     finite,
     is_local,
     parse_headers,
+    parse_shard_option,
     resolve_keys,
     run_loop,
     setup_logging,
@@ -55,6 +57,11 @@ def run(
     = None,
     errors: Annotated[Path | None, typer.Option(
         help="Errors file (default: <stem>.errors.jsonl beside the input).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Take only share K of N (K from 1 to N) of the lines, for N "
+        "workers: by custom_id, else by line number. Outputs default to "
+        "<stem>.shard-K-of-N.results.jsonl / .errors.jsonl; combine with `batchproc merge`.")]
+    = None,
     base_url: Annotated[str | None, typer.Option(
         help=f"API base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}).")] = None,
     endpoint: Annotated[str, typer.Option(
@@ -151,6 +158,7 @@ def run(
         check_input(input_path)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="JOBS.jsonl") from None
+    split = parse_shard_option(shard)
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     # A credential header of the user's own (a gateway's token) is what authenticates:
     # the ambient $OPENAI_API_KEY is not read, so it never goes to that gateway.
@@ -185,16 +193,9 @@ def run(
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
     config.allow_download = not offline
+    config.shard = split
     config.cache_path, config.cache_mode, config.cache_ignore, config.single_flight = \
         cache_config(cache, cache_mode, cache_ignore, single_flight)
-    if config.cache_path:
-        outs = default_paths(input_path)
-        try:
-            check_distinct([("JOBS.jsonl", input_path)], [
-                ("--cache", Path(config.cache_path)), ("--output", output or outs[0]),
-                ("--errors", errors or outs[1])])
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--cache") from None
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
@@ -337,6 +338,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 register(app)
 register_cache(app)
+app.command("merge")(merge)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:

@@ -24,6 +24,7 @@ from ..tools.estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_
 from ..tools.export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from ..tools.imagejobs import write_image_jobs
 from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_USAGE
+from .options import parse_shard_option
 
 __all__ = ["register"]
 
@@ -164,8 +165,12 @@ def estimate(
         "--offline", help="Never download a tiktoken encoding: count with what is local, else by "
         "characters.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Only the share of worker K of N (as run --shard K/N takes).")]
+    = None,
 ) -> None:
     """Count, price and time a job without sending anything (an upper bound)."""
+    split = parse_shard_option(shard)
     if not jobs.is_file():
         raise typer.BadParameter(f"no such file: {jobs}", param_hint="JOBS.jsonl")
     try:
@@ -175,7 +180,7 @@ def estimate(
     counter = TokenCounter(encodings_dir=encodings_dir, allow_download=not offline,
                            default_max_tokens=default_max_tokens)
     result = estimate_job(jobs, counter=counter, prices=table, rpm=parse_limit(rpm, "--rpm"),
-                          tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint)
+                          tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint, shard=split)
     if json_out:
         if result.min_seconds is not None:
             result.min_seconds = round(result.min_seconds, 3)

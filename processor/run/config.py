@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
 from ..jobs import DEFAULT_ENDPOINT
+from ..shards import Shard
 from ..store.cachekey import DEFAULT_IGNORE
 
 __all__ = ["JobConfig"]
@@ -61,6 +62,8 @@ class JobConfig:
         single_flight: ``all``, ``deterministic`` or ``off``
             (:class:`~processor.store.cachekey.Share`): identical requests in flight
             at once are sent once.
+        shard: take only this shard's lines (``--shard K/N``), with its own output
+            files and resume state (see :mod:`processor.shards`).
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -99,3 +102,4 @@ class JobConfig:
     cache_mode: str = "all"
     cache_ignore: tuple[str, ...] = DEFAULT_IGNORE
     single_flight: str = "all"
+    shard: Shard | None = None

@@ -19,7 +19,7 @@ from ..stats import Stats, StopReason
 from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
-from ..store.paths import check_job_paths, job_locks
+from ..store.paths import check_distinct, check_job_paths, job_locks
 from ..store.resume import (
     POSITIONAL_PREFIX,
     ResumeState,
@@ -28,10 +28,12 @@ from ..store.resume import (
     move_aside,
     stop_check,
 )
+from ..store.shardfiles import check_marker, marker_path
 from ..store.writer import ResultWriter
 from .config import JobConfig
 from .engine import Engine
 from .parts import Parts, build_parts
+from .sharding import ShardScope, shard_defaults
 
 # JobConfig is defined in .config, Parts in .parts; both stay importable from here.
 __all__ = ["JobConfig", "default_paths", "run_job"]
@@ -79,11 +81,18 @@ async def run_job(
     cfg = config or JobConfig()
     src = Path(input_path)
     default_out, default_err = default_paths(src)
+    if cfg.shard is not None:
+        # Checked before the job's lock: the default names of a shard name K and N.
+        output, errors = shard_defaults(src, cfg.shard, Path(output) if output else None,
+                                        Path(errors) if errors else None)
     out_path = Path(output) if output else default_out
     err_path = Path(errors) if errors else default_err
     # Before anything is read or written: paths that would destroy data, then the
     # lock, held across the resume scan and the torn-line repair to the last write.
     check_job_paths(src, out_path, err_path)
+    if cfg.cache_path:
+        check_distinct([("input", src)], [("cache", Path(cfg.cache_path)),
+                                          ("results", out_path), ("errors", err_path)])
     with JobLock(job_locks(out_path, err_path),
                  files=[out_path, err_path, ledger_path(out_path)]):
         return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
@@ -102,9 +111,10 @@ async def _run(
     # that a caller's event loop is never blocked by it. Signals are handled from before
     # it starts: Ctrl-C during a long scan stops it within a few thousand lines.
     signals = _SignalStop(stats) if handle_signals else None
+    scope = ShardScope(cfg.shard, stats) if cfg.shard is not None else None
     try:
         state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
-                                        count_total, signals.flag if signals else None)
+                                        count_total, signals.flag if signals else None, scope)
         parts = build_parts(cfg)
         cache = await asyncio.to_thread(parts.open_cache)
     except BaseException as exc:
@@ -123,8 +133,11 @@ async def _run(
         engine = parts.engine(client, writer, on_progress=on_progress, stats=stats, cache=cache)
         # Bad lines reported before (by content) are not reported again.
         source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                      skip_line=unchanged_filter(state, stats)),
+                                      skip_line=unchanged_filter(state, stats),
+                                      keep=ShardScope.filter_for(scope)),
                             state, stats, _sendable(parts))
+        if scope is not None:
+            source = scope.counted(source)
         remove = signals.attach(engine) if signals else (lambda: None)
         try:
             await engine.run(source)
@@ -165,7 +178,7 @@ async def _run(
 
 def _prepare_files(
     cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, scope: ShardScope | None = None,
 ) -> ResumeState:
     """Check the input, move or repair old outputs, read what they hold, count lines.
 
@@ -175,10 +188,11 @@ def _prepare_files(
         ScanInterrupted: ``stop`` was set during the scan.
     """
     if cfg.fresh:
-        for p in (out_path, err_path, ledger_path(out_path)):
+        for p in (out_path, err_path, ledger_path(out_path), marker_path(out_path)):
             moved = move_aside(p)
             if moved:
                 stats.notes.append(f"--fresh: moved {p} to {moved}")
+    check_marker(out_path, err_path, cfg.shard)  # outputs of another shard: refused
     if out_path.exists() or err_path.exists():
         log.info("reading the earlier outputs (%s, %s) to resume", out_path, err_path)
     state = load_state(out_path, err_path, stop=stop)
@@ -197,6 +211,8 @@ def _prepare_files(
                             resend_changed=cfg.resend_changed, retry_failed=cfg.retry_failed)
     if count_total:
         stats.total = count_lines(src, cancel=stop_check(stop))
+        if scope is not None:
+            scope.estimate_total(stats.total)
     return state
 
 

@@ -45,6 +45,8 @@ class MockConfig:
         outage_at: seconds after the server started when an outage begins (``None``: never).
         outage_for: how long the outage lasts, in seconds.
         outage_mode: what requests get meanwhile (:class:`OutageMode`).
+        outage_from_first_request: count ``outage_at`` from the first request the server
+            sees instead of from its start (tests whose client takes a while to start).
 
     Raises:
         ValueError: a limit below 1 request / not positive, a probability outside [0, 1],
@@ -74,6 +76,7 @@ class MockConfig:
     outage_at: float | None = None
     outage_for: float = 0.0
     outage_mode: OutageMode = OutageMode.BAD_GATEWAY
+    outage_from_first_request: bool = False
 
     def __post_init__(self) -> None:
         faults = (self.fail_500, self.fail_503, self.reset, self.hang, self.truncate)

@@ -21,6 +21,7 @@ from typing import Any
 from ..cost import TokenCounter, base_model_name
 from ..errors import ConfigError, JobFormatError
 from ..jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
+from ..shards import Shard
 
 __all__ = [
     "MAX_BAD_LINE_NUMBERS",
@@ -168,6 +169,7 @@ def estimate_job(
     rpm: float | None = None,
     tpm: float | None = None,
     endpoint: str = DEFAULT_ENDPOINT,
+    shard: Shard | None = None,
 ) -> Estimate:
     """Count, price and time a job file without sending anything.
 
@@ -182,11 +184,13 @@ def estimate_job(
         prices: model prefix -> :class:`Price` (see :func:`price_for`).
         rpm, tpm: the limits the run will use, for ``min_seconds``.
         endpoint: the endpoint of lines that name none.
+        shard: count only this shard's lines (``--shard K/N``).
     """
     counter = counter if counter is not None else TokenCounter()
     est = Estimate()
     sent_requests = sent_tokens = 0
-    for item in iter_jobs(path, default_endpoint=endpoint):
+    keep = shard.line_filter() if shard is not None else None
+    for item in iter_jobs(path, default_endpoint=endpoint, keep=keep):
         try:
             cost = None if isinstance(item, BadLine) else counter.cost(item.body, item.url)
         except (JobFormatError, ValueError):  # as the engine does: unpriceable means bad
