@@ -274,3 +274,15 @@ async def test_kill_9_mid_run_then_rerun_answers_every_line_once(
     assert all(len(texts) == 1 for texts in answers.values())
     # About one request per group (a kill loses the cache's last uncommitted batch).
     assert api.stats.requests < 150
+
+
+async def test_batchproc_cache_default_lives_in_the_user_cache_folder(
+        mock_api: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    api = await mock_api()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("BATCHPROC_CACHE", "default")
+    job = write_jsonl(tmp_path / "job.jsonl", [line(i, f"Q{i}") for i in range(3)])
+    await cli(job, api.base_url)
+    assert cache_stats(tmp_path / "xdg" / "batchproc" / "responses.sqlite").entries == 3
+    summary = await cli(job, api.base_url, "--cache", "off", "--fresh")
+    assert api.stats.requests == 6 and "cached:" not in summary

@@ -196,6 +196,7 @@ class ResponseCache:
         self._interval = interval
         self._pending: dict[bytes, Hit] = {}
         self._pending_bytes = 0
+        self._queued_hits = 0  # approximate across threads: a soft bound
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -227,7 +228,9 @@ class ResponseCache:
                 return None  # an edited or damaged row is a miss
             hit = Hit(*row)
         self.served += 1
-        if self.writes:
+        # Counting hits is the first thing to give up when the writer falls behind.
+        if self.writes and self._queued_hits < MAX_PENDING:
+            self._queued_hits += 1
             self._queue.put(("hit", key))
         return hit
 
@@ -306,6 +309,7 @@ class ResponseCache:
         hits = [value for kind, value in batch if kind == "hit"]
         if not batch:
             return
+        self._queued_hits -= len(hits)
         ok = False
         if conn is not None:
             now = time.time()
