@@ -286,3 +286,19 @@ async def test_batchproc_cache_default_lives_in_the_user_cache_folder(
     assert cache_stats(tmp_path / "xdg" / "batchproc" / "responses.sqlite").entries == 3
     summary = await cli(job, api.base_url, "--cache", "off", "--fresh")
     assert api.stats.requests == 6 and "cached:" not in summary
+
+
+async def test_a_server_that_echoes_the_key_leaves_it_out_of_the_cache(
+        hostile_api: Any, tmp_path: Path) -> None:
+    from tests.hostile import echo
+
+    api = await hostile_api(echo())
+    job = write_jsonl(tmp_path / "job.jsonl", [line(i, f"Q{i}") for i in range(3)])
+    cache = tmp_path / "c.sqlite"
+    code, err = await _run_with_key(job, api.base_url, "--cache", str(cache))
+    assert code == 0, err
+    assert cache_stats(cache).entries == 3
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir()
+                      if p.name.startswith("c.sqlite"))
+    assert b"Authorization" in stored or b"authorization" in stored.lower()  # it was echoed
+    assert KEY.encode() not in stored and KEY[8:].encode() not in stored

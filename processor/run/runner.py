@@ -170,6 +170,9 @@ async def _run(
     edit_notes(stats)
     stats.notes.append(f"results: {out_path}")
     stats.notes.append(f"errors:  {err_path}")
+    if cache is not None:
+        lost = f"; {cache.dropped:,} could not be stored" if cache.dropped else ""
+        stats.notes.append(f"cache:   {cache.path} ({cache.stored:,} answers stored{lost})")
     await counter.wait_loaded_async(timeout=1.0)
     if counter.mode != "exact":
         stats.notes.append(f"token counts: {counter.mode}")
