@@ -72,13 +72,19 @@ def outage_line(stats: Stats) -> str:
     return f"server down since {since}{every}"
 
 
+def _served(stats: Stats) -> str:
+    """`` (cached N, shared M)`` when some answers needed no request of their own."""
+    parts = [f"{name} {n:,}" for name, n in (("cached", stats.cached), ("shared", stats.shared))
+             if n]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
     rpm, tpm, per_s = rates
     total = "?" if stats.total is None else f"{stats.total:,}"
     outage = outage_line(stats)
     return (
-        f"done {stats.done + stats.skipped:,}/{total} ok {stats.ok:,}"
-        f"{f' (cached {stats.cached:,})' if stats.cached else ''} failed "
+        f"done {stats.done + stats.skipped:,}/{total} ok {stats.ok:,}{_served(stats)} failed "
         f"{stats.failed + stats.bad_lines:,} retrying {stats.retrying:,} in-flight "
         f"{stats.in_flight:,} 429s {stats.n_429:,} | rpm {_rate(rpm, stats, 'rpm')} "
         f"tpm {_rate(tpm, stats, 'tpm')} | eta {_eta(stats, per_s)}"
@@ -154,7 +160,7 @@ class LiveReporter:
             eta=_eta(stats, per_s),
         )
         detail = (
-            f"[green]ok {stats.ok:,}[/]  [red]failed {stats.failed + stats.bad_lines:,}[/]  "
+            f"[green]ok {stats.ok:,}{_served(stats)}[/]  [red]failed {stats.failed + stats.bad_lines:,}[/]  "
             f"[yellow]retrying {stats.retrying:,}[/]  in-flight {stats.in_flight:,}  "
             f"429s {stats.n_429:,}  skipped {stats.skipped:,}\n"
             f"rpm {_rate(rpm, stats, 'rpm')}  tpm {_rate(tpm, stats, 'tpm')}"
