@@ -160,7 +160,8 @@ class LiveReporter:
             eta=_eta(stats, per_s),
         )
         detail = (
-            f"[green]ok {stats.ok:,}{_served(stats)}[/]  [red]failed {stats.failed + stats.bad_lines:,}[/]  "
+            f"[green]ok {stats.ok:,}{_served(stats)}[/]  "
+            f"[red]failed {stats.failed + stats.bad_lines:,}[/]  "
             f"[yellow]retrying {stats.retrying:,}[/]  in-flight {stats.in_flight:,}  "
             f"429s {stats.n_429:,}  skipped {stats.skipped:,}\n"
             f"rpm {_rate(rpm, stats, 'rpm')}  tpm {_rate(tpm, stats, 'tpm')}"
