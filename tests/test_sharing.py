@@ -117,3 +117,19 @@ async def test_a_damaged_cache_row_is_a_miss(mock_api: Any, tmp_path: Path) -> N
     conn.close()
     stats = await run_job(job, config(api, cache_path=str(cache), fresh=True))
     assert api.stats.requests == 4 + 3 and stats.cached == 1 and stats.ok == 4
+
+
+async def test_followers_are_read_while_the_wire_is_full_and_their_number_is_bounded(
+        mock_api: Any, tmp_path: Path) -> None:
+    """One request in flight at most, 45 identical lines: the followers are read while the
+    leader is on the wire, at most 10 x max_in_flight of them wait, and then reading pauses
+    until the leader answers (without a cache, the next copy leads again)."""
+    api = await mock_api(latency_ms=100)
+    job = write_jsonl(tmp_path / "job.jsonl", [same(i, "the same") for i in range(45)])
+    stats = await run_job(job, config(api, max_in_flight=1))
+    results = read_jsonl(tmp_path / "job.results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"req-{i}" for i in range(45))
+    assert api.stats.requests == 5  # groups of 1 leader + 10 followers: 11 + 11 + 11 + 11 + 1
+    leaders = Counter(r.get("batchproc", {}).get("shared_from") for r in results)
+    assert leaders == {None: 5, "req-0": 10, "req-11": 10, "req-22": 10, "req-33": 10}
+    assert stats.shared == 40

@@ -15,7 +15,9 @@ from typing import Any
 
 import orjson
 
+from processor import JobConfig, run_job
 from processor.store.cacheadmin import cache_stats
+from processor.store.cachekey import parse_ignore
 from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
 
 KEY = "sk-test-CACHE-NEVER-KEEPS-ME-9d2e"
@@ -114,9 +116,10 @@ async def test_duplicates_anywhere_are_sent_once_with_the_cache(
 
 async def test_thirty_percent_duplicates_send_seventy_percent_without_a_cache(
         mock_api: Any, tmp_path: Path) -> None:
-    """Identical requests in flight at once are sent once: here every line is read while
-    the first answers are still on their way (128 in flight, 150 ms each)."""
-    api = await mock_api(latency_ms=150)
+    """Identical requests in flight at once are sent once: each copy here comes right
+    behind its original, read while the original is on the wire (even when the wire is
+    full: 8 in flight at most)."""
+    api = await mock_api(latency_ms=50)
     lines, dupes = [], {}
     for i in range(70):
         lines.append(i)
@@ -126,7 +129,7 @@ async def test_thirty_percent_duplicates_send_seventy_percent_without_a_cache(
     job = write_jsonl(tmp_path / "job.jsonl",
                       [line(n, question(n, dupes)) for n in range(len(lines))])
     assert len(lines) == 100 and len(dupes) == 30
-    summary = await cli(job, api.base_url, max_in_flight=128)
+    summary = await cli(job, api.base_url, max_in_flight=8)
     assert api.stats.requests == 70
     assert "cached: 0, shared (single-flight): 30" in summary
     records = ids_once(tmp_path / "job.results.jsonl", 100)
@@ -134,8 +137,7 @@ async def test_thirty_percent_duplicates_send_seventy_percent_without_a_cache(
               if "batchproc" in r}
     assert shared == {f"req-{i}": f"req-{j}" for i, j in dupes.items()}
     # The control: without single-flight every line is a request.
-    await cli(job, api.base_url, "--single-flight", "off", "-o", str(tmp_path / "off.jsonl"),
-              max_in_flight=128)
+    await cli(job, api.base_url, "--single-flight", "off", "-o", str(tmp_path / "off.jsonl"))
     assert api.stats.requests == 170
 
 
@@ -210,19 +212,21 @@ async def test_the_key_is_never_in_the_cache_and_failures_are_not_stored(
 async def test_cache_ignore_decides_which_fields_make_requests_differ(
         mock_api: Any, tmp_path: Path) -> None:
     api = await mock_api(latency_ms=5)
-    cache = tmp_path / "c.sqlite"
+    cache = str(tmp_path / "c.sqlite")
     run1 = write_jsonl(tmp_path / "one.jsonl", [line(0, "same", user="alice")])
     run2 = write_jsonl(tmp_path / "two.jsonl", [line(0, "same", user="bob")])
-    await cli(run1, api.base_url, "--cache", str(cache))
-    await cli(run2, api.base_url, "--cache", str(cache))  # user is left out by default
+
+    def cfg(**kw: Any) -> JobConfig:
+        return JobConfig(base_url=api.base_url, cache_path=cache, allow_download=False, **kw)
+
+    await run_job(run1, cfg())
+    await run_job(run2, cfg())  # user is left out by default
     assert api.stats.requests == 1
-    await cli(run2, api.base_url, "--cache", str(cache), "--cache-ignore", "none", "--fresh")
+    await run_job(run2, cfg(cache_ignore=parse_ignore("none"), fresh=True))
     assert api.stats.requests == 2
-    await cli(run1, api.base_url, "--cache", str(cache), "--cache-ignore", "user,temperature",
-              "--fresh")
+    await run_job(run1, cfg(cache_ignore=parse_ignore("user,temperature"), fresh=True))
     assert api.stats.requests == 2
-    proc = await start_cli(run1, api.base_url, "--cache", str(cache), "--cache-ignore",
-                           "a b")
+    proc = await start_cli(run1, api.base_url, "--cache", cache, "--cache-ignore", "a b")
     _, err = await proc.communicate()
     assert proc.returncode == 2 and b"--cache-ignore" in err
 
@@ -232,7 +236,7 @@ async def test_followers_resume_exactly_once_after_a_kill_between_their_writes(
     api = await mock_api(latency_ms=100)
     # Groups of 4 identical requests, back to back: one leader, three followers each.
     job = write_jsonl(tmp_path / "job.jsonl", [line(i, f"group {i // 4}") for i in range(40)])
-    await cli(job, api.base_url, max_in_flight=64)
+    await cli(job, api.base_url, max_in_flight=4)
     assert api.stats.requests == 10
     results = tmp_path / "job.results.jsonl"
     lines = results.read_bytes().splitlines(keepends=True)
@@ -241,7 +245,7 @@ async def test_followers_resume_exactly_once_after_a_kill_between_their_writes(
     assert b'"shared_from"' not in lines[cut - 1]
     lost = {orjson.loads(raw)["custom_id"] for raw in lines[cut:]}
     results.write_bytes(b"".join(lines[:cut]))
-    await cli(job, api.base_url, max_in_flight=64)
+    await cli(job, api.base_url, max_in_flight=4)
     ids_once(results, 40)
     # Each lost group is sent once more (its followers lead again); none twice.
     groups = {int(cid.split("-")[1]) // 4 for cid in lost}

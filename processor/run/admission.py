@@ -200,6 +200,7 @@ class Admission:
         run, requeue, waits, circuit = self.run, self.requeue, self.waits, self.circuit
         exhausted = False
         stage, taken = self.stage, 0
+        held: Job | None = None  # read while the wire was full; goes at the next free slot
         while not run.stopping:
             cap = min(self.max_in_flight, PROBE_IN_FLIGHT) if self.keys.learning \
                 else self.max_in_flight
@@ -220,11 +221,33 @@ class Admission:
                     continue
                 probe = True
             if run.in_flight >= cap:
+                if stage is not None and held is None and not exhausted and \
+                        len(requeue) < self.max_requeue and stage.room():
+                    # The wire is full, but the next line may need no request (a cache
+                    # hit, an identical request's follower): read on. One that needs a
+                    # request is held for the next free slot.
+                    if self.before_admit is not None:
+                        await self.before_admit()
+                        if run.stopping:
+                            return
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        continue
+                    held = self.prepare(item)
+                    if held is None or stage.take(held):
+                        held = None
+                        taken += 1
+                        if taken % 64 == 0:
+                            await asyncio.sleep(0)
+                        continue
                 await waits.change(None)
                 continue
             job: Job | None = None
             if requeue and (probe or requeue[0][0] <= now):
                 job = heapq.heappop(requeue)[2]
+            elif held is not None:
+                job, held = held, None
             elif not exhausted and len(requeue) < self.max_requeue and (
                     stage is None or stage.room()):
                 # New lines pause while the requeue is full: what is held stays bounded
