@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from processor import JobConfig, run_job
 from processor.run.pipeline import stream_results
 from processor.store.cacheadmin import cache_stats
@@ -133,3 +135,37 @@ async def test_followers_are_read_while_the_wire_is_full_and_their_number_is_bou
     leaders = Counter(r.get("batchproc", {}).get("shared_from") for r in results)
     assert leaders == {None: 5, "req-0": 10, "req-11": 10, "req-22": 10, "req-33": 10}
     assert stats.shared == 40
+
+
+async def test_packed_lines_are_cached_and_shared_one_by_one(mock_api: Any,
+                                                             tmp_path: Path) -> None:
+    """With --pack, each line of a pack is looked up and shared on its own: the pack goes
+    with the lines that still need a request; each answer stored is one line's."""
+    from processor.testing.bodies import text_vector
+
+    api = await mock_api(latency_ms=20)
+    texts = [f"text {i % 30}" for i in range(40)]  # 10 repeat an earlier line's text
+    job = write_jsonl(tmp_path / "job.jsonl", [
+        {"custom_id": f"e-{i}", "url": "/v1/embeddings",
+         "body": {"model": "text-embedding-3-small", "input": t}} for i, t in enumerate(texts)])
+    cache = tmp_path / "c.sqlite"
+    first = await run_job(job, config(api, pack=10, cache_path=str(cache)))
+    assert first.ok == 40 and cache_stats(cache).entries == 30
+    sent = api.stats.requests
+    assert sent <= 4  # 30 distinct lines in packs of at most 10
+    again = tmp_path / "again.jsonl"
+    stats = await run_job(job, config(api, pack=10, cache_path=str(cache)), output=again,
+                          errors=tmp_path / "again.errors.jsonl")
+    assert api.stats.requests == sent and stats.cached == 40
+    for record in read_jsonl(again):
+        i = int(record["custom_id"].split("-")[1])
+        data = record["response"]["body"]["data"]
+        assert len(data) == 1 and data[0]["embedding"] == pytest.approx(
+            text_vector(texts[i], 8), rel=1e-6)
+    # Half the lines new: only they are sent, packed.
+    job2 = write_jsonl(tmp_path / "job2.jsonl", [
+        {"custom_id": f"n-{i}", "url": "/v1/embeddings",
+         "body": {"model": "text-embedding-3-small", "input": f"text {i}"}}
+        for i in range(15, 45)])
+    stats = await run_job(job2, config(api, pack=10, cache_path=str(cache)))
+    assert stats.cached == 15 and api.stats.requests == sent + 2

@@ -11,6 +11,7 @@ import typer
 
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
+from ..cost.packing import parse_pack
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
@@ -140,6 +141,11 @@ def run(
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
         "errors) while batchproc probes it without spending attempts; then the run stops "
         "(exit 75, rerun to resume). 0: off.")] = 1800.0,
+    pack: Annotated[str, typer.Option(
+        help="Send consecutive embeddings (and legacy completions) requests that differ "
+        "only in their input as one request of up to N inputs, within the model's limits "
+        "and one TPM burst; each line still gets its own result. 'auto': as many as those "
+        "limits allow; 'off': never.")] = "off",
     cache: Annotated[str | None, typer.Option(
         metavar="PATH|default|off", envvar="BATCHPROC_CACHE", help=CACHE_HELP)] = None,
     cache_mode: Annotated[str, typer.Option(
@@ -192,6 +198,10 @@ def run(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
+    try:
+        config.pack = parse_pack(pack)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pack") from None
     config.allow_download = not offline
     config.shard = split
     config.cache_path, config.cache_mode, config.cache_ignore, config.single_flight = \

@@ -148,8 +148,9 @@ class Stage(Protocol):
     """Between reading a line and admitting it: answers some lines without a request
     (:class:`~processor.run.singleflight.SharedAnswers`)."""
 
-    def take(self, job: Job) -> bool:
-        """True if ``job`` is dealt with (not to be admitted)."""
+    def take(self, job: Job) -> Job | None:
+        """What of ``job`` is to be admitted: ``job``, a smaller request (the lines of a
+        pack that still need one), or None (it is dealt with)."""
         ...
 
     def room(self) -> bool:
@@ -235,10 +236,11 @@ class Admission:
                         exhausted = True
                         continue
                     held = self.prepare(item)
-                    if held is None or stage.take(held):
-                        held = None
+                    if held is not None:
+                        held = stage.take(held)
+                    if held is None:
                         taken += 1
-                        if taken % 64 == 0:
+                        if taken % 8 == 0:
                             await asyncio.sleep(0)
                         continue
                 await waits.change(None)
@@ -263,9 +265,9 @@ class Admission:
                 job = self.prepare(item)
                 if job is None:
                     continue
-                if stage is not None and stage.take(job):
+                if stage is not None and (job := stage.take(job)) is None:
                     taken += 1
-                    if taken % 64 == 0:  # a long run of cache hits must not hold the loop
+                    if taken % 8 == 0:  # a long run of cache hits must not hold the loop
                         await asyncio.sleep(0)
                     continue
             elif requeue:

@@ -54,6 +54,9 @@ class JobConfig:
         outage_window: seconds the server may stay down (most attempts failing with
             5xx or connection errors) while batchproc probes it, spending no attempts,
             before the run stops (resumable); 0 turns this off.
+        pack: send consecutive embeddings (and legacy completions) requests that differ
+            only in their input as one request of at most this many inputs, or
+            ``"auto"``; None: never (see :mod:`processor.run.packing`).
         cache_path: the response cache, a SQLite file (None: no cache); see
             :mod:`processor.store.cache`.
         cache_mode: ``all``, ``deterministic``, ``read-only`` or ``refresh``
@@ -98,6 +101,7 @@ class JobConfig:
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     outage_window: float = 1800.0
+    pack: int | str | None = None
     cache_path: str | None = None
     cache_mode: str = "all"
     cache_ignore: tuple[str, ...] = DEFAULT_IGNORE

@@ -41,6 +41,7 @@ from ..store.cache import ResponseCache
 from ..store.cachekey import CacheMode, KeyMaker, Share, repeatable
 from ..store.records import RecordIds, error_record, result_record
 from .outcomes import Sink
+from .packing import PackedJob, packed_job
 
 __all__ = ["Dedupe", "SharedAnswers"]
 
@@ -118,9 +119,24 @@ class SharedAnswers:
             return share, False, False
         return share, d.mode.reads, d.mode.writes
 
-    def take(self, job: Job) -> bool:
-        """True if ``job`` needs no request of its own (it follows a leader, or was
-        answered from the cache); False to admit it (as a leader, if it may lead)."""
+    def take(self, job: Job) -> Job | None:
+        """What of ``job`` needs a request: None if it follows a leader or was answered
+        from the cache, else ``job`` (a leader, if it may lead). Of a pack
+        (``--pack``), each line is taken on its own: the pack goes with the lines left."""
+        if isinstance(job, PackedJob):
+            keep = [part for part in job.parts if not self._take(part)]
+            if len(keep) == len(job.parts):
+                return job
+            if len(keep) < 2:
+                return keep[0] if keep else None
+            kept = {id(part) for part in keep}
+            return packed_job(keep, [count for part, count in zip(job.parts, job.counts,
+                                                                   strict=True)
+                                     if id(part) in kept])
+        return None if self._take(job) else job
+
+    def _take(self, job: Job) -> bool:
+        """True if ``job`` needs no request of its own."""
         share, look, store = self._uses(job)
         job.request_key = None
         if not (share or look or store):

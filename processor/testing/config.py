@@ -42,6 +42,8 @@ class MockConfig:
         models: when set, any other model (or Azure deployment) gets 404.
         overloaded_models: models that always answer 429 (to exercise a fallback model).
         embedding_dim: length of the embedding vectors (unless the body sets ``dimensions``).
+        embedding_limits: an embeddings request's (most inputs, most tokens in all, most
+            tokens per input), OpenAI's by default; more gets a 400.
         outage_at: seconds after the server started when an outage begins (``None``: never).
         outage_for: how long the outage lasts, in seconds.
         outage_mode: what requests get meanwhile (:class:`OutageMode`).
@@ -73,6 +75,7 @@ class MockConfig:
     models: frozenset[str] | None = None
     overloaded_models: frozenset[str] = frozenset()
     embedding_dim: int = 8
+    embedding_limits: tuple[int, int, int] = (2048, 300_000, 8192)
     outage_at: float | None = None
     outage_for: float = 0.0
     outage_mode: OutageMode = OutageMode.BAD_GATEWAY
