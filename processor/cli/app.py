@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,8 +16,10 @@ from ..cost.packing import parse_pack
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
+from ..stats import Stats
 from ..store.paths import check_distinct, check_input, check_output
-from .cachecmd import CACHE_HELP, DEFAULT_IGNORE_TEXT, cache_config, register_cache
+from . import cachecmd
+from .batch import batch_config, choose_via, register_batches, run_batch
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
 from .merging import merge
@@ -146,18 +149,23 @@ def run(
         "only in their input as one request of up to N inputs, within the model's limits "
         "and one TPM burst; each line still gets its own result. 'auto': as many as those "
         "limits allow; 'off': never.")] = "off",
-    cache: Annotated[str | None, typer.Option(
-        metavar="PATH|default|off", envvar="BATCHPROC_CACHE", help=CACHE_HELP)] = None,
-    cache_mode: Annotated[str, typer.Option(
-        help="all: look up and store every request; deterministic: only those meant to "
-        "repeat (temperature 0, a seed, embeddings); read-only: store nothing; refresh: "
-        "look nothing up, store (replace) every answer.")] = "all",
-    cache_ignore: Annotated[str, typer.Option(
-        help="Top-level body fields left out of the cache key (comma-separated; 'none').")]
-    = DEFAULT_IGNORE_TEXT,
-    single_flight: Annotated[str, typer.Option(
-        help="Identical requests in flight at once are sent once, the answer written for "
-        "each: all, deterministic (as for --cache-mode) or off.")] = "all",
+    cache: cachecmd.CacheOption = None,
+    cache_mode: cachecmd.CacheModeOption = "all",
+    cache_ignore: cachecmd.CacheIgnoreOption = cachecmd.DEFAULT_IGNORE_TEXT,
+    single_flight: cachecmd.SingleFlightOption = "all",
+    via: Annotated[str, typer.Option(help="'online'; 'batch': OpenAI's Batch API (half the "
+        "price, within 24h; rerun to resume or collect); 'auto': batch from 20,000 requests "
+        "or over 2 hours online at --rpm/--tpm.")] = "online",
+    detach: Annotated[bool, typer.Option("--detach", help="--via batch: submit and exit; "
+        "the same command later collects.")] = False,
+    fallback_online: Annotated[bool, typer.Option("--fallback-online", help="--via batch: "
+        "send what expired, failed or cancelled batches left online.")] = False,
+    batch_queue_tokens: Annotated[int | None, typer.Option(min=1, help="Enqueued tokens per "
+        "model to stay under (default: learned from refusals); parts wait.")] = None,
+    batch_poll_every: Annotated[float, typer.Option(min=0.01, callback=finite, help="First "
+        "poll interval (s), doubled each round up to --batch-poll-max.")] = 5.0,
+    batch_poll_max: Annotated[float, typer.Option(min=0.01, callback=finite)] = 300.0,
+    batch_part_requests: Annotated[int, typer.Option(min=1, max=50_000)] = 50_000,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -204,8 +212,17 @@ def run(
         raise typer.BadParameter(str(exc), param_hint="--pack") from None
     config.allow_download = not offline
     config.shard = split
-    config.cache_path, config.cache_mode, config.cache_ignore, config.single_flight = \
-        cache_config(cache, cache_mode, cache_ignore, single_flight)
+    cachecmd.configure(config, cache, cache_mode, cache_ignore, single_flight)
+    batch = (batch_config(batch_queue_tokens, batch_poll_every, batch_poll_max, detach,
+                          fallback_online, batch_part_requests)
+             if choose_via(via, input_path, output, config) == "batch" else None)
+
+    def job(progress: LiveReporter | PlainReporter | None) -> Coroutine[Any, Any, Stats]:
+        if batch is not None:
+            return run_batch(input_path, config, batch, output, errors, progress)
+        return run_job(input_path, config, output=output, errors=errors, on_progress=progress,
+                       handle_signals=True)
+
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
@@ -223,12 +240,10 @@ def run(
         reporter = PlainReporter(sys.stderr)
     try:
         if reporter is None:
-            stats = run_loop(run_job(input_path, config, output=output, errors=errors,
-                                      handle_signals=True), loop)
+            stats = run_loop(job(None), loop)
         else:
             with reporter:
-                stats = run_loop(run_job(input_path, config, output=output, errors=errors,
-                                          on_progress=reporter, handle_signals=True), loop)
+                stats = run_loop(job(reporter), loop)
     except BatchProcError as exc:
         message, code = error_exit(exc)
         typer.echo(message, err=True)
@@ -270,9 +285,16 @@ def mock_server(
     outage_mode: Annotated[str, typer.Option(
         help="What requests get during the outage: '502' (a load balancer's HTML page), "
         "'reset' (connection reset) or 'mixed'.")] = "502",
+    batch_seconds: Annotated[float, typer.Option(min=0.01, help="Seconds a batch takes.")] = 2.0,
+    batch_expire: Annotated[int, typer.Option(min=0, help="The first N batches expire half "
+        "done.")] = 0,
+    batch_error_every: Annotated[int, typer.Option(min=0, help="Every Nth request of a batch "
+        "fails once (500).")] = 0,
+    batch_queue_tokens: Annotated[int | None, typer.Option(min=1, help="Enqueued tokens per "
+        "model; a create past it is refused.")] = None,
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
-    from ..testing import MockConfig, OutageMode
+    from ..testing import BatchMockConfig, MockConfig, OutageMode
     from ..testing import run as run_mock
 
     modes = [m.value for m in OutageMode]
@@ -288,7 +310,9 @@ def mock_server(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_mock(config, host, port)
+    run_mock(config, host, port, BatchMockConfig(
+        seconds=batch_seconds, expire=batch_expire, error_every=batch_error_every,
+        queue_tokens=batch_queue_tokens))
 
 
 @app.command("sort")
@@ -347,8 +371,8 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 register(app)
-register_cache(app)
 app.command("merge")(merge)
+register_batches(app)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:

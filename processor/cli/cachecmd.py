@@ -12,11 +12,13 @@ import orjson
 import typer
 
 from ..errors import ConfigError
+from ..run.config import JobConfig
 from ..store.cacheadmin import cache_stats, parse_age, parse_size, prune
 from ..store.cachekey import DEFAULT_IGNORE, CacheMode, Share, parse_ignore
 from .exits import EXIT_USAGE
 
-__all__ = ["CACHE_HELP", "DEFAULT_IGNORE_TEXT", "cache_config", "default_cache_path",
+__all__ = ["CACHE_HELP", "DEFAULT_IGNORE_TEXT", "CacheIgnoreOption", "CacheModeOption",
+           "CacheOption", "SingleFlightOption", "cache_config", "configure", "default_cache_path",
            "register_cache"]
 
 DEFAULT_IGNORE_TEXT = ",".join(DEFAULT_IGNORE)
@@ -25,6 +27,19 @@ CACHE_HELP = ("Response cache, a SQLite file: answers stored there are written w
               "~/.cache/batchproc/responses.sqlite ($XDG_CACHE_HOME respected), 'off' for "
               "none. Also $BATCHPROC_CACHE.")
 
+
+# The run command's options (typer reads them from app.py's signature).
+CacheOption = Annotated[str | None, typer.Option(
+    metavar="PATH|default|off", envvar="BATCHPROC_CACHE", help=CACHE_HELP)]
+CacheModeOption = Annotated[str, typer.Option(
+    help="all: look up and store every request; deterministic: only those meant to "
+    "repeat (temperature 0, a seed, embeddings); read-only: store nothing; refresh: "
+    "look nothing up, store (replace) every answer.")]
+CacheIgnoreOption = Annotated[str, typer.Option(
+    help="Top-level body fields left out of the cache key (comma-separated; 'none').")]
+SingleFlightOption = Annotated[str, typer.Option(
+    help="Identical requests in flight at once are sent once, the answer written for "
+    "each: all, deterministic (as for --cache-mode) or off.")]
 
 _PATH_HELP = "The cache file (default: $BATCHPROC_CACHE, else the default location)."
 
@@ -42,6 +57,17 @@ def _cache_path(value: str | None) -> Path | None:
     if value.strip().lower() == "default":
         return default_cache_path()
     return Path(value).expanduser()
+
+
+def configure(config: JobConfig, cache: str | None, mode: str, ignore: str,
+              single_flight: str) -> None:
+    """Set ``config``'s cache and single-flight fields from the run command's options.
+
+    Raises:
+        typer.BadParameter: see :func:`cache_config`.
+    """
+    config.cache_path, config.cache_mode, config.cache_ignore, config.single_flight = \
+        cache_config(cache, mode, ignore, single_flight)
 
 
 def cache_config(cache: str | None, mode: str, ignore: str, single_flight: str
