@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--keep", type=Path, help="build (or reuse) the file here")
     args = parser.parse_args()
-    folder = tempfile.mkdtemp(prefix="bench-cache-")
+    folder = "" if args.keep else tempfile.mkdtemp(prefix="bench-cache-")
     path = args.keep or Path(folder) / "responses.sqlite"
     if not path.exists():
         took = build(path, args.entries)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -33,8 +34,8 @@ async def main(lines: int) -> None:
     app = build_app(MockConfig(seed=1))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
+    folder = Path(tempfile.mkdtemp(prefix="bench-rerun-"))
     try:
-        folder = Path(tempfile.mkdtemp(prefix="bench-rerun-"))
         job = folder / "job.jsonl"
         job.write_bytes(b"".join(orjson.dumps({"custom_id": f"r{i}", "body": {
             "model": "gpt-4o-mini", "max_tokens": 32,
@@ -55,6 +56,7 @@ async def main(lines: int) -> None:
         print(f"rerun / first: {timings[1] / timings[0]:.2f}")
     finally:
         await server.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
