@@ -76,6 +76,9 @@ class Job:
     cum_tokens: float = 0.0
     model_refusals: int = 0
     fallback_from: str | None = None
+    #: the key identical requests share (:mod:`processor.store.cachekey`), while this job
+    #: leads them or its answer may be stored; else None.
+    request_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,6 +206,12 @@ class Stats(_InputFacts):
     #: what admission waits for besides the limits ("waiting for Redis ..."), else None.
     waiting_for: str | None = None
     abandoned: bool = False
+    #: answers written without a request of their own: from the response cache, and
+    #: shared with an identical request in flight (single-flight); both are in ``ok``.
+    cached: int = 0
+    shared: int = 0
+    #: what those answers would have cost: model -> [requests, prompt, completion tokens].
+    saved: dict[str, list[int]] = field(default_factory=dict)
     #: the requeue the engine holds (``retrying`` is its length); set by the engine.
     _requeue: Sized = ()
 
@@ -272,6 +278,19 @@ class Stats(_InputFacts):
             self.actual_prompt += prompt
             self.tokens_charged_answered += charged
             self.tokens_used_answered += prompt + completion
+
+    def served(self, *, cached: bool, model: str | None, prompt: int, completion: int) -> None:
+        """One request answered without a request of its own (from the cache, or shared
+        with an identical one) and its result written."""
+        self.ok += 1
+        if cached:
+            self.cached += 1
+        else:
+            self.shared += 1
+        row = self.saved.setdefault(model or "", [0, 0, 0])
+        row[0] += 1
+        row[1] += prompt
+        row[2] += completion
 
     def retried(self) -> None:
         """One attempt failed and its request went back into the requeue."""

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent / "processor"
 INPUT_OWNER = "store/inputfilter.py"
 #: the engine: the writers of every other fact of Stats (stats.py holds its methods).
 ENGINE = {"stats.py", "run/engine.py", "run/admission.py", "run/attempts.py",
-          "run/outcomes.py", "run/keys.py", "run/outage.py",
+          "run/outcomes.py", "run/keys.py", "run/outage.py", "run/singleflight.py",
           # The engine of a --via batch run (it never runs beside the online engine on
           # the same stats).
           "batchapi/run.py", "batchapi/driver.py", "batchapi/collect.py"}

@@ -67,7 +67,9 @@ def _shapes() -> Iterator[tuple[str, str, dict[str, Any]]]:
             yield "result", f"metadata {metadata!r}", result_record(
                 _job(cid, metadata), 200, "req_2", ODD_BODY, ids())
         # As the engine adds them: after the record was built, so after "error".
-        for extra in ({"key": "k2"}, {"model": "m2", "fallback_from": "m1"}):
+        for extra in ({"key": "k2"}, {"model": "m2", "fallback_from": "m1"}, {"cached": True},
+                      {"shared_from": cid},
+                      {"shared_from": cid, "model": "m2", "fallback_from": "m1"}):
             plain = result_record(_job(cid), 200, "req_3", ODD_BODY, ids())
             plain["batchproc"] = dict(extra)
             yield "result", f"extras {extra}", plain
@@ -86,6 +88,13 @@ def _shapes() -> Iterator[tuple[str, str, dict[str, Any]]]:
         yield "error", "with response and metadata, no hash", error_record(
             custom_id=cid, line=5, code="bad_request", message="no", status=400,
             body={"error": {"message": "x", "code": None}}, metadata={"row": 1})
+        # A single-flight follower failed with its leader: marked after it was built.
+        shared = error_record(
+            custom_id=cid, line=8, code="server_error", message="boom", status=500,
+            request_id="req_6", body=ODD_BODY, attempts=5, history=history,
+            metadata=ODD_METADATA, record_id=ids(), input_hash=line_hash(b"y"))
+        shared["batchproc"] = {"shared_from": cid}
+        yield "error", "shared failure", shared
         yield "error", "invalid line with an id", error_record(
             custom_id=cid, line=6, code="invalid_line", message="blank line",
             input_hash=line_hash(b"{}"), record_id=ids())

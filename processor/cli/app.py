@@ -19,6 +19,7 @@ from ..limits.models import ModelLimit
 from ..run.runner import JobConfig, run_job
 from ..stats import Stats
 from ..store.paths import check_input
+from . import cachecmd
 from .batch import batch_config, choose_via, register_batches, run_batch
 from .commands import parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
@@ -172,6 +173,10 @@ def run(
         "only in their input as one request of up to N inputs, within the model's limits "
         "and one TPM burst; each line still gets its own result. 'auto': as many as those "
         "limits allow; 'off': never.")] = "off",
+    cache: cachecmd.CacheOption = None,
+    cache_mode: cachecmd.CacheModeOption = "all",
+    cache_ignore: cachecmd.CacheIgnoreOption = cachecmd.DEFAULT_IGNORE_TEXT,
+    single_flight: cachecmd.SingleFlightOption = "all",
     via: Annotated[str, typer.Option(help="'online'; 'batch': OpenAI's Batch API (half the "
         "price, within 24h; rerun to resume or collect); 'auto': batch from 20,000 requests "
         "or over 2 hours online at --rpm/--tpm.")] = "online",
@@ -238,6 +243,7 @@ def run(
         raise typer.BadParameter(str(exc), param_hint="--pack") from None
     config.allow_download = not offline
     config.shard = split
+    cachecmd.configure(config, cache, cache_mode, cache_ignore, single_flight)
     batch = (batch_config(batch_queue_tokens, batch_poll_every, batch_poll_max, detach,
                           fallback_online, batch_part_requests)
              if choose_via(via, input_path, output, config) == "batch" else None)
@@ -354,7 +360,7 @@ def _command_names(typer_app: typer.Typer) -> frozenset[str]:
     return frozenset(
         info.name or typer.main.get_command_name(info.callback.__name__)
         for info in typer_app.registered_commands if info.callback is not None
-    )
+    ) | frozenset(group.name for group in typer_app.registered_groups if group.name)
 
 
 _COMMANDS = _command_names(app)

@@ -25,6 +25,7 @@ from ..store.paths import check_distinct, check_output
 from ..tools.estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_prices
 from ..tools.export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from ..tools.imagejobs import write_image_jobs
+from .cachecmd import register_cache
 from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_USAGE
 from .limit_options import LimitOpt, LimitsFileOpt, ScopeOpt, SharedOpt, limit_plan
 from .options import parse_shard_option
@@ -321,7 +322,8 @@ _NOT_WRITTEN = " (the output was not written; its temporary file was removed)"
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``jobs-from-images``, ``estimate`` and ``export`` to ``app``."""
+    """Add ``jobs-from-images``, ``estimate``, ``export`` and ``cache`` to ``app``."""
     app.command("jobs-from-images")(jobs_from_images)
     app.command("estimate")(estimate)
     app.command("export")(export)
+    register_cache(app)

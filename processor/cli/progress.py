@@ -11,6 +11,7 @@ from collections import deque
 from typing import IO, TYPE_CHECKING, Any
 
 from ..stats import Stats, human_duration
+from ..tools.estimate import price_for
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -72,12 +73,19 @@ def outage_line(stats: Stats) -> str:
     return f"server down since {since}{every}"
 
 
+def _served(stats: Stats) -> str:
+    """`` (cached N, shared M)`` when some answers needed no request of their own."""
+    parts = [f"{name} {n:,}" for name, n in (("cached", stats.cached), ("shared", stats.shared))
+             if n]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
     rpm, tpm, per_s = rates
     total = "?" if stats.total is None else f"{stats.total:,}"
     outage = outage_line(stats)
     return (
-        f"done {stats.done + stats.skipped:,}/{total} ok {stats.ok:,} failed "
+        f"done {stats.done + stats.skipped:,}/{total} ok {stats.ok:,}{_served(stats)} failed "
         f"{stats.failed + stats.bad_lines:,} retrying {stats.retrying:,} in-flight "
         f"{stats.in_flight:,} 429s {stats.n_429:,} | rpm {_rate(rpm, stats, 'rpm')} "
         f"tpm {_rate(tpm, stats, 'tpm')} | eta {_eta(stats, per_s)}"
@@ -153,7 +161,8 @@ class LiveReporter:
             eta=_eta(stats, per_s),
         )
         detail = (
-            f"[green]ok {stats.ok:,}[/]  [red]failed {stats.failed + stats.bad_lines:,}[/]  "
+            f"[green]ok {stats.ok:,}{_served(stats)}[/]  "
+            f"[red]failed {stats.failed + stats.bad_lines:,}[/]  "
             f"[yellow]retrying {stats.retrying:,}[/]  in-flight {stats.in_flight:,}  "
             f"429s {stats.n_429:,}  skipped {stats.skipped:,}\n"
             f"rpm {_rate(rpm, stats, 'rpm')}  tpm {_rate(tpm, stats, 'tpm')}"
@@ -205,7 +214,22 @@ def summary_dict(stats: Stats) -> dict[str, Any]:
         "outages": stats.outages,
         "stopped": stats.reason.value,
         "still_bad_lines": stats.still_bad,
+        "cached": stats.cached,
+        "shared": stats.shared,
+        "saved_usd": saved_usd(stats),
     }
+
+
+def saved_usd(stats: Stats) -> float | None:
+    """What the answers served from the cache or shared would have cost at list
+    prices (:data:`processor.tools.estimate.PRICES`); None if none was priced."""
+    total, priced = 0.0, False
+    for model, (_, prompt, completion) in stats.saved.items():
+        price = price_for(model) if model else None
+        if price is not None:
+            priced = True
+            total += (prompt * price.input + completion * price.output) / 1e6
+    return round(total, 6) if priced else None
 
 
 def _estimate_error(stats: Stats) -> float | None:
@@ -240,6 +264,12 @@ def format_summary(stats: Stats) -> str:
     if stats.limits:
         shown = ", ".join(f"{k} {v:,.0f}" for k, v in stats.limits.items())
         lines.append(f"  limits: {shown}")
+    if stats.cached or stats.shared:
+        usd = s["saved_usd"]
+        lines.append(
+            f"  cached: {stats.cached:,}, shared (single-flight): {stats.shared:,}; saved about "
+            + ("?" if usd is None else f"${usd:,.4f}" if usd < 1 else f"${usd:,.2f}")
+            + " at list prices")
     if stats.fallbacks:
         lines.append(f"  {stats.fallbacks:,} requests sent with the fallback model")
     if stats.answered_by_key:

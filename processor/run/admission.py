@@ -31,7 +31,7 @@ from .outage import OutageWatch
 from .policy import LONG_PAUSE, NO_KEY_LEFT, Stop, rerun_later
 
 __all__ = ["DAILY_PERIOD", "DAILY_STOP_WAIT", "PROBE_IN_FLIGHT", "Admission", "Control",
-           "Sleep", "Waits", "long_wait_stop"]
+           "Sleep", "Stage", "Waits", "long_wait_stop"]
 
 #: while learning limits (``auto``), at most this many requests in flight.
 PROBE_IN_FLIGHT = 4
@@ -159,6 +159,20 @@ class Control(Protocol):
     def returned(self) -> None: ...
 
 
+class Stage(Protocol):
+    """Between reading a line and admitting it: answers some lines without a request
+    (:class:`~processor.run.singleflight.SharedAnswers`)."""
+
+    def take(self, job: Job) -> Job | None:
+        """What of ``job`` is to be admitted: ``job``, a smaller request (the lines of a
+        pack that still need one), or None (it is dealt with)."""
+        ...
+
+    def room(self) -> bool:
+        """Whether another line may be read now."""
+        ...
+
+
 class Admission:
     """The admission loop and the requeue.
 
@@ -169,12 +183,14 @@ class Admission:
         max_in_flight / max_requeue: see :class:`~processor.run.engine.Engine`.
         before_admit: awaited before each new line is taken (a consumer's back-pressure).
         circuit / outage: the outage circuit and its watch (None: turned off).
+        stage: answers some new lines without a request (None: every line is admitted).
     """
 
     def __init__(self, run: Control, keys: KeyPool, waits: Waits,
                  prepare: Callable[[Job | BadLine], Job | None], *, max_in_flight: int,
                  max_requeue: int, before_admit: Callable[[], Awaitable[None]] | None,
-                 circuit: Circuit | None, outage: OutageWatch | None) -> None:
+                 circuit: Circuit | None, outage: OutageWatch | None,
+                 stage: Stage | None = None) -> None:
         self.run = run
         self.keys = keys
         self.waits = waits
@@ -184,6 +200,7 @@ class Admission:
         self.before_admit = before_admit
         self.circuit = circuit
         self.outage = outage
+        self.stage = stage
         #: (time it may go again, sequence, job): retries waiting, soonest first.
         self.requeue: list[tuple[float, int, Job]] = []
         self._seq = 0
@@ -212,6 +229,8 @@ class Admission:
         run, requeue, waits, circuit = self.run, self.requeue, self.waits, self.circuit
         held = self.held
         exhausted = False
+        stage, taken = self.stage, 0
+        early: Job | None = None  # read while the wire was full; goes at the next free slot
         while not run.stopping:
             cap = self._cap()
             # The clock is read only when a retry waits or the server is down.
@@ -233,13 +252,37 @@ class Admission:
                     continue
                 probe = True
             if run.in_flight >= cap:
+                if stage is not None and early is None and not exhausted and \
+                        len(requeue) < self.max_requeue and len(held) < self.max_requeue \
+                        and stage.room():
+                    # The wire is full, but the next line may need no request (a cache
+                    # hit, an identical request's follower): read on. One that needs a
+                    # request is held for the next free slot.
+                    if self.before_admit is not None:
+                        await self.before_admit()
+                        if run.stopping:
+                            return
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        continue
+                    early = self.prepare(item)
+                    if early is not None:
+                        early = stage.take(early)
+                    if early is None:
+                        taken += 1
+                        if taken % 8 == 0:
+                            await asyncio.sleep(0)
+                        continue
                 await waits.change(None)
                 continue
             job: Job | None = None
             if requeue and (probe or requeue[0][0] <= now):
                 job = heapq.heappop(requeue)[2]
+            elif early is not None:
+                job, early = early, None
             elif not exhausted and len(requeue) < self.max_requeue \
-                    and len(held) < self.max_requeue:
+                    and len(held) < self.max_requeue and (stage is None or stage.room()):
                 # New lines pause while the requeue is full: what is held stays bounded
                 # however fast the server fails.
                 if self.before_admit is not None:
@@ -252,6 +295,11 @@ class Admission:
                     continue
                 job = self.prepare(item)
                 if job is None:
+                    continue
+                if stage is not None and (job := stage.take(job)) is None:
+                    taken += 1
+                    if taken % 8 == 0:  # a long run of cache hits must not hold the loop
+                        await asyncio.sleep(0)
                     continue
             elif requeue:
                 wait = requeue[0][0] - now

@@ -10,6 +10,7 @@ from ..cost import DEFAULT_MAX_TOKENS
 from ..jobs import DEFAULT_ENDPOINT
 from ..limits.models import ModelLimit
 from ..shards import Shard
+from ..store.cachekey import DEFAULT_IGNORE
 
 __all__ = ["JobConfig"]
 
@@ -57,6 +58,14 @@ class JobConfig:
         pack: send consecutive embeddings (and legacy completions) requests that differ
             only in their input as one request of at most this many inputs, or
             ``"auto"``; None: never (see :mod:`processor.run.packing`).
+        cache_path: the response cache, a SQLite file (None: no cache); see
+            :mod:`processor.store.cache`.
+        cache_mode: ``all``, ``deterministic``, ``read-only`` or ``refresh``
+            (:class:`~processor.store.cachekey.CacheMode`).
+        cache_ignore: top-level body fields left out of the cache key.
+        single_flight: ``all``, ``deterministic`` or ``off``
+            (:class:`~processor.store.cachekey.Share`): identical requests in flight
+            at once are sent once.
         shard: take only this shard's lines (``--shard K/N``), with its own output
             files and resume state (see :mod:`processor.shards`).
     """
@@ -100,4 +109,8 @@ class JobConfig:
     limiter_password: str | None = field(default=None, repr=False)
     limiter_namespace: str | None = None
     pack: int | str | None = None
+    cache_path: str | None = None
+    cache_mode: str = "all"
+    cache_ignore: tuple[str, ...] = DEFAULT_IGNORE
+    single_flight: str = "all"
     shard: Shard | None = None

@@ -41,6 +41,7 @@ from .outcomes import Outcomes, Sink
 from .packing import Packer
 from .policy import Stop
 from .retry import Fallback, RetryPolicy
+from .singleflight import Dedupe, SharedAnswers
 
 __all__ = ["OUTAGE_WINDOW", "PROBE_IN_FLIGHT", "Engine", "Lane", "Sender", "Sink"]
 
@@ -88,6 +89,8 @@ class Engine:
             request, or ``"auto"`` (see :mod:`processor.run.packing`); None: never.
         exact_tokens: a job's exact prompt tokens (None: unknown), to share a packed
             answer's usage out.
+        dedupe: single-flight and the response cache (:mod:`processor.run.singleflight`);
+            None: every request is sent.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class Engine:
         wall: Callable[[], float] = time.time,
         pack: int | str | None = None,
         exact_tokens: Callable[[Job], int | None] | None = None,
+        dedupe: Dedupe | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -143,19 +147,20 @@ class Engine:
         self._create_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = \
             asyncio.ensure_future
         self._stopping = False
-        # Probes back off like retries (tests shrink both).
-        base = max(self.policy.base, 1e-3)
-        self.circuit = Circuit(outage_window=outage_window, base=base,
-                               cap=max(self.policy.cap, base)) if outage_window > 0 else None
+        self.circuit = _circuit(self.policy, outage_window)
         outage = OutageWatch(self.circuit, self.stats, wall) if self.circuit else None
         size = parse_pack(pack)  # ValueError: not a size, "auto" or "off"
         self.packer = Packer(size if isinstance(size, int) else None, self.outcomes.prepare,
                              self.lanes, self.stats, exact_tokens) if size else None
         prepare = self.packer.prepare if self.packer else self.outcomes.prepare
+        # Followers wait off the wire: 10 x max_in_flight at most, then reading pauses.
+        self.shared = SharedAnswers(sink, self.stats, dedupe, max_waiting=10 * max_in_flight) \
+            if dedupe is not None and dedupe.active else None
+        self.outcomes.shared = self.shared
         self.admission = Admission(self, self.keys, self._waits, prepare,
                                    max_in_flight=max_in_flight, max_requeue=max_requeue,
                                    before_admit=before_admit, circuit=self.circuit,
-                                   outage=outage)
+                                   outage=outage, stage=self.shared)
         self.stats.watch_requeue(self.admission.requeue)
         self.attempts = Attempts(self, client, self.keys, self.outcomes, outage,
                                  self.admission.requeue_at, policy=self.policy,
@@ -236,11 +241,8 @@ class Engine:
             if self.packer is not None:
                 self.packer.report()
             self.stats.finish(time.monotonic())
-            if self.on_progress:
-                try:
-                    self.on_progress(self.stats)
-                except Exception:  # noqa: BLE001 - the summary still follows
-                    log.warning("progress display failed at the end")
+            if self.on_progress and not _show(self.on_progress, self.stats):
+                log.warning("progress display failed at the end")
         return self.stats
 
     def send(self, job: Job, lane: Lane) -> None:
@@ -292,14 +294,30 @@ class Engine:
                 stats = self.stats
                 stats.outage(since=stats.outage_since, probe_every=stats.probe_every,
                              seconds=self.circuit.total_down(self.now()))
-            if self.on_progress is not None:
-                try:
-                    self.on_progress(self.stats)
-                except Exception as exc:  # noqa: BLE001 - a broken display must not stop
-                    log.warning("progress display failed (%s); continuing without it",
-                                type(exc).__name__)
-                    self.on_progress = None
+            if self.on_progress is not None and not _show(self.on_progress, self.stats):
+                log.warning("progress display failed; continuing without it")
+                self.on_progress = None
             try:
                 self.sink.maybe_sync()
             except OSError as exc:
                 self.stop(f"cannot write the output files: {exc}", StopReason.OUTPUT_ERROR)
+
+
+def _circuit(policy: RetryPolicy, outage_window: float) -> Circuit | None:
+    """The outage circuit (None: turned off); probes back off like retries (tests shrink
+    both)."""
+    if outage_window <= 0:
+        return None
+    base = max(policy.base, 1e-3)
+    return Circuit(outage_window=outage_window, base=base, cap=max(policy.cap, base))
+
+
+def _show(on_progress: Callable[[Stats], None], stats: Stats) -> bool:
+    """Call the progress display; False when it failed (a broken display must not stop
+    the run)."""
+    try:
+        on_progress(stats)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("progress display failed: %s", type(exc).__name__)
+        return False
+    return True

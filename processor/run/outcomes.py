@@ -18,7 +18,7 @@ from ..stats import Stats
 from ..store.records import RecordIds, error_record, result_record
 from .keys import Lane
 
-__all__ = ["Outcomes", "Sink", "usage"]
+__all__ = ["Outcomes", "Shared", "Sink", "usage"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ def usage(body: Any) -> tuple[int, int]:
     return 0, 0
 
 
+class Shared(Protocol):
+    """Told of a request's outcome once it is written (:mod:`processor.run.singleflight`)."""
+
+    def answered(self, job: Job, response: Response, prompt: int, completion: int) -> None: ...
+
+    def failed(self, job: Job, code: str, message: str, exc: APIError | None) -> None: ...
+
+
 class Outcomes:
     """Writes each request's outcome to the sink and counts it.
 
@@ -63,6 +71,8 @@ class Outcomes:
         self.limiter_for = (lambda _model: limiter) if isinstance(limiter, Limiter) \
             else limiter
         self._record_id = RecordIds()
+        #: told of the outcomes of requests that others wait on, or that may be cached.
+        self.shared: Shared | None = None
 
     def prepare(self, item: Job | BadLine) -> Job | None:
         """Serialise and cost a new job; report it as a bad line if either fails.
@@ -131,6 +141,8 @@ class Outcomes:
         # Counted once written: a result that could not be written is not done.
         self.stats.answered(prompt, completion, charged=job.tokens,
                             estimated=job.prompt_tokens, key=key or None)
+        if self.shared is not None and job.request_key is not None:
+            self.shared.answered(job, response, prompt, completion)
         return prompt + completion
 
     def fail(self, job: Job, code: str, message: str, exc: APIError | None = None) -> None:
@@ -143,6 +155,8 @@ class Outcomes:
             body=exc.body if exc else None, attempts=job.attempts, history=job.history,
             metadata=job.metadata, input_hash=job.line_hash,
         ))
+        if self.shared is not None and job.request_key is not None:
+            self.shared.failed(job, code, message, exc)
 
     def bad(self, line: int, reason: str, custom_id: str | None = None,
             metadata: Any = None, *, input_hash: int = 0) -> None:

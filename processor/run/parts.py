@@ -13,10 +13,13 @@ from ..errors import ConfigError
 from ..jobs import Job
 from ..limits.redis import RedisBudget
 from ..stats import Stats
+from ..store.cache import ResponseCache
+from ..store.cachekey import CacheMode, KeyMaker, Share
 from .config import JobConfig
 from .engine import Engine, Lane, Sink
 from .lanes import build_budget, build_lanes
 from .retry import Fallback, RetryPolicy
+from .singleflight import Dedupe
 
 __all__ = ["Parts", "build_parts"]
 
@@ -59,11 +62,28 @@ class Parts:
                             secret_headers=cfg.secret_headers,
                             max_response_mb=cfg.max_response_mb)
 
+    def open_cache(self) -> ResponseCache | None:
+        """The response cache ``cfg.cache_path`` names (None without one); close it after
+        the run (that commits its last answers).
+
+        Raises:
+            ConfigError: it cannot be opened, or is not a batchproc cache.
+        """
+        cfg = self.cfg
+        if not cfg.cache_path:
+            return None
+        mode = CacheMode(cfg.cache_mode)
+        return ResponseCache(cfg.cache_path, writes=mode.writes,
+                             replace=mode is CacheMode.REFRESH)
+
     def engine(self, client: OpenAIClient, sink: Sink, *,
                on_progress: Callable[[Stats], None] | None = None,
                stats: Stats | None = None,
-               before_admit: Callable[[], Awaitable[None]] | None = None) -> Engine:
+               before_admit: Callable[[], Awaitable[None]] | None = None,
+               cache: ResponseCache | None = None) -> Engine:
         cfg = self.cfg
+        dedupe = Dedupe(KeyMaker(cfg.base_url, cfg.cache_ignore), Share(cfg.single_flight),
+                        cache, CacheMode(cfg.cache_mode))
         fallback = Fallback(cfg.fallback_model, cfg.fallback_after) if cfg.fallback_model else None
         return Engine(client, self.lanes[0].limiter, sink, cost=self.cost,
                       policy=RetryPolicy(cfg.max_attempts, base=cfg.backoff_base,
@@ -72,7 +92,7 @@ class Parts:
                       grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
                       refund_unused=cfg.refund_unused, before_admit=before_admit,
                       outage_window=cfg.outage_window, pack=cfg.pack,
-                      exact_tokens=self.exact_tokens)
+                      exact_tokens=self.exact_tokens, dedupe=dedupe)
 
 
 def build_parts(cfg: JobConfig) -> Parts:

@@ -88,9 +88,14 @@ async def stream_results(
             room.clear()
             await room.wait()
 
-    async with parts.client() as client, parts.limits():
+    cache = await asyncio.to_thread(parts.open_cache)  # None without cache_path
+    async with contextlib.AsyncExitStack() as stack:
+        if cache is not None:
+            stack.push_async_callback(asyncio.to_thread, cache.close)
+        client = await stack.enter_async_context(parts.client())
+        await stack.enter_async_context(parts.limits())
         engine = parts.engine(client, _QueueSink(queue), stats=stats or Stats(),
-                              before_admit=wait_for_room)
+                              before_admit=wait_for_room, cache=cache)
 
         async def run() -> None:
             try:

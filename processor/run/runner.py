@@ -20,7 +20,7 @@ from ..store.edits import check_edits
 from ..store.inputfilter import InputFilter
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
-from ..store.paths import check_job_paths, job_locks
+from ..store.paths import check_distinct, check_job_paths, job_locks
 from ..store.resume import ResumeState, ScanInterrupted, load_state, move_aside
 from ..store.shardfiles import check_marker, marker_path
 from ..store.writer import ResultWriter
@@ -84,6 +84,9 @@ async def run_job(
     # Before anything is read or written: paths that would destroy data, then the
     # lock, held across the resume scan and the torn-line repair to the last write.
     check_job_paths(src, out_path, err_path)
+    if cfg.cache_path:
+        check_distinct([("input", src)], [("cache", Path(cfg.cache_path)),
+                                          ("results", out_path), ("errors", err_path)])
     with JobLock(job_locks(out_path, err_path),
                  files=[out_path, err_path, ledger_path(out_path)]):
         return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
@@ -111,6 +114,7 @@ async def _run(
                                         notes, count_total, signals.flag if signals else None,
                                         scope)
         parts = build_parts(cfg)
+        cache = await asyncio.to_thread(parts.open_cache)
     except BaseException as exc:
         if signals is not None:
             signals.remove()
@@ -127,7 +131,7 @@ async def _run(
     stats = Stats(input=found.tally, limits=limits, notes=notes, started=started)
     writer = ResultWriter(out_path, err_path)
     async with parts.client() as client, parts.limits():
-        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
+        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats, cache=cache)
         # Bad lines reported before (by content) are not reported again.
         source = found.unreported(
             iter_jobs(src, default_endpoint=cfg.endpoint, skip=found.skip(state, cfg.retry_failed),
@@ -146,12 +150,17 @@ async def _run(
                 writer.close()
             except OutputError:
                 pass  # kept in writer.failure
+            if cache is not None:  # commits its last answers
+                await asyncio.to_thread(cache.close)
         if writer.failure is not None:
             engine.output_failed(str(writer.failure))
     for note in found.notes():
         stats.note(note)
     stats.note(f"results: {out_path}")
     stats.note(f"errors:  {err_path}")
+    if cache is not None:
+        lost = f"; {cache.dropped:,} could not be stored" if cache.dropped else ""
+        stats.note(f"cache:   {cache.path} ({cache.stored:,} answers stored{lost})")
     await counter.wait_loaded_async(timeout=1.0)
     if counter.mode != "exact":
         stats.note(f"token counts: {counter.mode}")
