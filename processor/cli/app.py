@@ -132,6 +132,11 @@ def run(
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
         "errors) while batchproc probes it without spending attempts; then the run stops "
         "(exit 75, rerun to resume). 0: off.")] = 1800.0,
+    run_log: Annotated[Path | None, typer.Option(
+        help="The run log, appended to by every run (default: <stem>.run.jsonl beside the "
+        "results); `batchproc report` draws it.")] = None,
+    no_run_log: Annotated[bool, typer.Option("--no-run-log", help="Write no run log.")]
+    = False,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -172,6 +177,7 @@ def run(
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
     config.allow_download = not offline
+    config.run_log = False if no_run_log else (str(run_log) if run_log else True)
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None

@@ -52,6 +52,8 @@ class JobConfig:
         outage_window: seconds the server may stay down (most attempts failing with
             5xx or connection errors) while batchproc probes it, spending no attempts,
             before the run stops (resumable); 0 turns this off.
+        run_log: the run log (:mod:`processor.store.runlog`): True for
+            ``<stem>.run.jsonl`` beside the results, a path, or False for none.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -86,3 +88,4 @@ class JobConfig:
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     outage_window: float = 1800.0
+    run_log: bool | str = True

@@ -33,6 +33,7 @@ from ..stats import Stats, StopReason, clamp_seconds
 from .admission import PROBE_IN_FLIGHT, Admission, Sleep, Waits
 from .attempts import Attempts, Sender
 from .circuit import Circuit
+from .events import NO_EVENTS, Events
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
 from .outcomes import Outcomes, Sink
@@ -78,6 +79,8 @@ class Engine:
         sleep: ``await sleep(seconds)`` (default :func:`asyncio.sleep`): every wait of
             the engine is bounded by it, so a fake clock and sleep drive it in tests.
         wall: the wall clock, for "resume at" times (default :func:`time.time`).
+        events: told of each attempt, final failure, pause, limit and stop (the run
+            log); default: nothing (:data:`~processor.run.events.NO_EVENTS`).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Engine:
         clock: Callable[[], float] | None = None,
         sleep: Sleep | None = None,
         wall: Callable[[], float] = time.time,
+        events: Events = NO_EVENTS,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -139,6 +143,10 @@ class Engine:
         self.attempts = Attempts(self, client, self.keys, self.outcomes, outage,
                                  self.admission.requeue_at, policy=self.policy,
                                  fallback=fallback, refund_unused=refund_unused)
+        self.events = events
+        for part in (self.attempts, self.outcomes, self.keys, self.admission, outage):
+            if part is not None:
+                part.events = events
 
     # -- control ---------------------------------------------------------------
 
@@ -151,6 +159,7 @@ class Engine:
         if not self._stopping:
             self._stopping = True
             log.info("stopping: %s", message)
+            self.events.emit("stopping", reason=reason.value, msg=message)
         self.stats.stop(reason, message)
         self._waits.changed.set()
         self._waits.stopped.set()

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..limits import Limiter, Unit
 from ..stats import Stats
+from .events import NO_EVENTS, Events
 
 __all__ = ["PROBE_ANSWERS", "KeyPool", "Lane", "implausible"]
 
@@ -56,6 +57,8 @@ class KeyPool:
         stats: the run's counters (limits learned, notes).
     """
 
+    events: Events = NO_EVENTS
+
     def __init__(self, lanes: list[Lane], stats: Stats) -> None:
         self.lanes = lanes
         self.stats = stats
@@ -97,6 +100,7 @@ class KeyPool:
         lane.retired = True
         name = lane.name or "?"
         self.stats.retired_keys.append(name)
+        self.events.emit("key_retired", key=name, why=why)
         message = f"API key ${name} retired: the server refused it ({why})"
         self.stats.note(message)
         log.warning("%s", message)
@@ -134,8 +138,10 @@ class KeyPool:
                      cum_tokens=cum_tokens, force=force, refused_tokens=refused_tokens)
         for name, value in limiter.learned.items():
             short = "rpm" if name == Unit.REQUESTS.per_minute else "tpm"
-            if stats.learned_limit(short, value) and was_learning:
-                log.info("learned %s = %g from the server's headers", short, value)
+            if stats.learned_limit(short, value):
+                self.events.emit("limit", name=short, value=value, key=lane.name)
+                if was_learning:
+                    log.info("learned %s = %g from the server's headers", short, value)
         if was_learning and not limiter.learning and limiter.learned:
             learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
             stats.note(f"limits learned from the server: {learned}")

@@ -13,6 +13,7 @@ from ..limits.limiter import Limiter
 from ..stats import Stats
 from .config import JobConfig
 from .engine import Engine, Lane, Sink
+from .events import NO_EVENTS, Events
 from .retry import Fallback, RetryPolicy
 
 __all__ = ["Parts", "build_parts"]
@@ -43,7 +44,8 @@ class Parts:
     def engine(self, client: OpenAIClient, sink: Sink, *,
                on_progress: Callable[[Stats], None] | None = None,
                stats: Stats | None = None,
-               before_admit: Callable[[], Awaitable[None]] | None = None) -> Engine:
+               before_admit: Callable[[], Awaitable[None]] | None = None,
+               events: Events = NO_EVENTS) -> Engine:
         cfg = self.cfg
         fallback = Fallback(cfg.fallback_model, cfg.fallback_after) if cfg.fallback_model else None
         return Engine(client, self.lanes[0].limiter, sink, cost=self.cost,
@@ -52,7 +54,7 @@ class Parts:
                       max_in_flight=cfg.max_in_flight, on_progress=on_progress,
                       grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
                       refund_unused=cfg.refund_unused, before_admit=before_admit,
-                      outage_window=cfg.outage_window)
+                      outage_window=cfg.outage_window, events=events)
 
 
 def build_parts(cfg: JobConfig) -> Parts:

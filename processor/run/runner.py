@@ -19,7 +19,7 @@ from ..stats import Stats, StopReason
 from ..store.edits import check_edits, edit_notes, unchanged_filter, unreported
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
-from ..store.paths import check_job_paths, job_locks
+from ..store.paths import check_job_paths, job_locks, lock_path
 from ..store.resume import (
     POSITIONAL_PREFIX,
     ResumeState,
@@ -31,6 +31,8 @@ from ..store.resume import (
 from ..store.writer import ResultWriter
 from .config import JobConfig
 from .engine import Engine
+from .events import NO_EVENTS
+from .observer import ProgressTap, open_run_log, plan_run_log, start_fields
 from .parts import Parts, build_parts
 
 # JobConfig is defined in .config, Parts in .parts; both stay importable from here.
@@ -84,15 +86,17 @@ async def run_job(
     # Before anything is read or written: paths that would destroy data, then the
     # lock, held across the resume scan and the torn-line repair to the last write.
     check_job_paths(src, out_path, err_path)
-    with JobLock(job_locks(out_path, err_path),
+    run_log = plan_run_log(cfg, src, out_path, err_path, ledger_path(out_path))
+    with JobLock(job_locks(out_path, err_path) + ([lock_path(run_log)] if run_log else []),
                  files=[out_path, err_path, ledger_path(out_path)]):
         return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
-                          count_total)
+                          count_total, run_log)
 
 
 async def _run(
     cfg: JobConfig, src: Path, out_path: Path, err_path: Path,
     on_progress: Callable[[Stats], None] | None, handle_signals: bool, count_total: bool,
+    run_log: Path | None = None,
 ) -> Stats:
     stats = Stats()
     for name, value in (("rpm", cfg.rpm), ("tpm", cfg.tpm), ("rpd", cfg.rpd), ("tpd", cfg.tpd)):
@@ -118,8 +122,13 @@ async def _run(
     counter = parts.counter
     skip = _resume_filter(state, cfg.retry_failed, stats)
     writer = ResultWriter(out_path, err_path)
+    runlog = open_run_log(run_log, cfg, asyncio.get_running_loop().time, start_fields(
+        cfg, src, out_path, err_path, stats, len(state.done), len(state.failed))
+    ) if run_log else None
     async with parts.client() as client:
-        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats)
+        engine = parts.engine(client, writer, stats=stats, events=runlog or NO_EVENTS,
+                              on_progress=ProgressTap(runlog, on_progress) if runlog
+                              else on_progress)
         # Bad lines reported before (by content) are not reported again.
         source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
                                       skip_line=unchanged_filter(state, stats)),
@@ -135,6 +144,8 @@ async def _run(
                 writer.close()
             except OutputError:
                 pass  # kept in writer.failure
+            if runlog is not None:
+                runlog.end(stats)
     if writer.failure is not None:
         stats.output_error = str(writer.failure)
         message = (f"cannot write the output files: {writer.failure}; what was written is "

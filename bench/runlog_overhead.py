@@ -1,0 +1,86 @@
+"""What the run log costs: the ``big`` benchmark's 1,000,000 requests with and without it.
+
+    python bench/runlog_overhead.py [--n 1000000] [--repeat 3] [--workdir DIR]
+
+The job is the ``big`` scenario's (bench/run.py): bare embedding lines, limits far above
+what one process reaches, no latency, against ``batchproc mock-server`` on loopback.
+Runs alternate (log, no log, log, no log, ...) so a change in the machine's load hits
+both alike; CPU time (user + system, from ``os.wait4``) and wall time are compared by
+their medians. Prints one JSON line per run, then the medians and the overhead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+_VENV_PY = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+if Path(sys.prefix).resolve() != _VENV_PY.parent.parent.resolve() and _VENV_PY.exists():
+    os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jobgen  # noqa: E402
+import orjson  # noqa: E402
+from _harness import BATCHPROC, MockServer, check_outputs, client_env, run_measured  # noqa: E402
+
+HIGH_RPM = 6_000_000.0
+HIGH_TPM = 10_000_000_000.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="runlog-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    job = jobgen.bare_embedding_job(work / "big.jsonl", args.n, seed=7)
+    print(f"generated {job.n:,} lines in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    rows: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for i in range(args.repeat):
+        for with_log in (True, False) if i % 2 == 0 else (False, True):
+            tag = f"{'log' if with_log else 'nolog'}-{i}"
+            results, errors = work / f"{tag}.results.jsonl", work / f"{tag}.errors.jsonl"
+            runlog = work / f"{tag}.run.jsonl"
+            with MockServer(work / f"{tag}.server.log", rpm=HIGH_RPM, tpm=HIGH_TPM) as server:
+                cmd = [BATCHPROC, str(job.path), "--base-url", server.base_url, "--quiet",
+                       "-o", str(results), "--errors", str(errors), "--rpm", f"{HIGH_RPM:.0f}",
+                       "--tpm", f"{HIGH_TPM:.0f}", "--endpoint", job.endpoint]
+                cmd += ["--run-log", str(runlog)] if with_log else ["--no-run-log"]
+                load = os.getloadavg()[0]
+                run = run_measured(cmd, log_path=work / f"{tag}.client.log", env=client_env())
+            check = check_outputs(results, errors, job.id_prefix, job.n)
+            row = {"run": tag, "with_log": with_log, "cpu_s": round(run.cpu_s, 2),
+                   "wall_s": round(run.wall_s, 2), "peak_rss_mb": round(run.peak_rss_mb, 1),
+                   "exit": run.exit_code, "missing": check.n_missing,
+                   "duplicates": check.n_duplicates, "load_1m_before": round(load, 2)}
+            if with_log:
+                row["log_mb"] = round(runlog.stat().st_size / 1e6, 1)
+                with open(runlog, "rb") as f:
+                    row["log_lines"] = sum(1 for _ in f)
+            print(orjson.dumps(row).decode(), flush=True)
+            rows[with_log].append(row)
+            for p in (results, errors, runlog, results.with_name(results.name + ".ledger")):
+                p.unlink(missing_ok=True)
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("cpu_s", "wall_s")}
+           for k, v in rows.items()}
+    summary = {
+        "n": job.n, "repeat": args.repeat,
+        "cpu_s_median_with": med[True]["cpu_s"], "cpu_s_median_without": med[False]["cpu_s"],
+        "wall_s_median_with": med[True]["wall_s"], "wall_s_median_without": med[False]["wall_s"],
+        "cpu_overhead_pct": round((med[True]["cpu_s"] / med[False]["cpu_s"] - 1) * 100, 2),
+        "wall_overhead_pct": round((med[True]["wall_s"] / med[False]["wall_s"] - 1) * 100, 2),
+    }
+    print(orjson.dumps(summary).decode(), flush=True)
+    job.path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
