@@ -28,6 +28,7 @@ from .options import (
     split_secret_headers,
 )
 from .progress import LiveReporter, PlainReporter, format_summary
+from .report import register as register_report
 
 __all__ = ["app", "main"]
 
@@ -319,6 +320,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 register(app)
+register_report(app)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:

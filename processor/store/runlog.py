@@ -11,8 +11,8 @@ with a ``start`` event that numbers it. Times are seconds since that run's start
            failed}
 ``a``      one attempt: id (custom_id), n (attempt number), ta / ts / td (admitted by
            the limiter / sent / came back), st (HTTP status; null: no answer), er (the
-           error's kind; absent: answered), te (tokens charged at admission), tu (tokens
-           used, from the answer's usage), k (key name), m (model)
+           error's kind; absent: answered), te (tokens charged at admission), tp / tc
+           (prompt / completion tokens the answer says it used), k (key name), m (model)
 ``fail``   a request (or input line) written off: id, line, code, msg
 ``pause``  r (reason: 429, outage, limits, daily, ...), until (null: open-ended), and
            detail (key, scale, counter ...)
@@ -67,17 +67,15 @@ def run_log_path(results: Path) -> Path:
     return results.with_name(name + ".run.jsonl")
 
 
-def _usage(body: Any) -> int:
+def _usage(body: Any) -> tuple[int, int]:
+    """``(prompt, completion)`` tokens an answer says it used (0, 0 if it does not)."""
     if isinstance(body, dict):
         used = body.get("usage")
         if isinstance(used, dict):
-            total = used.get("total_tokens")
-            if isinstance(total, int):
-                return total
             p = used.get("prompt_tokens", used.get("input_tokens", 0))
             c = used.get("completion_tokens", used.get("output_tokens", 0))
-            return (p if isinstance(p, int) else 0) + (c if isinstance(c, int) else 0)
-    return 0
+            return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    return 0, 0
 
 
 class RunLog:
@@ -200,7 +198,7 @@ class RunLog:
             "td": round(done - t0, 3), "te": job.tokens}
         if response is not None:
             event["st"] = response.status
-            event["tu"] = _usage(response.body)
+            event["tp"], event["tc"] = _usage(response.body)
         else:
             assert error is not None
             event["st"] = error.status
