@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..limits import Limiter, Unit
+from ..limits.counter import MINUTE
 from ..stats import Stats
 from .events import NO_EVENTS, Events
 
@@ -133,15 +134,18 @@ class KeyPool:
                                "limits from, so none applied (set --rpm/--tpm)")
             return
         was_learning = limiter.learning
+        before = _per_minute(limiter) if self.events.enabled else None
         limiter.sync(info.limit_requests, info.remaining_requests, info.limit_tokens,
                      info.remaining_tokens, sent_at=sent_at, cum_requests=cum_requests,
                      cum_tokens=cum_tokens, force=force, refused_tokens=refused_tokens)
         for name, value in limiter.learned.items():
             short = "rpm" if name == Unit.REQUESTS.per_minute else "tpm"
-            if stats.learned_limit(short, value):
-                self.events.emit("limit", name=short, value=value, key=lane.name)
-                if was_learning:
-                    log.info("learned %s = %g from the server's headers", short, value)
+            if stats.learned_limit(short, value) and was_learning:
+                log.info("learned %s = %g from the server's headers", short, value)
+        if before is not None:
+            for short, value in _per_minute(limiter).items():
+                if before.get(short) != value:  # the limit in force changed
+                    self.events.emit("limit", name=short, value=value, key=lane.name)
         if was_learning and not limiter.learning and limiter.learned:
             learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
             stats.note(f"limits learned from the server: {learned}")
@@ -154,3 +158,9 @@ class KeyPool:
                     message += f" (key ${lane.name})"
                 stats.note(message)
                 log.warning("%s", message)
+
+
+def _per_minute(limiter: Limiter) -> dict[str, float]:
+    """The per-minute limits in force on a key ("rpm", "tpm")."""
+    return {"rpm" if c.unit is Unit.REQUESTS else "tpm": c.limit
+            for c in limiter.counters if c.period == MINUTE}

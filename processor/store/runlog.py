@@ -17,7 +17,8 @@ with a ``start`` event that numbers it. Times are seconds since that run's start
 ``pause``  r (reason: 429, outage, limits, daily, ...), until (null: open-ended), and
            detail (key, scale, counter ...)
 ``resume`` r: an open-ended pause is over
-``limit``  name (rpm / tpm), value, key: a limit learned or changed
+``limit``  name (rpm / tpm), value, key: a key's per-minute limit in force changed
+           (learned from the server, or lowered to what the server states)
 ``p``      progress, about once a second: done, total, ok, fail, fl (in flight),
            rq (retrying), eta (seconds, as it stood)
 ``stopping`` reason, msg: the run was told to stop (drain follows)

@@ -93,7 +93,8 @@ class Aggregate:
 
 
 class _Limits:
-    """The limits in force: flags and learned values per key; the total over keys."""
+    """The limits in force: the flags, and per key the last limit in force it reported
+    (learned from the server, or lowered to what the server states); the total over keys."""
 
     def __init__(self) -> None:
         self.flags: dict[str, float] = {}
@@ -114,12 +115,13 @@ class _Limits:
                 per_key[key if isinstance(key, str) and len(self.keys) > 1 else None] = value
 
     def total(self, name: str) -> float | None:
+        """The limit over all keys: each key's last one in force (``limit`` events), else
+        its flag; None if some key has none."""
         flag = self.flags.get(name)
         learned = self.learned.get(name, {})
         total = 0.0
         for key in self.keys:
-            got = learned.get(key)
-            value = min(flag, got) if flag and got else (flag or got)
+            value = learned.get(key) or flag
             if not value:
                 return None
             total += value

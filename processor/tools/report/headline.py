@@ -16,16 +16,21 @@ __all__ = ["efficiency", "format_headline", "headline"]
 
 def efficiency(agg: Aggregate) -> dict[str, float | None]:
     """Requests and tokens sent as a share of what the limits allowed, over the time a
-    limit was in force (``None``: no such limit)."""
-    width = agg.timeline.width
+    limit was in force (a limit holds from the first request sent under it on; ``None``:
+    no such limit)."""
+    tl = agg.timeline
+    width = tl.width
     sums = {"rpm": [0.0, 0.0], "tpm": [0.0, 0.0]}
-    for bucket in agg.timeline.buckets:
-        if bucket.rpm:
+    rpm = tpm = None
+    for bucket in tl.buckets[: tl.used_buckets()]:
+        rpm = bucket.rpm if bucket.sent else rpm
+        tpm = bucket.tpm if bucket.sent else tpm
+        if rpm:
             sums["rpm"][0] += bucket.sent
-            sums["rpm"][1] += bucket.rpm * width / 60.0
-        if bucket.tpm:
+            sums["rpm"][1] += rpm * width / 60.0
+        if tpm:
             sums["tpm"][0] += bucket.tokens
-            sums["tpm"][1] += bucket.tpm * width / 60.0
+            sums["tpm"][1] += tpm * width / 60.0
     return {name: (round(got / allowed, 4) if allowed else None)
             for name, (got, allowed) in sums.items()}
 

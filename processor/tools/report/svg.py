@@ -118,8 +118,7 @@ def render(chart: Chart) -> str:
     for t in _ticks(end):
         out.append(f'<text class="tick" x="{px(t):.1f}" y="{HEIGHT - 10}" '
                    f'text-anchor="middle">{escape(axis_time(t))}</text>')
-    out.append(f'<text class="tick unit" x="{LEFT - 6}" y="{TOP - 10}" '
-               f'text-anchor="end">{escape(chart.unit)}</text>')
+    out.append(f'<text class="tick unit" x="4" y="{TOP - 10}">{escape(chart.unit)}</text>')
     base = [0.0] * n
     bar_w = max(plot_w / max(n, 1) - 1, 1)
     for s in chart.series:
