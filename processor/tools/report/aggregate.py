@@ -100,6 +100,12 @@ class _Limits:
         self.flags: dict[str, float] = {}
         self.keys: list[str | None] = [None]
         self.learned: dict[str, dict[str | None, float]] = {}
+        #: the totals now (kept up to date: every attempt reads them).
+        self.rpm: float | None = None
+        self.tpm: float | None = None
+
+    def _update(self) -> None:
+        self.rpm, self.tpm = self.total("rpm"), self.total("tpm")
 
     def start(self, limits: Any, keys: Any) -> None:
         self.flags = {k: float(v) for k, v in limits.items()
@@ -107,12 +113,14 @@ class _Limits:
         names = [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
         self.keys = list(names) if len(names) > 1 else [None]
         self.learned = {}
+        self._update()
 
     def learn(self, name: Any, value: Any, key: Any) -> None:
         if isinstance(name, str) and isinstance(value, (int, float)) and value > 0:
             per_key = self.learned.setdefault(name, {})
             if len(per_key) < MAX_ROWS:
                 per_key[key if isinstance(key, str) and len(self.keys) > 1 else None] = value
+                self._update()
 
     def total(self, name: str) -> float | None:
         """The limit over all keys: each key's last one in force (``limit`` events), else
@@ -231,8 +239,8 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
     sent.sent += 1
     charged = int(_number(event.get("te")))
     sent.tokens += charged
-    sent.rpm = limits.total("rpm")
-    sent.tpm = limits.total("tpm")
+    sent.rpm = limits.rpm
+    sent.tpm = limits.tpm
     agg.attempts += 1
     agg.tokens_charged += charged
     timeline.spread(ts, td)
