@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -195,3 +196,25 @@ def test_report_command(tmp_path: Path) -> None:
     assert runner.invoke(app, ["report", str(empty)]).exit_code == 1
     assert runner.invoke(app, ["report", str(log), "-o", str(log)]).exit_code == 2
     assert log.read_bytes().startswith(b'{"ev":"start"')
+
+
+def test_a_hostile_log_never_breaks_the_report(tmp_path: Path) -> None:
+    weird: list[Any] = [None, "x", -1, 1e308, -1e308, [], {}, {"a": 1}, True, 2**70]
+    rng = random.Random(3)
+    keys = ["ev", "t", "ts", "td", "ta", "st", "er", "te", "tp", "tc", "k", "m", "id", "code",
+            "msg", "r", "until", "run", "at", "limits", "cfg", "done", "total", "eta", "name",
+            "value", "key", "reason", "elapsed", "resume"]
+    kinds = ["a", "start", "end", "p", "fail", "pause", "resume", "limit", "x", 3]
+    events = []
+    for _ in range(3000):
+        e = {k: rng.choice(weird) for k in rng.sample(keys, 8)}
+        e["ev"] = rng.choice(kinds)
+        events.append(e)
+    log = tmp_path / "x.run.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))  # 2**70: not orjson's
+    with open(log, "ab") as f:
+        f.write(b"[1,2]\n\xff\xfe garbage\nnull\n" + b"{" * 100_000 + b"\n")
+    agg = aggregate(log)
+    page = render_page(agg, "x")
+    assert page.endswith("</html>") and len(agg.timeline.buckets) == 240
+    headline(agg)

@@ -205,3 +205,50 @@ async def test_no_run_log(tmp_path: Path, mock_api: Any) -> None:
     custom = tmp_path / "logs" / "mine.jsonl"
     await run_job(src, JobConfig(base_url=api.base_url, run_log=str(custom), fresh=True))
     assert [e["ev"] for e in lines(custom)][0] == "start"
+
+
+async def test_two_jobs_never_share_a_run_log_at_once(tmp_path: Path, mock_api: Any) -> None:
+    from processor.errors import JobLocked
+    from processor.store.lock import JobLock
+    from processor.store.paths import lock_path
+
+    api = await mock_api()
+    shared = tmp_path / "shared.run.jsonl"
+    src = write_jsonl(tmp_path / "b.jsonl", [chat_line(1)])
+    with JobLock([lock_path(shared)]), pytest.raises(JobLocked):  # as another run holds it
+        await run_job(src, JobConfig(base_url=api.base_url, run_log=str(shared)))
+    assert not (tmp_path / "b.results.jsonl").exists()
+
+
+async def test_kill_9_then_rerun_tells_the_whole_story(tmp_path: Path, mock_api: Any) -> None:
+    import asyncio
+    import signal
+
+    from tests.conftest import read_jsonl, start_cli
+
+    api = await mock_api(latency_ms=40)
+    src = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(200)])
+    proc = await start_cli(src, api.base_url, "--rpm", "1200", max_in_flight=4)
+    results = tmp_path / "job.results.jsonl"
+    for _ in range(300):  # until a few answers are in (and a log flush or two)
+        await asyncio.sleep(0.05)
+        if results.exists() and len(results.read_bytes().splitlines()) >= 30:
+            break
+    await asyncio.sleep(1.2)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    log = tmp_path / "job.run.jsonl"
+    first = list(read_events(log))
+    assert first[0]["ev"] == "start" and not any(e["ev"] == "end" for e in first)
+    proc = await start_cli(src, api.base_url, max_in_flight=16)
+    await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    bad: list[int] = []
+    events = list(read_events(log, bad))
+    assert len(bad) <= 1  # at most the torn line the kill left
+    assert [e["run"] for e in events if e["ev"] == "start"] == [1, 2]
+    assert [e["reason"] for e in events if e["ev"] == "end"] == ["completed"]
+    ids = {r["custom_id"] for r in read_jsonl(results)}
+    assert len(ids) == len(read_jsonl(results)) == 200  # exactly once, log or no log
+    answered = {e["id"] for e in events if e["ev"] == "a" and "er" not in e}
+    assert answered <= ids and len(answered) >= 170  # at most the last second lost

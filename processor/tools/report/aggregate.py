@@ -136,8 +136,15 @@ class _Limits:
         return total
 
 
+#: numbers beyond this (in seconds, tokens, ...) are not a run's: read as missing.
+_ABSURD = 1e12
+
+
 def _number(value: Any, default: float = 0.0) -> float:
-    return float(value) if isinstance(value, (int, float)) and value == value else default
+    """``value`` as a float if it is a plausible number, else ``default``."""
+    if isinstance(value, (int, float)) and -_ABSURD < value < _ABSURD:
+        return float(value)
+    return default
 
 
 def aggregate(path: str | os.PathLike[str]) -> Aggregate:

@@ -18,6 +18,8 @@ __all__ = ["Bucket", "LatencySketch", "Timeline"]
 MIN_LATENCY = 0.001
 RATIO = 1.1
 BINS = 170  # 1 ms x 1.1^170: about 3 hours, past any timeout
+#: the latest time a timeline holds (about 30 years of runs end to end).
+MAX_TIME = 1e9
 _LOG_RATIO = math.log(RATIO)
 
 
@@ -122,8 +124,8 @@ class Timeline:
 
     def at(self, x: float) -> Bucket:
         """The bucket holding time ``x`` (seconds, >= 0), doubling the width if needed."""
-        if x < 0 or x != x:
-            x = 0.0
+        if not 0.0 <= x <= MAX_TIME:
+            x = MAX_TIME if x > MAX_TIME else 0.0  # NaN too
         index = int(x / self.width)
         while index >= self.size:
             self._double()
@@ -141,11 +143,12 @@ class Timeline:
 
     def spread(self, start: float, end: float) -> None:
         """Add an attempt on the wire from ``start`` to ``end`` to ``busy``, bucket by bucket."""
+        start, end = max(start, 0.0), min(end, MAX_TIME)
         if not end > start:
             return
         self.at(end)  # widen first: every bucket touched below then exists
         width = self.width
-        first, last = int(max(start, 0.0) / width), int(end / width)
+        first, last = int(start / width), min(int(end / width), self.size - 1)
         if first == last:
             self.buckets[first].busy += end - start
             return
