@@ -1,6 +1,11 @@
 """What the run log costs: the ``big`` benchmark's 1,000,000 requests with and without it.
 
     python bench/runlog_overhead.py [--n 1000000] [--repeat 3] [--workdir DIR]
+    python bench/runlog_overhead.py --micro
+
+``--micro`` times the engine's one call per attempt in-process instead: the run log's
+``attempt()`` (build the event, serialise it, buffer it; a write per 1 MiB) against the
+no-op sink's, per call.
 
 The job is the ``big`` scenario's (bench/run.py): bare embedding lines, limits far above
 what one process reaches, no latency, against ``batchproc mock-server`` on loopback.
@@ -32,7 +37,39 @@ HIGH_RPM = 6_000_000.0
 HIGH_TPM = 10_000_000_000.0
 
 
+def micro(n: int = 500_000) -> None:
+    """Microseconds per ``attempt()`` call: the run log's and the no-op sink's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from processor.client.answers import Response
+    from processor.jobs import Job
+    from processor.run.events import NO_EVENTS
+    from processor.store.runlog import RunLog
+
+    work = Path(tempfile.mkdtemp(prefix="runlog-micro-"))
+    log = RunLog(work / "m.run.jsonl", clock=time.monotonic).open()
+    job = Job("line-123456", 123456, "/v1/embeddings", {"model": "text-embedding-3-small"},
+              tokens=14, attempts=1, model="text-embedding-3-small", sent_at=time.monotonic())
+    answer = Response(200, {"object": "list", "usage": {"prompt_tokens": 14,
+                                                        "total_tokens": 14}}, "req-1")
+    row: dict[str, float] = {"calls": n}
+    for name, sink in (("runlog_us", log), ("noop_us", NO_EVENTS)):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            for _ in range(n):
+                sink.attempt(job, 1.0, 1.002, answer, None)
+            best = min(best, (time.process_time() - t0) / n * 1e6)
+        row[name] = round(best, 3)
+    log.close()
+    row["log_bytes_per_event"] = round((work / "m.run.jsonl").stat().st_size / (3 * n), 1)
+    (work / "m.run.jsonl").unlink()
+    print(orjson.dumps(row).decode())
+
+
 def main() -> None:
+    if "--micro" in sys.argv:
+        micro()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)

@@ -6,7 +6,8 @@ test renders it.
 Runs a 600-request chat job through ``batchproc`` against ``batchproc mock-server`` on
 loopback with faults (5xx, resets, hangs, a 10-second outage) and a lower limit than
 the flag (429s until the client learns it), interrupts it with SIGINT after 25 s, reruns
-it to the end (two runs in one log), writes the report and screenshots its top in headless Chromium
+it to the end (two runs in one log) while another client spends part of the same
+budget (429s), writes the report and screenshots its top in headless Chromium
 (tests/chromium.py: no network). About a minute.
 """
 
@@ -67,7 +68,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     job = work / "tickets.jsonl"
     write_job(job, 600)
-    for p in work.glob("tickets.*"):
+    for p in list(work.glob("tickets.*")) + list(work.glob("other.*")):
         if p != job:
             p.unlink()
     server = MockServer(work / "server.log", rpm=600, tpm=400_000, latency_ms=120,
@@ -86,8 +87,20 @@ def main() -> None:
             first.send_signal(signal.SIGINT)
             first.wait(60)
         time.sleep(1)
-        subprocess.run(cmd, env=client_env(), stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=300, check=False)
+        # Another client spends the same budget for a while: 429s, then a slower pace.
+        other = work / "other.jsonl"
+        write_job(other, 300)
+        rival = subprocess.Popen(
+            [BATCHPROC, str(other), "--base-url", server.base_url, "--quiet", "--rpm", "400",
+             "--run-log", str(work / "other.run.jsonl")],
+            env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.run(cmd, env=client_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=300, check=False)
+        finally:
+            if rival.poll() is None:
+                rival.send_signal(signal.SIGINT)
+            rival.wait(60)
     html = work / "tickets.report.html"
     subprocess.run([BATCHPROC, "report", str(job), "--output", str(html)], env=client_env(),
                    check=True, timeout=120)

@@ -3,4 +3,5 @@
 action carried out), ``policy`` (the pure ``decide()``), ``retry`` (backoff), ``circuit`` and
 ``outage`` (the server is down), ``keys`` (the key pool), ``outcomes`` (records),
 ``config`` / ``parts`` / ``runner`` (a whole job from a file), ``pipeline`` (records as an
-async iterator)."""
+async iterator), ``events`` (what the engine tells an observer) and ``observer`` (the run
+log around a run)."""

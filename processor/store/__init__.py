@@ -2,4 +2,4 @@
 format, builders and fast reader side by side), ``writer`` (appending whole lines), ``ledger``
 (which input line each answer was for), ``resume`` (what earlier runs wrote), ``edits`` (an
 input edited between runs), ``lock`` (one run per job), ``paths`` (paths that would destroy
-data)."""
+data), ``runlog`` (the run log's events, both ways)."""

@@ -270,7 +270,7 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
             run.n429 += 1
         elif error is None:
             run.ok += 1
-    if isinstance(status, int):
+    if error is None:  # the latency of answers (a 502 page comes back fast)
         if back.latency is None:
             back.latency = LatencySketch()
         latency = td - ts
