@@ -221,6 +221,7 @@ def iter_jobs(
     default_endpoint: str = DEFAULT_ENDPOINT,
     skip: Callable[[str, bytes], bool] | None = None,
     skip_line: Callable[[int], bool] | None = None,
+    keep: Callable[[int, bytes], bool] | None = None,
 ) -> Iterator[Job | BadLine]:
     """Read ``path`` lazily, yielding a :class:`Job` per good line, a :class:`BadLine` per bad one.
 
@@ -237,9 +238,13 @@ def iter_jobs(
             done in an earlier run).
         skip_line: called with the line number first; True leaves the line out unread
             (a line checked before the run: answered, and the same as then).
+        keep: called with ``(line number, raw line)`` before anything else; False
+            leaves the line out unparsed (another shard's, see :mod:`processor.shards`).
     """
     seen = IdSet()
     for number, raw in iter_raw_lines(path):
+        if keep is not None and not keep(number, raw):
+            continue
         if skip_line is not None and skip_line(number):
             continue
         asked = False

@@ -654,7 +654,8 @@ async def test_cli_survives_cut_streams(mock_api: Any, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_cli_rides_out_a_short_outage(mock_api: Any, tmp_path: Path) -> None:
-    api = await mock_api(outage_at=0, outage_for=0.5, outage_mode="mixed", seed=2)
+    api = await mock_api(outage_at=0, outage_for=0.5, outage_mode="mixed", seed=2,
+                         outage_from_first_request=True)  # however long the CLI takes to start
     code, err, job = await _cli_run(api, tmp_path, 20)
     assert code == 0, err
     results = read_jsonl(tmp_path / "job.results.jsonl")

@@ -252,3 +252,17 @@ async def test_kill_9_then_rerun_tells_the_whole_story(tmp_path: Path, mock_api:
     assert len(ids) == len(read_jsonl(results)) == 200  # exactly once, log or no log
     answered = {e["id"] for e in events if e["ev"] == "a" and "er" not in e}
     assert answered <= ids and len(answered) >= 170  # at most the last second lost
+
+
+async def test_a_pack_is_one_attempt_answering_its_lines(tmp_path: Path, mock_api: Any) -> None:
+    from processor.tools.report import aggregate
+
+    api = await mock_api()
+    src = write_jsonl(tmp_path / "emb.jsonl", [
+        {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": "text-embedding-3-small", "input": f"text {i}"}} for i in range(10)])
+    stats = await run_job(src, JobConfig(base_url=api.base_url, pack=5))
+    assert stats.ok == 10
+    attempts = [e for e in lines(tmp_path / "emb.run.jsonl") if e["ev"] == "a"]
+    assert len(attempts) == 2 and [e["np"] for e in attempts] == [5, 5]
+    assert aggregate(tmp_path / "emb.run.jsonl").answers == 10

@@ -11,17 +11,20 @@ import typer
 
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
+from ..cost.packing import parse_pack
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
 from ..store.paths import check_distinct, check_input, check_output
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
+from .merging import merge
 from .options import (
     AUTH_HEADERS,
     finite,
     is_local,
     parse_headers,
+    parse_shard_option,
     resolve_keys,
     run_loop,
     setup_logging,
@@ -55,6 +58,11 @@ def run(
     = None,
     errors: Annotated[Path | None, typer.Option(
         help="Errors file (default: <stem>.errors.jsonl beside the input).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Take only share K of N (K from 1 to N) of the lines, for N "
+        "workers: by custom_id, else by line number. Outputs default to "
+        "<stem>.shard-K-of-N.results.jsonl / .errors.jsonl; combine with `batchproc merge`.")]
+    = None,
     base_url: Annotated[str | None, typer.Option(
         help=f"API base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}).")] = None,
     endpoint: Annotated[str, typer.Option(
@@ -138,12 +146,18 @@ def run(
         "results); `batchproc report` draws it.")] = None,
     no_run_log: Annotated[bool, typer.Option("--no-run-log", help="Write no run log.")]
     = False,
+    pack: Annotated[str, typer.Option(
+        help="Send consecutive embeddings (and legacy completions) requests that differ "
+        "only in their input as one request of up to N inputs, within the model's limits "
+        "and one TPM burst; each line still gets its own result. 'auto': as many as those "
+        "limits allow; 'off': never.")] = "off",
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
         check_input(input_path)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="JOBS.jsonl") from None
+    split = parse_shard_option(shard)
     base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     # A credential header of the user's own (a gateway's token) is what authenticates:
     # the ambient $OPENAI_API_KEY is not read, so it never goes to that gateway.
@@ -177,8 +191,13 @@ def run(
         dict(config.headers), secret_header or [])
     config.max_response_mb = max_response_mb
     config.outage_window = outage_window
+    try:
+        config.pack = parse_pack(pack)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pack") from None
     config.allow_download = not offline
     config.run_log = False if no_run_log else (str(run_log) if run_log else True)
+    config.shard = split
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
@@ -321,6 +340,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 register(app)
 register_report(app)
+app.command("merge")(merge)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:

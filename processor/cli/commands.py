@@ -17,6 +17,7 @@ import orjson
 import typer
 
 from ..cost import DEFAULT_MAX_TOKENS, TokenCounter
+from ..cost.packing import parse_pack
 from ..errors import ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..store.paths import check_distinct, check_output
@@ -24,6 +25,7 @@ from ..tools.estimate import PRICES, PRICES_AS_OF, Estimate, estimate_job, load_
 from ..tools.export import CHUNK_SIZE, ExportStats, iter_rows, write_csv, write_jsonl
 from ..tools.imagejobs import write_image_jobs
 from .exits import EXIT_FAILED, EXIT_IOERR, EXIT_USAGE
+from .options import parse_shard_option
 
 __all__ = ["register"]
 
@@ -164,8 +166,19 @@ def estimate(
         "--offline", help="Never download a tiktoken encoding: count with what is local, else by "
         "characters.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    pack: Annotated[str, typer.Option(
+        help="Count requests as `run --pack N` sends them (N, 'auto' or 'off'): the least "
+        "time is then the packed bound.")] = "off",
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Only the share of worker K of N (as run --shard K/N takes).")]
+    = None,
 ) -> None:
     """Count, price and time a job without sending anything (an upper bound)."""
+    try:
+        pack_size = parse_pack(pack)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pack") from None
+    split = parse_shard_option(shard)
     if not jobs.is_file():
         raise typer.BadParameter(f"no such file: {jobs}", param_hint="JOBS.jsonl")
     try:
@@ -175,7 +188,8 @@ def estimate(
     counter = TokenCounter(encodings_dir=encodings_dir, allow_download=not offline,
                            default_max_tokens=default_max_tokens)
     result = estimate_job(jobs, counter=counter, prices=table, rpm=parse_limit(rpm, "--rpm"),
-                          tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint)
+                          tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint, pack=pack_size,
+                          shard=split)
     if json_out:
         if result.min_seconds is not None:
             result.min_seconds = round(result.min_seconds, 3)
@@ -203,7 +217,8 @@ def _render(est: Estimate) -> None:
     from rich.table import Table
 
     rows = [
-        ("requests", f"{est.requests:,}"),
+        ("requests", f"{est.requests:,}" + (
+            f" in {est.http_requests:,} HTTP requests (--pack {est.pack})" if est.pack else "")),
         ("bad lines", f"{est.bad_lines:,}" + (
             f" (lines {', '.join(map(str, est.bad_line_numbers[:10]))}"
             f"{', ...' if est.bad_lines > 10 else ''})" if est.bad_lines else "")),

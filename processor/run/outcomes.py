@@ -110,9 +110,11 @@ class Outcomes:
             return None
         return item
 
-    def answered(self, job: Job, lane: Lane, response: Response, key: str) -> int:
-        """Write ``job``'s result (``key``: the key's name, "" for the only key); return
-        the tokens it used (0 if the answer does not say)."""
+    def answered(self, job: Job, lane: Lane, response: Response, key: str, *,
+                 packed: int = 0) -> int:
+        """Write ``job``'s result (``key``: the key's name, "" for the only key; ``packed``:
+        how many lines shared its request, 0 if none); return the tokens it used (0 if
+        the answer does not say)."""
         prompt, completion = usage(response.body)
         record = result_record(job, response.status, response.request_id, response.body,
                                self._record_id())
@@ -122,6 +124,8 @@ class Outcomes:
         if job.fallback_from is not None:
             extra["model"] = job.model
             extra["fallback_from"] = job.fallback_from
+        if packed:
+            extra["packed"] = packed
         if extra:
             record["batchproc"] = extra
         self.sink.write_result(record, job.line_hash)

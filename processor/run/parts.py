@@ -32,6 +32,9 @@ class Parts:
     def cost(self, job: Job) -> Cost:
         return self.counter.cost(job.body, job.url)
 
+    def exact_tokens(self, job: Job) -> int | None:
+        return self.counter.exact_prompt_tokens(job.body, job.url)
+
     def client(self) -> OpenAIClient:
         cfg = self.cfg
         return OpenAIClient(cfg.base_url, self.default_key, timeout=cfg.timeout,
@@ -54,7 +57,8 @@ class Parts:
                       max_in_flight=cfg.max_in_flight, on_progress=on_progress,
                       grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
                       refund_unused=cfg.refund_unused, before_admit=before_admit,
-                      outage_window=cfg.outage_window, events=events)
+                      outage_window=cfg.outage_window, pack=cfg.pack,
+                      exact_tokens=self.exact_tokens, events=events)
 
 
 def build_parts(cfg: JobConfig) -> Parts:

@@ -28,12 +28,14 @@ from ..store.resume import (
     move_aside,
     stop_check,
 )
+from ..store.shardfiles import check_marker, marker_path
 from ..store.writer import ResultWriter
 from .config import JobConfig
 from .engine import Engine
 from .events import NO_EVENTS
 from .observer import ProgressTap, open_run_log, plan_run_log, start_fields
 from .parts import Parts, build_parts
+from .sharding import ShardScope, shard_defaults
 
 # JobConfig is defined in .config, Parts in .parts; both stay importable from here.
 __all__ = ["JobConfig", "default_paths", "run_job"]
@@ -81,6 +83,10 @@ async def run_job(
     cfg = config or JobConfig()
     src = Path(input_path)
     default_out, default_err = default_paths(src)
+    if cfg.shard is not None:
+        # Checked before the job's lock: the default names of a shard name K and N.
+        output, errors = shard_defaults(src, cfg.shard, Path(output) if output else None,
+                                        Path(errors) if errors else None)
     out_path = Path(output) if output else default_out
     err_path = Path(errors) if errors else default_err
     # Before anything is read or written: paths that would destroy data, then the
@@ -106,9 +112,10 @@ async def _run(
     # that a caller's event loop is never blocked by it. Signals are handled from before
     # it starts: Ctrl-C during a long scan stops it within a few thousand lines.
     signals = _SignalStop(stats) if handle_signals else None
+    scope = ShardScope(cfg.shard, stats) if cfg.shard is not None else None
     try:
         state = await asyncio.to_thread(_prepare_files, cfg, src, out_path, err_path, stats,
-                                        count_total, signals.flag if signals else None)
+                                        count_total, signals.flag if signals else None, scope)
         parts = build_parts(cfg)
     except BaseException as exc:
         if signals is not None:
@@ -131,8 +138,11 @@ async def _run(
                               else on_progress)
         # Bad lines reported before (by content) are not reported again.
         source = unreported(iter_jobs(src, default_endpoint=cfg.endpoint, skip=skip,
-                                      skip_line=unchanged_filter(state, stats)),
+                                      skip_line=unchanged_filter(state, stats),
+                                      keep=ShardScope.filter_for(scope)),
                             state, stats, _sendable(parts))
+        if scope is not None:
+            source = scope.counted(source)
         remove = signals.attach(engine) if signals else (lambda: None)
         try:
             await engine.run(source)
@@ -173,7 +183,7 @@ async def _run(
 
 def _prepare_files(
     cfg: JobConfig, src: Path, out_path: Path, err_path: Path, stats: Stats, count_total: bool,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, scope: ShardScope | None = None,
 ) -> ResumeState:
     """Check the input, move or repair old outputs, read what they hold, count lines.
 
@@ -183,10 +193,11 @@ def _prepare_files(
         ScanInterrupted: ``stop`` was set during the scan.
     """
     if cfg.fresh:
-        for p in (out_path, err_path, ledger_path(out_path)):
+        for p in (out_path, err_path, ledger_path(out_path), marker_path(out_path)):
             moved = move_aside(p)
             if moved:
                 stats.notes.append(f"--fresh: moved {p} to {moved}")
+    check_marker(out_path, err_path, cfg.shard)  # outputs of another shard: refused
     if out_path.exists() or err_path.exists():
         log.info("reading the earlier outputs (%s, %s) to resume", out_path, err_path)
     state = load_state(out_path, err_path, stop=stop)
@@ -205,6 +216,8 @@ def _prepare_files(
                             resend_changed=cfg.resend_changed, retry_failed=cfg.retry_failed)
     if count_total:
         stats.total = count_lines(src, cancel=stop_check(stop))
+        if scope is not None:
+            scope.estimate_total(stats.total)
     return state
 
 

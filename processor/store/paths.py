@@ -124,7 +124,8 @@ _RUN_HINT = "outputs are appended to and read back on resume; give a file"
 # Names batchproc gives its own files beside an output: a ledger (binary hashes, read
 # on every resume) and a lock (deleted when its run ends). Never a user's output.
 _OWN_SUFFIXES = {".ledger": "the ledger of a results file (binary; read to resume that job)",
-                 ".lock": "a lock file (deleted when the run holding it ends)"}
+                 ".lock": "a lock file (deleted when the run holding it ends)",
+                 ".shard": "the marker of a shard's results file (which --shard wrote it)"}
 
 
 def check_output(path: Path, what: str, hint: str = _RUN_HINT, *,

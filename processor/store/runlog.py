@@ -12,7 +12,8 @@ with a ``start`` event that numbers it. Times are seconds since that run's start
 ``a``      one attempt: id (custom_id), n (attempt number), ta / ts / td (admitted by
            the limiter / sent / came back), st (HTTP status; null: no answer), er (the
            error's kind; absent: answered), te (tokens charged at admission), tp / tc
-           (prompt / completion tokens the answer says it used), k (key name), m (model)
+           (prompt / completion tokens the answer says it used), k (key name), m (model),
+           np (lines carried, for a pack of several: ``--pack``)
 ``fail``   a request (or input line) written off: id, line, code, msg
 ``pause``  r (reason: 429, outage, limits, daily, ...), until (null: open-ended), and
            detail (key, scale, counter ...)
@@ -209,6 +210,9 @@ class RunLog:
             event["k"] = lane.name
         if job.model:
             event["m"] = job.model
+        parts = getattr(job, "parts", None)  # a pack (--pack): how many lines it carries
+        if parts:
+            event["np"] = len(parts)
         self._add(event)
 
     def failed(self, custom_id: str | None, line: int, code: str, message: str) -> None:

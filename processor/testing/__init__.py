@@ -9,7 +9,8 @@ orjson, no per-request logging, counters not lists.
 
 Parts: :mod:`.config` (settings and counters), :mod:`.pricing` (the token charge),
 :mod:`.limiter` (buckets and 429s), :mod:`.faults`, :mod:`.bodies` (answers and error
-bodies), :mod:`.app` (routes, ``build_app``, ``serve``, ``run``).
+bodies), :mod:`.inputs` (embeddings inputs refused as the API does), :mod:`.app` (routes,
+``build_app``, ``serve``, ``run``).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from . import bodies
 from .bodies import Answers, error_body
 from .config import STATS_KEY, MockConfig, MockStats, OutageMode
 from .faults import Fault, Faults, abort, hang, send_truncated
+from .inputs import embeddings_problem
 from .limiter import Limiter
 from .pricing import price
 
@@ -148,6 +149,10 @@ class _Server:
                 body = error_body(message, "requests", "rate_limit_exceeded")
                 headers |= {"retry-after-ms": "20", "retry-after": "1"}
                 return self._reply(429, body, headers, start)
+            if kind == "embeddings":
+                refused_input = embeddings_problem(data, cfg.embedding_limits)
+                if refused_input is not None:
+                    return self._reply(400, refused_input, headers, start)
             try:
                 cost = price(data, kind)
             except ValueError as exc:  # an unreadable image, say

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import base64
-import functools
+import hashlib
 import itertools
 import math
 import random
 import struct
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-__all__ = ["Answers", "error_body"]
+__all__ = ["Answers", "error_body", "text_vector"]
 
 RATE_LIMIT_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
 BAD_JSON = "We could not parse the JSON body of your request: it is not valid JSON."
@@ -90,9 +89,9 @@ class Answers:
         return head | {"choices": choices, "usage": usage, "system_fingerprint": "fp_mock"}
 
     def _completions(self, data: dict[str, Any], model: str, prompt: int) -> dict[str, Any]:
-        # One choice per prompt (a list of strings is a batch of prompts) per n.
+        # One choice per prompt (a list of texts or token arrays is a batch of prompts) per n.
         raw = data["prompt"]
-        prompts = raw if isinstance(raw, list) and all(isinstance(p, str) for p in raw) else [raw]
+        prompts = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         texts = [_reply_text(p, "Mock completion of: ") for p in prompts for _ in range(_n(data))]
         choices = [
             {"index": i, "text": t, "finish_reason": "length", "logprobs": None}
@@ -106,13 +105,9 @@ class Answers:
         items = raw if isinstance(raw, list) and not isinstance(raw[0], int) else [raw]
         dim = data.get("dimensions")
         dim = dim if isinstance(dim, int) and 0 < dim <= 4096 else self.embedding_dim
-        unit = _unit_vector(dim)
         out = []
         for i, item in enumerate(items):
-            # A rotation of a fixed unit vector picked by the text's hash: deterministic,
-            # distinct per text, and no per-element maths.
-            shift = zlib.crc32(str(item).encode()) % dim
-            vector: Any = unit[shift:] + unit[:shift]
+            vector: Any = text_vector(item, dim)
             if data.get("encoding_format") == "base64":
                 vector = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode()
             out.append({"object": "embedding", "index": i, "embedding": vector})
@@ -144,10 +139,14 @@ def _usage(prompt: int, out: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
 
-@functools.lru_cache(maxsize=8)
-def _unit_vector(dim: int) -> list[float]:
-    raw = [math.sin(i + 1.0) for i in range(dim)]
-    norm = math.sqrt(sum(x * x for x in raw))
+def text_vector(item: Any, dim: int) -> list[float]:
+    """The mock's embedding of one input (a text, or a token array): a unit vector drawn
+    from a generator seeded by a hash of the input, so each input has its own vector and
+    a test can tell which input a vector belongs to."""
+    data = item.encode() if isinstance(item, str) else orjson.dumps(item)
+    rng = random.Random(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little"))
+    raw = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [x / norm for x in raw]
 
 

@@ -42,9 +42,13 @@ class MockConfig:
         models: when set, any other model (or Azure deployment) gets 404.
         overloaded_models: models that always answer 429 (to exercise a fallback model).
         embedding_dim: length of the embedding vectors (unless the body sets ``dimensions``).
+        embedding_limits: an embeddings request's (most inputs, most tokens in all, most
+            tokens per input), OpenAI's by default; more gets a 400.
         outage_at: seconds after the server started when an outage begins (``None``: never).
         outage_for: how long the outage lasts, in seconds.
         outage_mode: what requests get meanwhile (:class:`OutageMode`).
+        outage_from_first_request: count ``outage_at`` from the first request the server
+            sees instead of from its start (tests whose client takes a while to start).
 
     Raises:
         ValueError: a limit below 1 request / not positive, a probability outside [0, 1],
@@ -71,9 +75,11 @@ class MockConfig:
     models: frozenset[str] | None = None
     overloaded_models: frozenset[str] = frozenset()
     embedding_dim: int = 8
+    embedding_limits: tuple[int, int, int] = (2048, 300_000, 8192)
     outage_at: float | None = None
     outage_for: float = 0.0
     outage_mode: OutageMode = OutageMode.BAD_GATEWAY
+    outage_from_first_request: bool = False
 
     def __post_init__(self) -> None:
         faults = (self.fail_500, self.fail_503, self.reset, self.hang, self.truncate)

@@ -49,8 +49,12 @@ class Faults:
         self.cumulative = list(itertools.accumulate(
             (config.fail_500, config.fail_503, config.reset, config.hang, config.truncate)))
         self.mode = config.outage_mode
+        self._pending: tuple[float, float] | None = None  # (at, for) until the first request
         if config.outage_at is None or config.outage_for <= 0:
             self.outage = (0.0, 0.0)
+        elif config.outage_from_first_request:
+            self.outage = (0.0, 0.0)
+            self._pending = (config.outage_at, config.outage_for)
         else:
             begin = started + config.outage_at
             self.outage = (begin, begin + config.outage_for)
@@ -63,6 +67,10 @@ class Faults:
 
     def outage_action(self, now: float) -> OutageMode | None:
         """During the outage, what this request gets (502 or reset); else ``None``."""
+        if self._pending is not None:  # the first request: the outage's clock starts now
+            at, length = self._pending
+            self._pending = None
+            self.outage = (now + at, now + at + length)
         begin, end = self.outage
         if not begin <= now < end:
             return None

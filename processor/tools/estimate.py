@@ -19,8 +19,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..cost import TokenCounter, base_model_name
+from ..cost.packing import Packs
 from ..errors import ConfigError, JobFormatError
 from ..jobs import DEFAULT_ENDPOINT, BadLine, iter_jobs
+from ..shards import Shard
 
 __all__ = [
     "MAX_BAD_LINE_NUMBERS",
@@ -82,6 +84,9 @@ class Estimate:
     """The figures of one job (see :func:`estimate_job`); ``to_dict`` is the ``--json``."""
 
     requests: int = 0
+    #: HTTP requests the run will send (fewer than ``requests`` with ``--pack``).
+    http_requests: int = 0
+    pack: int | str | None = None
     bad_lines: int = 0
     prompt_tokens: int = 0
     max_completion_tokens: int = 0
@@ -168,6 +173,9 @@ def estimate_job(
     rpm: float | None = None,
     tpm: float | None = None,
     endpoint: str = DEFAULT_ENDPOINT,
+    pack: int | str | None = None,
+    burst_seconds: float = 1.0,
+    shard: Shard | None = None,
 ) -> Estimate:
     """Count, price and time a job file without sending anything.
 
@@ -182,11 +190,20 @@ def estimate_job(
         prices: model prefix -> :class:`Price` (see :func:`price_for`).
         rpm, tpm: the limits the run will use, for ``min_seconds``.
         endpoint: the endpoint of lines that name none.
+        pack: ``--pack`` (a size, ``"auto"`` or None): requests are counted as the run
+            packs them (:class:`~processor.cost.packing.Packs`, a pack's tokens within
+            ``burst_seconds`` of ``tpm``), so ``min_seconds`` is the packed bound.
+        burst_seconds: the run's burst (``--burst-seconds``).
+        shard: count only this shard's lines (``--shard K/N``).
     """
     counter = counter if counter is not None else TokenCounter()
-    est = Estimate()
+    est = Estimate(pack=pack)
     sent_requests = sent_tokens = 0
-    for item in iter_jobs(path, default_endpoint=endpoint):
+    burst = tpm / 60.0 * burst_seconds if tpm else None
+    packs: Packs[int] | None = Packs(pack if isinstance(pack, int) else None,
+                                     lambda: burst) if pack else None
+    keep = shard.line_filter() if shard is not None else None
+    for item in iter_jobs(path, default_endpoint=endpoint, keep=keep):
         try:
             cost = None if isinstance(item, BadLine) else counter.cost(item.body, item.url)
         except (JobFormatError, ValueError):  # as the engine does: unpriceable means bad
@@ -204,8 +221,11 @@ def estimate_job(
         if tpm and cost.total > tpm:
             est.too_large += 1
         else:
-            sent_requests += 1
             sent_tokens += cost.total
+            sent_requests += 1 if packs is None else len(
+                packs.add(0, item.url, item.body, item.model, cost.total))
+    if packs is not None:
+        sent_requests += len(packs.flush())
     for model, totals in est.by_model.items():
         est.requests += totals.requests
         est.prompt_tokens += totals.prompt_tokens
@@ -222,6 +242,7 @@ def estimate_job(
         est.cost_usd += totals.cost_usd
     est.unpriced_models.sort()
     est.total_tokens = est.prompt_tokens + est.max_completion_tokens
+    est.http_requests = sent_requests
     est.min_seconds, est.binding_limit = min_seconds(sent_requests, sent_tokens, rpm, tpm)
     est.token_counts = counter.mode if est.requests else "estimate"
     return est

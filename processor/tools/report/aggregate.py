@@ -264,12 +264,14 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
             pair = ("(other)", "(other)")
         row = agg.by_key_model.setdefault(pair, KeyModel())
     row.attempts += 1
+    packed = event.get("np")  # lines answered by one packed request
+    lines = packed if isinstance(packed, int) and 1 <= packed <= 1_000_000 else 1
     if run is not None:
         run.attempts += 1
         if status == 429:
             run.n429 += 1
         elif error is None:
-            run.ok += 1
+            run.ok += lines
     if error is None:  # the latency of answers (a 502 page comes back fast)
         if back.latency is None:
             back.latency = LatencySketch()
@@ -278,12 +280,12 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
         agg.latency.add(latency)
     if error is None:
         prompt, completion = int(_number(event.get("tp"))), int(_number(event.get("tc")))
-        back.ok += 1
+        back.ok += lines
         back.used += prompt + completion
-        agg.answers += 1
+        agg.answers += lines
         agg.prompt_tokens += prompt
         agg.completion_tokens += completion
-        row.answers += 1
+        row.answers += lines
         row.prompt += prompt
         row.completion += completion
         return
