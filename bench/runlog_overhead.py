@@ -1,6 +1,6 @@
 """What the run log costs: the ``big`` benchmark's 1,000,000 requests with and without it.
 
-    python bench/runlog_overhead.py [--n 1000000] [--repeat 3] [--workdir DIR]
+    python bench/runlog_overhead.py [--n 1000000] [--repeat 3] [--workdir DIR] [--batchproc B]
     python bench/runlog_overhead.py --micro
 
 ``--micro`` times the engine's one call per attempt in-process instead: the run log's
@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--batchproc", default=BATCHPROC,
+                        help="the client to run (a frozen copy, so that edits made meanwhile "
+                        "do not reach later runs)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="runlog-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -87,7 +90,7 @@ def main() -> None:
             results, errors = work / f"{tag}.results.jsonl", work / f"{tag}.errors.jsonl"
             runlog = work / f"{tag}.run.jsonl"
             with MockServer(work / f"{tag}.server.log", rpm=HIGH_RPM, tpm=HIGH_TPM) as server:
-                cmd = [BATCHPROC, str(job.path), "--base-url", server.base_url, "--quiet",
+                cmd = [args.batchproc, str(job.path), "--base-url", server.base_url, "--quiet",
                        "-o", str(results), "--errors", str(errors), "--rpm", f"{HIGH_RPM:.0f}",
                        "--tpm", f"{HIGH_TPM:.0f}", "--endpoint", job.endpoint]
                 cmd += ["--run-log", str(runlog)] if with_log else ["--no-run-log"]

@@ -89,7 +89,7 @@ class Attempts:
         assert lane is not None
         job.attempts += 1
         events, now = self.events, self.run.now
-        sent = now()
+        sent = now() if events.enabled else 0.0
         try:
             try:
                 response = await self.client.post(job.url, job.payload, headers=lane.headers,

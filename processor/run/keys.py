@@ -68,6 +68,8 @@ class KeyPool:
         self._warned: set[tuple[int, str]] = set()
         #: 429s in a row per lane while it states such a limit.
         self._refusals: dict[int, int] = {}
+        #: per lane, the limits it last stated (for the ``limit`` events).
+        self._said: dict[int, tuple[Any, ...]] = {}
 
     @property
     def working(self) -> list[Lane]:
@@ -134,7 +136,13 @@ class KeyPool:
                                "limits from, so none applied (set --rpm/--tpm)")
             return
         was_learning = limiter.learning
-        before = _per_minute(limiter) if self.events.enabled else None
+        # A per-minute limit changes only with what the server states (or whether it is
+        # believed): the counters are compared only then, not on every answer.
+        said = (info.limit_requests, info.limit_tokens, len(limiter.ignored))
+        before = None
+        if self.events.enabled and self._said.get(id(lane)) != said:
+            self._said[id(lane)] = said
+            before = _per_minute(limiter)
         limiter.sync(info.limit_requests, info.remaining_requests, info.limit_tokens,
                      info.remaining_tokens, sent_at=sent_at, cum_requests=cum_requests,
                      cum_tokens=cum_tokens, force=force, refused_tokens=refused_tokens)

@@ -55,6 +55,7 @@ __all__ = ["RunLog", "read_events", "run_log_path"]
 log = logging.getLogger(__name__)
 
 _LINE = orjson.OPT_APPEND_NEWLINE
+_dumps = orjson.dumps
 _START = b'{"ev":"start"'
 #: longest error message kept per failure.
 MESSAGE_CHARS = 300
@@ -200,7 +201,13 @@ class RunLog:
             "td": round(done - t0, 3), "te": job.tokens}
         if response is not None:
             event["st"] = response.status
-            event["tp"], event["tc"] = _usage(response.body)
+            used = response.body.get("usage") if type(response.body) is dict else None
+            if type(used) is dict and type(used.get("prompt_tokens")) is int:
+                event["tp"] = used["prompt_tokens"]  # the common shape, read at once
+                tc = used.get("completion_tokens", 0)
+                event["tc"] = tc if type(tc) is int else 0
+            else:
+                event["tp"], event["tc"] = _usage(response.body)
         else:
             assert error is not None
             event["st"] = error.status
@@ -213,7 +220,12 @@ class RunLog:
         parts = getattr(job, "parts", None)  # a pack (--pack): how many lines it carries
         if parts:
             event["np"] = len(parts)
-        self._add(event)
+        # The hot path: _add's work inline (one event per attempt).
+        if self._fd is not None:
+            buf = self._buf
+            buf += _dumps(event, option=_LINE)
+            if len(buf) >= self._max_buffer:
+                self.flush()
 
     def failed(self, custom_id: str | None, line: int, code: str, message: str) -> None:
         self._add({"ev": "fail", "t": self._t(self._clock()), "id": custom_id, "line": line,
