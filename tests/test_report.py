@@ -196,6 +196,8 @@ def test_report_command(tmp_path: Path) -> None:
     assert runner.invoke(app, ["report", str(empty)]).exit_code == 1
     assert runner.invoke(app, ["report", str(log), "-o", str(log)]).exit_code == 2
     assert log.read_bytes().startswith(b'{"ev":"start"')
+    assert runner.invoke(app, ["report", str(log), "-o", str(job)]).exit_code == 2
+    assert job.read_text().startswith('{"model"')
 
 
 def test_a_hostile_log_never_breaks_the_report(tmp_path: Path) -> None:

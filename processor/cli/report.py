@@ -93,6 +93,10 @@ def register(app: typer.Typer) -> None:
         partial = None
         if target is not None:
             partial = target.with_name(f".{target.name}.partial")
+            if target.name.endswith(".jsonl") and target.exists():
+                raise typer.BadParameter(
+                    f"{target} is a JSONL file (a job, results or a log?): the report is "
+                    "HTML; give another name", param_hint="--output")
             try:
                 check_output(target, "--output", "give a file")
                 check_distinct([("the run log", log)],
