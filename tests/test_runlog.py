@@ -167,6 +167,14 @@ def test_paths(tmp_path: Path) -> None:
             plan_run_log(JobConfig(run_log=str(bad)), src, res, err, led)
     with pytest.raises(ConfigError):
         plan_run_log(JobConfig(run_log=str(tmp_path)), src, res, err, led)
+    # Another job's results are never appended to; a log (or an empty file) is.
+    other = write_jsonl(tmp_path / "other.results.jsonl", [{"custom_id": "x"}])
+    with pytest.raises(ConfigError, match="not a run log"):
+        plan_run_log(JobConfig(run_log=str(other)), src, res, err, led)
+    RunLog(tmp_path / "ok.jsonl", clock=Clock()).open().close()
+    (tmp_path / "empty.jsonl").write_text("")
+    for fine in ("ok.jsonl", "empty.jsonl"):
+        assert plan_run_log(JobConfig(run_log=str(tmp_path / fine)), src, res, err, led)
 
 
 async def test_a_run_writes_its_log_beside_the_results(tmp_path: Path, mock_api: Any) -> None:

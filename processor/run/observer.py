@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..client.masking import MASK, Masker, header_secrets, is_credential_header
+from ..errors import ConfigError
 from ..stats import Stats
 from ..store.paths import check_distinct, check_output, lock_path
-from ..store.runlog import RunLog, run_log_path
+from ..store.runlog import RunLog, is_run_log, run_log_path
 from .config import JobConfig
 
 __all__ = ["ProgressTap", "open_run_log", "plan_run_log", "safe_config", "start_fields"]
@@ -43,6 +44,9 @@ def plan_run_log(cfg: JobConfig, src: Path, results: Path, errors: Path,
         path = Path(cfg.run_log)
     check_output(path, "--run-log", "give a file, or --no-run-log")
     check_distinct(others, [("--run-log", path), ("the run log's lock", lock_path(path))])
+    if not is_run_log(path):
+        raise ConfigError(f"--run-log {path} exists and is not a run log (another job's "
+                          "results?): appending to it would spoil it; give another file")
     return path
 
 

@@ -50,7 +50,7 @@ from ..errors import APIError
 from ..jobs import Job
 from ..stats import Stats
 
-__all__ = ["RunLog", "read_events", "run_log_path"]
+__all__ = ["RunLog", "is_run_log", "read_events", "run_log_path"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,24 @@ def run_log_path(results: Path) -> Path:
         if name.endswith(suffix) and len(name) > len(suffix):
             return results.with_name(name[: -len(suffix)] + ".run.jsonl")
     return results.with_name(name + ".run.jsonl")
+
+
+def is_run_log(path: Path) -> bool:
+    """``path`` is missing, empty, or starts with a run-log event (it may be appended to)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 16)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return True  # the open for appending reports it
+    if not first.strip():
+        return True
+    try:
+        event = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(event, dict) and isinstance(event.get("ev"), str)
 
 
 def _usage(body: Any) -> tuple[int, int]:
