@@ -45,8 +45,9 @@ def plan_run_log(cfg: JobConfig, src: Path, results: Path, errors: Path,
     check_output(path, "--run-log", "give a file, or --no-run-log")
     check_distinct(others, [("--run-log", path), ("the run log's lock", lock_path(path))])
     if not is_run_log(path):
-        raise ConfigError(f"--run-log {path} exists and is not a run log (another job's "
-                          "results?): appending to it would spoil it; give another file")
+        raise ConfigError(f"the run log {path} exists and is not a run log (another job's "
+                          "results?): appending to it would spoil it; give --run-log another "
+                          "file, or --no-run-log")
     return path
 
 
