@@ -274,3 +274,20 @@ async def test_a_pack_is_one_attempt_answering_its_lines(tmp_path: Path, mock_ap
     attempts = [e for e in lines(tmp_path / "emb.run.jsonl") if e["ev"] == "a"]
     assert len(attempts) == 2 and [e["np"] for e in attempts] == [5, 5]
     assert aggregate(tmp_path / "emb.run.jsonl").answers == 10
+
+
+async def test_each_shard_has_its_own_log(tmp_path: Path, mock_api: Any) -> None:
+    from tests.conftest import start_cli
+
+    api = await mock_api()
+    src = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(20)])
+    for k in (1, 2):
+        proc = await start_cli(src, api.base_url, "--shard", f"{k}/2")
+        await proc.communicate()
+        assert proc.returncode == 0
+    ids = []
+    for k in (1, 2):
+        events = lines(tmp_path / f"job.shard-{k}-of-2.run.jsonl")
+        ids += [e["id"] for e in events if e["ev"] == "a"]
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(20))
+    assert not (tmp_path / "job.run.jsonl").exists()
