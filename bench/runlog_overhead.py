@@ -2,10 +2,16 @@
 
     python bench/runlog_overhead.py [--n 1000000] [--repeat 3] [--workdir DIR] [--batchproc B]
     python bench/runlog_overhead.py --micro
+    python bench/runlog_overhead.py --instructions [--batchproc B]
 
 ``--micro`` times the engine's one call per attempt in-process instead: the run log's
 ``attempt()`` (build the event, serialise it, buffer it; a write per 1 MiB) against the
 no-op sink's, per call.
+
+``--instructions`` counts the client's instructions under valgrind (callgrind), which the
+machine's load does not change: jobs of 1,000 and 4,000 requests with and without the
+log; the difference divided by 3,000 is the instructions per request (start-up and
+imports cancel out), and their ratio the overhead. About 6 minutes.
 
 The job is the ``big`` scenario's (bench/run.py): bare embedding lines, limits far above
 what one process reaches, no latency, against ``batchproc mock-server`` on loopback.
@@ -66,9 +72,64 @@ def micro(n: int = 500_000) -> None:
     print(orjson.dumps(row).decode())
 
 
+def instructions(batchproc: str, work: Path) -> None:
+    """Instructions per request with and without the run log (callgrind), and the ratio."""
+    import re
+    import subprocess
+
+    sizes = (1000, 4000)
+    jobs = {n: jobgen.bare_embedding_job(work / f"i{n}.jsonl", n, seed=7) for n in sizes}
+    counts: dict[tuple[int, bool], int] = {}
+    with MockServer(work / "instr.server.log", rpm=HIGH_RPM, tpm=HIGH_TPM) as server:
+        for n in sizes:
+            for with_log in (False, True):
+                for p in work.glob("instr-out.*"):
+                    p.unlink()
+                cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                       *_python_of(batchproc), str(jobs[n].path), "--base-url",
+                       server.base_url, "--quiet", "-o", str(work / "instr-out.results.jsonl"),
+                       "--errors", str(work / "instr-out.errors.jsonl"), "--rpm",
+                       f"{HIGH_RPM:.0f}", "--tpm", f"{HIGH_TPM:.0f}", "--endpoint",
+                       jobs[n].endpoint]
+                cmd += ["--run-log", str(work / "instr-out.run.jsonl")] if with_log \
+                    else ["--no-run-log"]
+                done = subprocess.run(cmd, env=_env_of(batchproc), capture_output=True,
+                                      text=True, timeout=1800, check=False)
+                found = re.search(r"Collected : (\d+)", done.stderr)
+                assert found and done.returncode == 0, done.stderr[-2000:]
+                counts[(n, with_log)] = int(found.group(1))
+                print(orjson.dumps({"n": n, "with_log": with_log,
+                                    "instructions": counts[(n, with_log)]}).decode(), flush=True)
+    span = sizes[1] - sizes[0]
+    per = {w: (counts[(sizes[1], w)] - counts[(sizes[0], w)]) / span for w in (False, True)}
+    print(orjson.dumps({"instructions_per_request_without": round(per[False]),
+                        "instructions_per_request_with": round(per[True]),
+                        "overhead_pct": round((per[True] / per[False] - 1) * 100, 2)}).decode())
+
+
+def _python_of(batchproc: str) -> list[str]:
+    """The interpreter command behind a ``batchproc`` wrapper script: valgrind must run
+    the interpreter itself, not the shell of a wrapper."""
+    return [sys.executable, "-m", "processor.cli"]
+
+
+def _env_of(batchproc: str) -> dict[str, str]:
+    env = client_env()
+    text = Path(batchproc).read_text(errors="replace")
+    found = __import__("re").search(r"PYTHONPATH=(\S+)", text)
+    if found:
+        env["PYTHONPATH"] = found.group(1)
+    return env
+
+
 def main() -> None:
     if "--micro" in sys.argv:
         micro()
+        return
+    if "--instructions" in sys.argv:
+        args = [a for a in sys.argv[1:] if a != "--instructions"]
+        batchproc = args[args.index("--batchproc") + 1] if "--batchproc" in args else BATCHPROC
+        instructions(batchproc, Path(tempfile.mkdtemp(prefix="runlog-instr-")))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
