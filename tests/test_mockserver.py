@@ -610,7 +610,8 @@ def test_config_rejects_bad_outage(config: dict[str, Any]) -> None:
 
 def test_cli_outage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[MockConfig] = []
-    monkeypatch.setattr("processor.testing.run", lambda config, host, port: seen.append(config))
+    monkeypatch.setattr("processor.testing.run",
+                        lambda config, host, port, *batch: seen.append(config))
     args = ["mock-server", "--port", "0", "--outage-at", "30", "--outage-for", "5",
             "--outage-mode", "reset", "--truncate", "0.1"]
     result = CliRunner().invoke(app, args)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,7 +16,9 @@ from ..cost.packing import parse_pack
 from ..errors import BatchProcError, ConfigError
 from ..jobs import DEFAULT_ENDPOINT
 from ..run.runner import JobConfig, run_job
+from ..stats import Stats
 from ..store.paths import check_distinct, check_input, check_output
+from .batch import batch_config, choose_via, register_batches, run_batch
 from .commands import io_failure, parse_limit, register
 from .exits import EXIT_USAGE, error_exit, exit_code
 from .merging import merge
@@ -141,16 +144,27 @@ def run(
         help="Seconds the server may stay down (most attempts failing with 5xx or connection "
         "errors) while batchproc probes it without spending attempts; then the run stops "
         "(exit 75, rerun to resume). 0: off.")] = 1800.0,
-    run_log: Annotated[Path | None, typer.Option(
-        help="The run log, appended to by every run (default: <stem>.run.jsonl beside the "
-        "results); `batchproc report` draws it.")] = None,
-    no_run_log: Annotated[bool, typer.Option("--no-run-log", help="Write no run log.")]
-    = False,
+    run_log: Annotated[Path | None, typer.Option(help="The run log, for `batchproc report` "
+                                                 "(default: <stem>.run.jsonl).")] = None,
+    no_run_log: Annotated[bool, typer.Option("--no-run-log", help="Write no run log.")] = False,
     pack: Annotated[str, typer.Option(
         help="Send consecutive embeddings (and legacy completions) requests that differ "
         "only in their input as one request of up to N inputs, within the model's limits "
         "and one TPM burst; each line still gets its own result. 'auto': as many as those "
         "limits allow; 'off': never.")] = "off",
+    via: Annotated[str, typer.Option(help="'online'; 'batch': OpenAI's Batch API (half the "
+        "price, within 24h; rerun to resume or collect); 'auto': batch from 20,000 requests "
+        "or over 2 hours online at --rpm/--tpm.")] = "online",
+    detach: Annotated[bool, typer.Option("--detach", help="--via batch: submit and exit; "
+        "the same command later collects.")] = False,
+    fallback_online: Annotated[bool, typer.Option("--fallback-online", help="--via batch: "
+        "send what expired, failed or cancelled batches left online.")] = False,
+    batch_queue_tokens: Annotated[int | None, typer.Option(min=1, help="Enqueued tokens per "
+        "model to stay under (default: learned from refusals); parts wait.")] = None,
+    batch_poll_every: Annotated[float, typer.Option(min=0.01, callback=finite, help="First "
+        "poll interval (s), doubled each round up to --batch-poll-max.")] = 5.0,
+    batch_poll_max: Annotated[float, typer.Option(min=0.01, callback=finite)] = 300.0,
+    batch_part_requests: Annotated[int, typer.Option(min=1, max=50_000)] = 50_000,
 ) -> None:
     """Run (or resume) a JSONL job: answers to the results file, failures to the errors file."""
     try:
@@ -198,6 +212,16 @@ def run(
     config.allow_download = not offline
     config.run_log = False if no_run_log else (str(run_log) if run_log else True)
     config.shard = split
+    batch = (batch_config(batch_queue_tokens, batch_poll_every, batch_poll_max, detach,
+                          fallback_online, batch_part_requests)
+             if choose_via(via, input_path, output, config) == "batch" else None)
+
+    def job(progress: LiveReporter | PlainReporter | None) -> Coroutine[Any, Any, Stats]:
+        if batch is not None:
+            return run_batch(input_path, config, batch, output, errors, progress)
+        return run_job(input_path, config, output=output, errors=errors, on_progress=progress,
+                       handle_signals=True)
+
     # The live display only when a person watches: both streams on a terminal.
     live = not quiet and not plain and sys.stderr.isatty() and sys.stdout.isatty()
     reporter: LiveReporter | PlainReporter | None
@@ -215,12 +239,10 @@ def run(
         reporter = PlainReporter(sys.stderr)
     try:
         if reporter is None:
-            stats = run_loop(run_job(input_path, config, output=output, errors=errors,
-                                      handle_signals=True), loop)
+            stats = run_loop(job(None), loop)
         else:
             with reporter:
-                stats = run_loop(run_job(input_path, config, output=output, errors=errors,
-                                          on_progress=reporter, handle_signals=True), loop)
+                stats = run_loop(job(reporter), loop)
     except BatchProcError as exc:
         message, code = error_exit(exc)
         typer.echo(message, err=True)
@@ -262,9 +284,16 @@ def mock_server(
     outage_mode: Annotated[str, typer.Option(
         help="What requests get during the outage: '502' (a load balancer's HTML page), "
         "'reset' (connection reset) or 'mixed'.")] = "502",
+    batch_seconds: Annotated[float, typer.Option(min=0.01, help="Seconds a batch takes.")] = 2.0,
+    batch_expire: Annotated[int, typer.Option(min=0, help="The first N batches expire half "
+        "done.")] = 0,
+    batch_error_every: Annotated[int, typer.Option(min=0, help="Every Nth request of a batch "
+        "fails once (500).")] = 0,
+    batch_queue_tokens: Annotated[int | None, typer.Option(min=1, help="Enqueued tokens per "
+        "model; a create past it is refused.")] = None,
 ) -> None:
     """Serve an OpenAI-compatible mock API on loopback, with limits and faults, for trials."""
-    from ..testing import MockConfig, OutageMode
+    from ..testing import BatchMockConfig, MockConfig, OutageMode
     from ..testing import run as run_mock
 
     modes = [m.value for m in OutageMode]
@@ -280,7 +309,9 @@ def mock_server(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_mock(config, host, port)
+    run_mock(config, host, port, BatchMockConfig(
+        seconds=batch_seconds, expire=batch_expire, error_every=batch_error_every,
+        queue_tokens=batch_queue_tokens))
 
 
 @app.command("sort")
@@ -341,6 +372,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 register(app)
 register_report(app)
 app.command("merge")(merge)
+register_batches(app)
 
 
 def _command_names(typer_app: typer.Typer) -> frozenset[str]:

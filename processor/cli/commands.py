@@ -172,6 +172,9 @@ def estimate(
     shard: Annotated[str | None, typer.Option(
         metavar="K/N", help="Only the share of worker K of N (as run --shard K/N takes).")]
     = None,
+    via: Annotated[str, typer.Option(
+        help="'online', or 'batch': at the Batch API's price (half), within its 24h "
+        "window.")] = "online",
 ) -> None:
     """Count, price and time a job without sending anything (an upper bound)."""
     try:
@@ -179,6 +182,8 @@ def estimate(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--pack") from None
     split = parse_shard_option(shard)
+    if via not in ("online", "batch"):
+        raise typer.BadParameter("must be online or batch", param_hint="--via")
     if not jobs.is_file():
         raise typer.BadParameter(f"no such file: {jobs}", param_hint="JOBS.jsonl")
     try:
@@ -190,6 +195,8 @@ def estimate(
     result = estimate_job(jobs, counter=counter, prices=table, rpm=parse_limit(rpm, "--rpm"),
                           tpm=parse_limit(tpm, "--tpm"), endpoint=endpoint, pack=pack_size,
                           shard=split)
+    if via == "batch":
+        result.at_batch_price()
     if json_out:
         if result.min_seconds is not None:
             result.min_seconds = round(result.min_seconds, 3)
@@ -229,7 +236,12 @@ def _render(est: Estimate) -> None:
     ]
     if est.unpriced_models:
         rows.append(("unpriced (not in cost)", ", ".join(est.unpriced_models)))
-    if est.min_seconds is None:
+    if est.via == "batch":
+        rows[4] = ("cost (USD, upper bound)", f"{_usd(est.cost_usd)} at the Batch API's price "
+                   f"(half the list prices as of {est.prices_as_of})")
+        rows.append(("time", "within the 24h completion window (the Batch API's bound, not "
+                     "the rate limit; --rpm only paces its few calls)"))
+    elif est.min_seconds is None:
         rows.append(("least time", "no --rpm/--tpm given"))
     else:
         rows.append(("least time", f"{_duration(est.min_seconds)} ({est.binding_limit} binds)"))

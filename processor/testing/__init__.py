@@ -10,7 +10,8 @@ orjson, no per-request logging, counters not lists.
 Parts: :mod:`.config` (settings and counters), :mod:`.pricing` (the token charge),
 :mod:`.limiter` (buckets and 429s), :mod:`.faults`, :mod:`.bodies` (answers and error
 bodies), :mod:`.inputs` (embeddings inputs refused as the API does), :mod:`.app` (routes,
-``build_app``, ``serve``, ``run``).
+``build_app``, ``serve``, ``run``), :mod:`.batchjobs` and
+:mod:`.batchroutes` (the Files and Batch API: statuses, output files, a time scale).
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from .app import build_app, run, serve
+from .batchjobs import BatchMockConfig, BatchStats
+from .batchroutes import BATCHES_KEY
 from .config import STATS_KEY, MockConfig, MockStats, OutageMode
 from .limiter import format_duration
 from .pricing import price
 
 __all__ = [
+    "BATCHES_KEY",
     "STATS_KEY",
+    "BatchMockConfig",
+    "BatchStats",
     "MockConfig",
     "MockStats",
     "OutageMode",

@@ -20,6 +20,8 @@ from aiohttp import web
 
 from .._types import Clock
 from . import bodies
+from .batchjobs import BatchMockConfig, BatchStore
+from .batchroutes import add_batch_routes
 from .bodies import Answers, error_body
 from .config import STATS_KEY, MockConfig, MockStats, OutageMode
 from .faults import Fault, Faults, abort, hang, send_truncated
@@ -207,7 +209,8 @@ class _Server:
         return await self.get_stats(request)
 
 
-def build_app(config: MockConfig, *, clock: Clock | None = None) -> web.Application:
+def build_app(config: MockConfig, *, clock: Clock | None = None,
+              batch: BatchMockConfig | None = None) -> web.Application:
     """Build the mock server's application.
 
     Args:
@@ -215,6 +218,7 @@ def build_app(config: MockConfig, *, clock: Clock | None = None) -> web.Applicat
         clock: monotonic seconds for the rate-limit buckets and the outage window;
             ``time.monotonic`` by default. Tests pass a fake one to move time without
             sleeping. The outage counts from the clock's reading here.
+        batch: how the Files and Batches API behaves (:mod:`.batchroutes`).
 
     Returns:
         The application; ``app["stats"]`` (also ``app[STATS_KEY]``) is its :class:`MockStats`.
@@ -232,15 +236,18 @@ def build_app(config: MockConfig, *, clock: Clock | None = None) -> web.Applicat
             path = "/openai/deployments/{deployment}" + suffix
             app.router.add_post(path, server.handler(kind, azure=True))
     app.router.add_get("/v1/models", server.models)
+    add_batch_routes(app, BatchStore(batch or BatchMockConfig(), server.clock, server.answers),
+                     server._auth)
     app.router.add_get("/stats", server.get_stats)
     app.router.add_post("/reset-stats", server.reset_stats)
     return app
 
 
-async def _serve(config: MockConfig, host: str, port: int, announce: bool) -> None:
+async def _serve(config: MockConfig, host: str, port: int, announce: bool,
+                 batch: BatchMockConfig | None = None) -> None:
     # No access log (a line per request would cost more than the handler) and a short
     # shutdown, so hanging requests do not hold Ctrl-C for a minute.
-    app = build_app(config)
+    app = build_app(config, batch=batch)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     try:
@@ -264,7 +271,8 @@ async def serve(config: MockConfig, host: str = "127.0.0.1", port: int = 8000) -
     await _serve(config, host, port, announce=False)
 
 
-def run(config: MockConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+def run(config: MockConfig, host: str = "127.0.0.1", port: int = 8000,
+        batch: BatchMockConfig | None = None) -> None:
     """Serve the mock API until Ctrl-C (blocking; for the CLI).
 
     Prints ``mock server listening on http://HOST:PORT/v1`` to stderr once bound.
@@ -275,6 +283,6 @@ def run(config: MockConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
         port: TCP port to bind (0 picks a free one; the printed URL shows the real one).
     """
     try:
-        asyncio.run(_serve(config, host, port, announce=True))
+        asyncio.run(_serve(config, host, port, announce=True, batch=batch))
     except KeyboardInterrupt:
         pass
