@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: start the mock server on loopback, run a sample job through batchproc,
-# show where the answers are, stop the server. No key needed, no network beyond loopback.
+# show where the answers are, stop the server, write the run's report. No key needed, no network beyond loopback.
 set -euo pipefail
 BIN=${1:-.venv/bin}
 PORT=${2:-auto}
@@ -12,7 +12,8 @@ if [ "$PORT" = auto ]; then
     PORT=$("$BIN/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 fi
 name=$(basename "$JOB" .jsonl)
-rm -f "$OUT/$name.results.jsonl" "$OUT/$name.errors.jsonl" "$OUT/$name.results.jsonl.ledger"
+rm -f "$OUT/$name.results.jsonl" "$OUT/$name.errors.jsonl" "$OUT/$name.results.jsonl.ledger" \
+    "$OUT/$name.run.jsonl" "$OUT/$name.report.html"
 
 "$BIN/batchproc" mock-server --port "$PORT" --rpm 600 --tpm 60000 --latency-ms 80 \
     --latency-jitter-ms 40 --fail-500 0.05 --seed 1 &
@@ -46,4 +47,9 @@ for line in sys.stdin:
 if [ -s "$OUT/$name.errors.jsonl" ]; then
     echo "== failures: $OUT/$name.errors.jsonl ($(wc -l < "$OUT/$name.errors.jsonl") lines)"
 fi
+
+echo
+echo "== batchproc report $OUT/$name.run.jsonl --summary"
+"$BIN/batchproc" report "$OUT/$name.run.jsonl" --output "$OUT/$name.report.html" --summary
+echo "report: $(cd "$OUT" && pwd)/$name.report.html (open it in a browser)"
 exit $status

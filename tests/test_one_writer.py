@@ -46,6 +46,8 @@ OTHER_OBJECTS = {
     ("tools/imagejobs.py", "skipped"): "the jobs-from-images command's own counters",
     ("tools/merge.py", "superseded"): "MergeReport's own count of error records left out",
     ("testing/app.py", "stats"): "the mock server's own counters (MockStats)",
+    ("tools/report/aggregate.py", "total"): "a report timeline bucket's lines in all",
+    ("tools/report/aggregate.py", "skipped"): "a report's row for one run of the log",
 }
 _IN_PLACE = {"append", "extend", "insert", "pop", "remove", "clear", "add", "discard",
              "update", "setdefault", "sort", "reverse"}

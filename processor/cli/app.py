@@ -49,6 +49,7 @@ from .options import (
     split_secret_headers,
 )
 from .progress import LiveReporter, PlainReporter, format_summary
+from .report import register as register_report
 from .sorting import register_sort
 
 __all__ = ["app", "main"]
@@ -168,6 +169,9 @@ def run(
         "errors) while batchproc probes it without spending attempts (or a --limiter Redis "
         "stays unreachable); then the run stops (exit 75, rerun to resume). 0: off.")]
     = 1800.0,
+    run_log: Annotated[Path | None, typer.Option(help="The run log, for `batchproc report` "
+                                                 "(default: <stem>.run.jsonl).")] = None,
+    no_run_log: Annotated[bool, typer.Option("--no-run-log", help="Write no run log.")] = False,
     pack: Annotated[str, typer.Option(
         help="Send consecutive embeddings (and legacy completions) requests that differ "
         "only in their input as one request of up to N inputs, within the model's limits "
@@ -242,6 +246,7 @@ def run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--pack") from None
     config.allow_download = not offline
+    config.run_log = False if no_run_log else (str(run_log) if run_log else True)
     config.shard = split
     cachecmd.configure(config, cache, cache_mode, cache_ignore, single_flight)
     batch = (batch_config(batch_queue_tokens, batch_poll_every, batch_poll_max, detach,
@@ -350,6 +355,7 @@ def mock_server(
 
 register(app)
 register_sort(app)
+register_report(app)
 app.command("merge")(merge)
 register_batches(app)
 

@@ -4,4 +4,5 @@ action carried out), ``policy`` (the pure ``decide()``), ``retry`` (backoff), ``
 ``outage`` (the server is down), ``keys`` (the key pool), ``outcomes`` (records),
 ``config`` / ``parts`` / ``runner`` (a whole job from a file), ``pipeline`` (records as an
 async iterator), ``packing`` / ``unpacking`` (``--pack``: many lines in one request, an
-answer per line)."""
+answer per line), ``events`` (what the engine tells an observer) and ``observer`` (the run
+log around a run)."""

@@ -25,6 +25,7 @@ from typing import Protocol
 from ..jobs import BadLine, Job
 from ..stats import StopReason, clamp_seconds, clock_at, human_duration
 from .circuit import Circuit
+from .events import NO_EVENTS, Events
 from .held import HeldLines
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
@@ -185,6 +186,10 @@ class Admission:
         circuit / outage: the outage circuit and its watch (None: turned off).
         stage: answers some new lines without a request (None: every line is admitted).
     """
+
+    #: waits of at least this many seconds for capacity are reported as pauses.
+    PAUSE_REPORTED = 1.0
+    events: Events = NO_EVENTS
 
     def __init__(self, run: Control, keys: KeyPool, waits: Waits,
                  prepare: Callable[[Job | BadLine], Job | None], *, max_in_flight: int,
@@ -349,6 +354,19 @@ class Admission:
             if stop is not None:
                 run.halt(stop)
                 return None
+            if wait >= self.PAUSE_REPORTED and self.events.enabled:
+                self._report_wait(lane, job, wait)
             # Sleep exactly as long as the counters need; only a stop cuts it short.
             await self.waits.unless_stopped(wait)
         return None
+
+    def _report_wait(self, lane: Lane, job: Job, wait: float) -> None:
+        limiter = lane.limiter_for(job.model)
+        now = limiter.now()
+        counter = limiter.binding(job.tokens, now)
+        if limiter.paused_until - now >= wait - 1e-6:
+            return  # a 429's pause: reported when it came
+        daily = counter is not None and counter.period >= DAILY_PERIOD
+        self.events.pause("daily" if daily else "limits", wait, key=lane.name,
+                          model=lane.bucket(job.model) or None,
+                          counter=counter.name if counter is not None else None)

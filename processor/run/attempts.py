@@ -14,6 +14,7 @@ from ..errors import APIError, APITimeout, RateLimited, ServerError
 from ..jobs import Job
 from ..stats import StopReason
 from .admission import Control
+from .events import NO_EVENTS, Events
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
 from .outcomes import Outcomes
@@ -65,6 +66,8 @@ class Attempts:
         refund_unused: give back to the token counters what an answer did not use.
     """
 
+    events: Events = NO_EVENTS
+
     def __init__(self, run: Control, client: Sender, keys: KeyPool, outcomes: Outcomes,
                  outage: OutageWatch | None, requeue_at: Callable[[Job, float], None], *,
                  policy: RetryPolicy, fallback: Fallback | None, refund_unused: bool) -> None:
@@ -88,17 +91,23 @@ class Attempts:
             assert lane is not None
             job.attempts += 1
             try:
+                events, now = self.events, self.run.now
+                sent = now() if events.enabled else 0.0
                 try:
                     response = await self.client.post(job.url, job.payload,
                                                       headers=lane.headers, model=job.model)
                 except APIError as exc:
+                    events.attempt(job, sent, now(), None, exc)
                     self.failed(job, exc)
                 except Exception as exc:  # noqa: BLE001 - never lose a request to a surprise
                     # Only the type: the message of an unexpected error might quote a header.
                     log.error("unexpected %s sending %s; treated as a server error",
                               type(exc).__name__, job.custom_id, exc_info=log.isEnabledFor(10))
-                    self.failed(job, ServerError(f"unexpected {type(exc).__name__}"))
+                    error = ServerError(f"unexpected {type(exc).__name__}")
+                    events.attempt(job, sent, now(), None, error)
+                    self.failed(job, error)
                 else:
+                    events.attempt(job, sent, now(), response, None)
                     self.answered(job, lane, response)
             except OSError as exc:
                 # The disk is full or the file went away: stop before paying for answers
@@ -157,7 +166,12 @@ class Attempts:
             self.stats.refused()
             # The key's pause, however long: a paused key is avoided, and when every
             # key waits over an hour, admission stops the run (long_wait_stop).
-            lane.limiter_for(job.model).rate_limited(hint)
+            limiter = lane.limiter_for(job.model)
+            limiter.rate_limited(hint)
+            if self.events.enabled:
+                self.events.pause("429", limiter.paused_until - self.run.now(),
+                                  key=lane.name, model=lane.bucket(job.model) or None,
+                                  scale=round(limiter.backoff.scale, 3))
             insisted, told = self.keys.refused(lane, job.model)
         outage = self._weigh_outage(job, exc, hint)
         switched = job.fallback_from is not None

@@ -68,6 +68,8 @@ class JobConfig:
             at once are sent once.
         shard: take only this shard's lines (``--shard K/N``), with its own output
             files and resume state (see :mod:`processor.shards`).
+        run_log: the run log (:mod:`processor.store.runlog`): True for
+            ``<stem>.run.jsonl`` beside the results, a path, or False for none.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -114,3 +116,4 @@ class JobConfig:
     cache_ignore: tuple[str, ...] = DEFAULT_IGNORE
     single_flight: str = "all"
     shard: Shard | None = None
+    run_log: bool | str = True

@@ -35,6 +35,7 @@ from ..stats import Stats, StopReason, clamp_seconds
 from .admission import PROBE_IN_FLIGHT, Admission, Sleep, Waits
 from .attempts import Attempts, Sender
 from .circuit import Circuit
+from .events import NO_EVENTS, Events
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
 from .outcomes import Outcomes, Sink
@@ -91,6 +92,8 @@ class Engine:
             answer's usage out.
         dedupe: single-flight and the response cache (:mod:`processor.run.singleflight`);
             None: every request is sent.
+        events: told of each attempt, final failure, pause, limit and stop (the run
+            log); default: nothing (:data:`~processor.run.events.NO_EVENTS`).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Engine:
         pack: int | str | None = None,
         exact_tokens: Callable[[Job], int | None] | None = None,
         dedupe: Dedupe | None = None,
+        events: Events = NO_EVENTS,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -165,6 +169,10 @@ class Engine:
         self.attempts = Attempts(self, client, self.keys, self.outcomes, outage,
                                  self.admission.requeue_at, policy=self.policy,
                                  fallback=fallback, refund_unused=refund_unused)
+        self.events = events
+        for part in (self.attempts, self.outcomes, self.keys, self.admission, outage):
+            if part is not None:
+                part.events = events
 
     # -- control ---------------------------------------------------------------
 
@@ -177,6 +185,7 @@ class Engine:
         if not self._stopping:
             self._stopping = True
             log.info("stopping: %s", message)
+            self.events.emit("stopping", reason=reason.value, msg=message)
         self.stats.stop(reason, message)
         self._waits.changed.set()
         self._waits.stopped.set()
@@ -266,26 +275,7 @@ class Engine:
 
     async def _drain(self) -> None:
         """Wait for in-flight attempts; once stopping, at most ``grace`` seconds more."""
-        waits = self._waits
-        deadline: float | None = None
-        # An attempt coming back (and a stop) sets ``changed``; the count drops first.
-        while self._in_flight and not waits.abort.is_set():
-            if self._stopping and deadline is None:
-                deadline = self.now() + self.grace
-            timeout = None if deadline is None else deadline - self.now()
-            if timeout is not None and timeout <= 0:
-                break
-            waits.changed.clear()
-            await waits.first([waits.abort, waits.changed], timeout)
-        pending = {task for task in self._tasks if not task.done()}
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            self.stats.note(
-                f"{len(pending)} in-flight requests did not finish within the {self.grace:g}s "
-                "grace period; a rerun will send them again"
-            )
+        await _drain(self, self._waits, self._tasks)
 
     async def _tick(self) -> None:
         while True:
@@ -321,3 +311,27 @@ def _show(on_progress: Callable[[Stats], None], stats: Stats) -> bool:
         log.debug("progress display failed: %s", type(exc).__name__)
         return False
     return True
+
+
+async def _drain(engine: Engine, waits: Waits, tasks: set[asyncio.Task[None]]) -> None:
+    """Wait for ``engine``'s attempts in flight; once it stops, at most its ``grace``
+    seconds more; then cancel what is left (a rerun sends it again)."""
+    deadline: float | None = None
+    # An attempt coming back (and a stop) sets ``changed``; the count drops first.
+    while engine.in_flight and not waits.abort.is_set():
+        if engine.stopping and deadline is None:
+            deadline = engine.now() + engine.grace
+        timeout = None if deadline is None else deadline - engine.now()
+        if timeout is not None and timeout <= 0:
+            break
+        waits.changed.clear()
+        await waits.first([waits.abort, waits.changed], timeout)
+    pending = {task for task in tasks if not task.done()}
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+        engine.stats.note(
+            f"{len(pending)} in-flight requests did not finish within the {engine.grace:g}s "
+            "grace period; a rerun will send them again"
+        )

@@ -11,8 +11,10 @@ from typing import Any
 
 from ..jobs import Job
 from ..limits import Limiter, Unit
+from ..limits.counter import MINUTE
 from ..limits.models import ModelLimiters
 from ..stats import Stats
+from .events import NO_EVENTS, Events
 
 __all__ = ["PROBE_ANSWERS", "KeyPool", "Lane", "implausible"]
 
@@ -73,6 +75,8 @@ class KeyPool:
         stats: the run's counters (limits learned, notes).
     """
 
+    events: Events = NO_EVENTS
+
     def __init__(self, lanes: list[Lane], stats: Stats) -> None:
         self.lanes = lanes
         self.stats = stats
@@ -84,6 +88,9 @@ class KeyPool:
         #: no key has an ``auto`` limit left to learn: it never gets one back, so
         #: :attr:`learning` (asked on every admission) is False from then on.
         self._settled = False
+        #: per limiter (a key's, or a model's on it), the limits it last stated (for the
+        #: ``limit`` events).
+        self._said: dict[int, tuple[Any, ...]] = {}
 
     @property
     def working(self) -> list[Lane]:
@@ -149,6 +156,7 @@ class KeyPool:
         lane.retired = True
         name = lane.name or "?"
         self.stats.retired_keys.append(name)
+        self.events.emit("key_retired", key=name, why=why)
         message = f"API key ${name} retired: the server refused it ({why})"
         self.stats.note(message)
         log.warning("%s", message)
@@ -185,6 +193,13 @@ class KeyPool:
                                "limits from, so none applied (set --rpm/--tpm)")
             return
         was_learning = limiter.learning
+        # A per-minute limit changes only with what the server states (or whether it is
+        # believed): the counters are compared only then, not on every answer.
+        said = (info.limit_requests, info.limit_tokens, len(limiter.ignored))
+        before = None
+        if self.events.enabled and self._said.get(id(limiter)) != said:
+            self._said[id(limiter)] = said
+            before = _per_minute(limiter)
         limiter.sync(info.limit_requests, info.remaining_requests, info.limit_tokens,
                      info.remaining_tokens, sent_at=sent_at, cum_requests=cum_requests,
                      cum_tokens=cum_tokens, force=force, refused_tokens=refused_tokens)
@@ -194,6 +209,11 @@ class KeyPool:
                 short += f" {bucket}"
             if stats.learned_limit(short, value) and was_learning:
                 log.info("learned %s = %g from the server's headers", short, value)
+        if before is not None:
+            for short, value in _per_minute(limiter).items():
+                if before.get(short) != value:  # the limit in force changed
+                    self.events.emit("limit", name=short, value=value, key=lane.name,
+                                     model=bucket or None)
         if was_learning and not limiter.learning and limiter.learned:
             learned = ", ".join(f"{k} {v:g}" for k, v in limiter.learned.items())
             of = f" for {bucket}" if bucket else ""
@@ -207,3 +227,9 @@ class KeyPool:
                     message += f" (key ${lane.name})"
                 stats.note(message)
                 log.warning("%s", message)
+
+
+def _per_minute(limiter: Limiter) -> dict[str, float]:
+    """The per-minute limits in force on a key ("rpm", "tpm")."""
+    return {"rpm" if c.unit is Unit.REQUESTS else "tpm": c.limit
+            for c in limiter.counters if c.period == MINUTE}

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from ..jobs import Job
 from ..stats import Stats, StopReason, human_duration
 from .circuit import Circuit
+from .events import NO_EVENTS, Events
 from .policy import Stop
 
 __all__ = ["OutageWatch"]
@@ -25,6 +26,8 @@ class OutageWatch:
         circuit: the circuit (its decisions); ``stats``: where the outage shows.
         wall: the wall clock, for "down since HH:MM" (injected for tests).
     """
+
+    events: Events = NO_EVENTS
 
     def __init__(self, circuit: Circuit, stats: Stats,
                  wall: Callable[[], float] | None = None) -> None:
@@ -71,6 +74,7 @@ class OutageWatch:
         circuit.record(False, now)
         if was_open:
             self.stats.outage(since=None, probe_every=None, seconds=circuit.total_down(now))
+            self.events.resume("outage", down=round(circuit.total_down(now), 3))
             log.warning("the server answers again; resuming")
 
     def probing(self, job: Job) -> None:
@@ -82,6 +86,7 @@ class OutageWatch:
     def _began(self) -> None:
         self.stats.outage(since=self._wall(), probe_every=self.circuit.interval,
                           outages=self.circuit.outages)
+        self.events.pause("outage", None, outages=self.circuit.outages)
         # The failures that opened it did not count either.
         for job in self.recent:
             job.attempts = max(0, job.attempts - 1)

@@ -16,6 +16,7 @@ from ..jobs import BadLine, Job
 from ..limits.limiter import Limiter
 from ..stats import Stats
 from ..store.records import RecordIds, error_record, result_record
+from .events import NO_EVENTS, Events
 from .keys import Lane
 
 __all__ = ["Outcomes", "Shared", "Sink", "usage"]
@@ -62,6 +63,8 @@ class Outcomes:
         limiter: the first key's counters for a model (a request larger than a whole
             limit fails); a :class:`Limiter` stands for every model.
     """
+
+    events: Events = NO_EVENTS
 
     def __init__(self, sink: Sink, stats: Stats, cost: Callable[[Job], int | Cost],
                  limiter: Limiter | Callable[[str | None], Limiter]) -> None:
@@ -148,6 +151,7 @@ class Outcomes:
     def fail(self, job: Job, code: str, message: str, exc: APIError | None = None) -> None:
         """Write ``job`` off: an error record."""
         self.stats.failed_for_good(code)
+        self.events.failed(job.custom_id, job.line, code, message)
         self.sink.write_error(error_record(
             record_id=self._record_id(),
             custom_id=job.custom_id, line=job.line, code=code, message=message,
@@ -162,6 +166,7 @@ class Outcomes:
             metadata: Any = None, *, input_hash: int = 0) -> None:
         """Report a bad input line."""
         self.stats.bad_line()
+        self.events.failed(custom_id, line, "invalid_line", reason)
         self.sink.write_error(error_record(custom_id=custom_id, line=line, code="invalid_line",
                                            message=reason, metadata=metadata,
                                            record_id=self._record_id(), input_hash=input_hash))

@@ -17,6 +17,7 @@ from ..store.cache import ResponseCache
 from ..store.cachekey import CacheMode, KeyMaker, Share
 from .config import JobConfig
 from .engine import Engine, Lane, Sink
+from .events import NO_EVENTS, Events
 from .lanes import build_budget, build_lanes
 from .retry import Fallback, RetryPolicy
 from .singleflight import Dedupe
@@ -80,7 +81,8 @@ class Parts:
                on_progress: Callable[[Stats], None] | None = None,
                stats: Stats | None = None,
                before_admit: Callable[[], Awaitable[None]] | None = None,
-               cache: ResponseCache | None = None) -> Engine:
+               cache: ResponseCache | None = None,
+               events: Events = NO_EVENTS) -> Engine:
         cfg = self.cfg
         dedupe = Dedupe(KeyMaker(cfg.base_url, cfg.cache_ignore), Share(cfg.single_flight),
                         cache, CacheMode(cfg.cache_mode))
@@ -92,7 +94,7 @@ class Parts:
                       grace=cfg.grace, stats=stats, lanes=self.lanes, fallback=fallback,
                       refund_unused=cfg.refund_unused, before_admit=before_admit,
                       outage_window=cfg.outage_window, pack=cfg.pack,
-                      exact_tokens=self.exact_tokens, dedupe=dedupe)
+                      exact_tokens=self.exact_tokens, dedupe=dedupe, events=events)
 
 
 def build_parts(cfg: JobConfig) -> Parts:

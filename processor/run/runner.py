@@ -20,12 +20,14 @@ from ..store.edits import check_edits
 from ..store.inputfilter import InputFilter
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
-from ..store.paths import check_distinct, check_job_paths, job_locks
+from ..store.paths import check_distinct, check_job_paths, job_locks, lock_path
 from ..store.resume import ResumeState, ScanInterrupted, load_state, move_aside
 from ..store.shardfiles import check_marker, marker_path
 from ..store.writer import ResultWriter
 from .config import JobConfig
 from .engine import Engine
+from .events import NO_EVENTS
+from .observer import ProgressTap, open_run_log, plan_run_log, start_fields
 from .parts import Parts, build_parts
 from .sharding import ShardScope, shard_defaults
 
@@ -87,15 +89,17 @@ async def run_job(
     if cfg.cache_path:
         check_distinct([("input", src)], [("cache", Path(cfg.cache_path)),
                                           ("results", out_path), ("errors", err_path)])
-    with JobLock(job_locks(out_path, err_path),
+    run_log = plan_run_log(cfg, src, out_path, err_path, ledger_path(out_path))
+    with JobLock(job_locks(out_path, err_path) + ([lock_path(run_log)] if run_log else []),
                  files=[out_path, err_path, ledger_path(out_path)]):
         return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
-                          count_total)
+                          count_total, run_log)
 
 
 async def _run(
     cfg: JobConfig, src: Path, out_path: Path, err_path: Path,
     on_progress: Callable[[Stats], None] | None, handle_signals: bool, count_total: bool,
+    run_log: Path | None = None,
 ) -> Stats:
     started = time.monotonic()
     limits: dict[str, float] = {name: value for name, value in
@@ -130,8 +134,14 @@ async def _run(
     counter = parts.counter
     stats = Stats(input=found.tally, limits=limits, notes=notes, started=started)
     writer = ResultWriter(out_path, err_path)
+    runlog = open_run_log(run_log, cfg, asyncio.get_running_loop().time, start_fields(
+        cfg, src, out_path, err_path, stats, len(state.done), len(state.failed))
+    ) if run_log else None
     async with parts.client() as client, parts.limits():
-        engine = parts.engine(client, writer, on_progress=on_progress, stats=stats, cache=cache)
+        engine = parts.engine(client, writer, stats=stats, cache=cache,
+                              events=runlog or NO_EVENTS,
+                              on_progress=ProgressTap(runlog, on_progress) if runlog
+                              else on_progress)
         # Bad lines reported before (by content) are not reported again.
         source = found.unreported(
             iter_jobs(src, default_endpoint=cfg.endpoint, skip=found.skip(state, cfg.retry_failed),
@@ -154,6 +164,8 @@ async def _run(
                 await asyncio.to_thread(cache.close)
         if writer.failure is not None:
             engine.output_failed(str(writer.failure))
+        if runlog is not None:
+            runlog.end(stats)
     for note in found.notes():
         stats.note(note)
     stats.note(f"results: {out_path}")

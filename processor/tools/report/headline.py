@@ -1,0 +1,137 @@
+"""The headline figures of a job's run log: what people ask first (did it run at the
+limit, how many failed, what did it cost, how long did each run take), as a dict for
+``--json`` and as lines for ``--summary``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ...stats import human_duration
+from ..estimate import PRICES_AS_OF, price_for
+from .aggregate import Aggregate
+
+__all__ = ["efficiency", "format_headline", "headline"]
+
+
+def efficiency(agg: Aggregate) -> dict[str, float | None]:
+    """Requests and tokens sent as a share of what the limits allowed, over the time a
+    limit was in force (a limit holds from the first request sent under it on; ``None``:
+    no such limit)."""
+    tl = agg.timeline
+    width = tl.width
+    sums = {"rpm": [0.0, 0.0], "tpm": [0.0, 0.0]}
+    rpm = tpm = None
+    for bucket in tl.buckets[: tl.used_buckets()]:
+        rpm = bucket.rpm if bucket.sent else rpm
+        tpm = bucket.tpm if bucket.sent else tpm
+        if rpm:
+            sums["rpm"][0] += bucket.sent
+            sums["rpm"][1] += rpm * width / 60.0
+        if tpm:
+            sums["tpm"][0] += bucket.tokens
+            sums["tpm"][1] += tpm * width / 60.0
+    return {name: (round(got / allowed, 4) if allowed else None)
+            for name, (got, allowed) in sums.items()}
+
+
+def _cost(agg: Aggregate) -> tuple[float | None, list[str]]:
+    total = 0.0
+    unpriced: list[str] = []
+    for (_, model), row in agg.by_key_model.items():
+        if not (row.prompt or row.completion):
+            continue
+        price = price_for(model) if model else None
+        if price is None:
+            if model not in unpriced:
+                unpriced.append(model or "(no model)")
+            continue
+        total += (row.prompt * price.input + row.completion * price.output) / 1e6
+    priced = any(row.prompt or row.completion for row in agg.by_key_model.values())
+    return (round(total, 4) if priced and len(unpriced) < len(agg.by_key_model) else None,
+            unpriced)
+
+
+def headline(agg: Aggregate) -> dict[str, Any]:
+    """The headline figures as a JSON-able dict."""
+    cost, unpriced = _cost(agg)
+    eff = efficiency(agg)
+    binding = max((k for k in eff if eff[k] is not None), key=lambda k: eff[k] or 0.0,
+                  default=None)
+    last = agg.runs[-1] if agg.runs else None
+    done = total = None
+    eta = None
+    for bucket in agg.timeline.buckets:
+        if bucket.done is not None:
+            done, total, eta = bucket.done, bucket.total, bucket.eta
+    return {
+        "runs": len(agg.runs) + agg.runs_left_out,
+        "wall_seconds": round(sum(r.seconds for r in agg.runs), 3),
+        "answered": agg.answers,
+        "failed": agg.failed,
+        "attempts": agg.attempts,
+        "errors": dict(agg.errors.most_common()),
+        "n429": agg.errors.get("429", 0),
+        "tokens": {"prompt": agg.prompt_tokens, "completion": agg.completion_tokens,
+                   "charged": agg.tokens_charged},
+        "cost_usd": cost,
+        "cost_note": f"list prices as of {PRICES_AS_OF}" + (
+            f"; no price for {', '.join(unpriced[:5])}" if unpriced else ""),
+        "efficiency": eff,
+        "binding": binding,
+        "latency_s": {f"p{q}": _round(agg.latency.quantile(q / 100)) for q in (50, 90, 99)},
+        "progress": {"done": done, "total": total, "eta_s": eta},
+        "last_stop": last.reason if last else None,
+        "last_stop_message": last.message if last else None,
+        "per_run": [{"run": r.number, "started_at": r.started_at,
+                     "wall_seconds": round(r.seconds, 3), "stop": r.reason, "ok": r.ok,
+                     "failed": r.failed, "attempts": r.attempts, "n429": r.n429}
+                    for r in agg.runs],
+        "failures": {row.code: row.count for row in sorted(
+            agg.failures.values(), key=lambda r: -r.count)},
+        "unreadable_lines": len(agg.bad_lines),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "?"
+
+
+def format_headline(h: dict[str, Any]) -> str:
+    """The headline figures as lines for a terminal."""
+    eff = h["efficiency"]
+    lines = [
+        f"runs: {h['runs']}, wall time {human_duration(h['wall_seconds'])}; last stop: "
+        f"{h['last_stop'] or 'none recorded (killed?)'}",
+        f"answered {h['answered']:,}, failed for good {h['failed']:,}, attempts "
+        f"{h['attempts']:,}, 429s {h['n429']:,}",
+        f"efficiency against the limits: rpm {_pct(eff['rpm'])}, tpm {_pct(eff['tpm'])}"
+        + (f" (binding: {h['binding']})" if h["binding"] else ""),
+        f"tokens: {h['tokens']['prompt']:,} prompt + {h['tokens']['completion']:,} "
+        f"completion ({h['tokens']['charged']:,} charged at admission)",
+        "estimated cost: " + ("-" if h["cost_usd"] is None else f"${h['cost_usd']:,.4f}")
+        + f" ({h['cost_note']})",
+    ]
+    lat = h["latency_s"]
+    if lat["p50"] is not None:
+        lines.append(f"latency: p50 {lat['p50']:.3f}s, p90 {lat['p90']:.3f}s, "
+                     f"p99 {lat['p99']:.3f}s")
+    prog = h["progress"]
+    if prog["total"]:
+        lines.append(f"progress: {prog['done']:,}/{prog['total']:,}")
+    for r in h["per_run"]:
+        lines.append(f"  run {r['run']}: {_when(r['started_at'])}, "
+                     f"{human_duration(r['wall_seconds'])}, {r['stop'] or 'killed?'}: "
+                     f"{r['ok']:,} ok, {r['failed']:,} failed, {r['attempts']:,} attempts")
+    if h["failures"]:
+        lines.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in
+                                               list(h["failures"].items())[:8]))
+    return "\n".join(lines)
