@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from processor.testing import STATS_KEY, MockConfig, MockStats, build_app
@@ -53,9 +55,11 @@ async def mock_api() -> AsyncIterator[Callable[..., Any]]:
     """Start mock servers on 127.0.0.1 (random ports): ``api = await mock_api(rpm=...)``."""
     servers: list[TestServer] = []
 
-    async def start(**config: Any) -> MockAPI:
+    async def start(*, clock: Callable[[], float] | None = None,
+                    middlewares: Iterable[Any] = (), **config: Any) -> MockAPI:
         mock_config = MockConfig(**config)
-        app = build_app(mock_config)
+        app = build_app(mock_config, clock=clock)
+        app.middlewares.extend(middlewares)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
@@ -64,6 +68,28 @@ async def mock_api() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in servers:
         await server.close()
+
+
+class FirstRequestClock:
+    """The mock server's clock, standing still at 0 until its first API request.
+
+    Pass it with its middleware (``mock_api(clock=c, middlewares=[c.middleware])``): the
+    server's buckets then start as ``initial_fill`` says at the first request, however
+    long the client took to start on a loaded machine (time that would refill them).
+    """
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+
+    def __call__(self) -> float:
+        return 0.0 if self.t0 is None else time.monotonic() - self.t0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.t0 is None and request.method == "POST":
+            self.t0 = time.monotonic()
+        response: web.StreamResponse = await handler(request)
+        return response
 
 
 def chat_line(i: int, *, model: str = "gpt-4o-mini", max_tokens: int = 16,

@@ -11,7 +11,7 @@ import pytest
 
 from processor import JobConfig, run_job
 from processor.run.runner import default_paths
-from tests.conftest import chat_line, read_jsonl, write_jsonl
+from tests.conftest import FirstRequestClock, chat_line, read_jsonl, write_jsonl
 
 KEY = "sk-test-DO-NOT-LEAK-4f9a2c"
 
@@ -65,7 +65,11 @@ async def test_no_429_when_client_limits_within_servers(mock_api: Any, tmp_path:
 
 
 async def test_recovers_when_client_limits_exceed_servers(mock_api: Any, tmp_path: Path) -> None:
-    api = await mock_api(rpm=3000, initial_fill=0.0)
+    # The server's buckets are empty at its first request (its clock starts there: a
+    # client slow to start on a loaded machine would otherwise find them refilled).
+    clock = FirstRequestClock()
+    api = await mock_api(rpm=3000, initial_fill=0.0, clock=clock,
+                         middlewares=[clock.middleware])
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(50)])
     stats = await run_job(job, config(api, rpm=30_000, max_attempts=20))
     results, errors = outputs(job)

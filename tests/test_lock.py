@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from processor.errors import JobLocked
 from processor.run.runner import JobConfig, run_job
 from processor.store.lock import JobLock
 from processor.store.paths import lock_path
+from processor.testing import MockStats
 from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
 
 
@@ -89,41 +91,75 @@ async def _wait_for(path: Path, proc: asyncio.subprocess.Process) -> None:
     raise AssertionError(f"{path} never appeared")
 
 
+class _Gate:
+    """Holds every API request at the mock server until :meth:`open` (a middleware).
+
+    The first run's request then stays in flight for as long as the test needs, however
+    slowly the other CLIs start on a loaded machine: no latency to outlast.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.opened = asyncio.Event()
+        self.first_arrived = asyncio.Event()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "POST":
+            self.arrived += 1
+            self.first_arrived.set()
+            await self.opened.wait()
+        return await handler(request)
+
+
 async def test_two_processes_second_refuses_with_75(mock_api: Any, tmp_path: Path) -> None:
-    # Slow answers keep the first run going while the others start (it is stopped below).
-    api = await mock_api(latency_ms=500, seed=3)
+    gate = _Gate()
+    api = await mock_api(seed=3, middlewares=[gate.middleware])
+    try:
+        await _second_refuses(gate, api.stats, api.base_url, tmp_path)
+    finally:
+        gate.opened.set()  # the server closes without waiting on held requests
+
+
+async def _second_refuses(gate: _Gate, stats: MockStats, base_url: str,
+                          tmp_path: Path) -> None:
     n = 12
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     results = tmp_path / "job.results.jsonl"
-    first = await start_cli(job, api.base_url, max_in_flight=1)
+    first = await start_cli(job, base_url, max_in_flight=1)
     await _wait_for(lock_path(results), first)
-    second = await start_cli(job, api.base_url)
+    await asyncio.wait_for(gate.first_arrived.wait(), 60)  # its first request is in flight
+    second = await start_cli(job, base_url)
     _, err = await second.communicate()
     text = err.decode()
     assert second.returncode == 75, text
     assert f"PID {first.pid} on {socket.gethostname()}" in text
     # Another run whose errors file is this run's ledger: refused (it would corrupt it),
     # by its name before any lock is taken (so also when no run holds it).
-    ledger = await start_cli(job, api.base_url, "-o", str(tmp_path / "o2.jsonl"),
+    ledger = await start_cli(job, base_url, "-o", str(tmp_path / "o2.jsonl"),
                              "--errors", str(tmp_path / "job.results.jsonl.ledger"))
     _, err = await ledger.communicate()
     assert ledger.returncode == 2 and "give another name" in err.decode(), err.decode()
     # Another results file but the same errors file: also refused.
-    third = await start_cli(job, api.base_url, "-o", str(tmp_path / "other.jsonl"))
+    third = await start_cli(job, base_url, "-o", str(tmp_path / "other.jsonl"))
     _, err = await third.communicate()
     assert third.returncode == 75, err.decode()
     assert f"PID {first.pid}" in err.decode()
-    assert first.returncode is None
-    first.send_signal(signal.SIGINT)  # graceful: what is in flight is written
+    assert first.returncode is None and gate.arrived == 1  # refused runs sent nothing
+    # Graceful: what is in flight is written. The signal is pending in the first run
+    # before its answer is let through, so it stops admitting before it reads that answer.
+    first.send_signal(signal.SIGINT)
+    gate.opened.set()
     _, err = await first.communicate()
     assert first.returncode == 130, err.decode()
-    api.config.latency_ms = 0
-    rest = await start_cli(job, api.base_url)
+    done = [r["custom_id"] for r in read_jsonl(results)]
+    assert done and "req-0" in done, err.decode()
+    rest = await start_cli(job, base_url)
     _, err = await rest.communicate()
     assert rest.returncode == 0, err.decode()
     counts = Counter(r["custom_id"] for r in read_jsonl(results))
     assert counts == Counter(f"req-{i}" for i in range(n))
-    assert api.stats.requests == n  # nothing sent twice
+    assert stats.requests == n  # nothing sent twice
     assert not (tmp_path / "other.jsonl").exists()
     assert not list(tmp_path.glob("*.lock"))  # released on exit
 
