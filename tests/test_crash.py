@@ -29,16 +29,26 @@ def valid_lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in data.splitlines()]
 
 
+def _written(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
 async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path) -> None:
     api = await mock_api(latency_ms=20, latency_jitter_ms=30, seed=5)
     n = 400
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     results = tmp_path / "job.results.jsonl"
     rng = random.Random(1234)
+    # Kill points chosen by progress, not by time: each kill lands mid-run (after the
+    # answer count passes a random mark), however fast or loaded the machine.
+    marks = sorted(rng.sample(range(10, n - 40), 4))
     kills = 0
-    for _ in range(4):
-        proc = await start_cli(job, api.base_url)
-        await asyncio.sleep(rng.uniform(0.5, 1.0))
+    for mark in marks:
+        proc = await start_cli(job, api.base_url, max_in_flight=16)
+        for _ in range(12_000):  # bounded (a minute)
+            if proc.returncode is not None or _written(results) >= mark:
+                break
+            await asyncio.sleep(0.005)
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
