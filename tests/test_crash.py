@@ -93,7 +93,7 @@ async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path
     # In-flight requests were allowed to finish: every request the server answered
     # before the stop is in the file (none lost in the drain).
     assert api.stats.ok == len(first)
-    proc = await start_cli(job, api.base_url)
+    proc = await start_cli(job, api.base_url, max_in_flight=16)
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert f"{len(first):,} skipped" in err.decode()
