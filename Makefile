@@ -12,8 +12,10 @@ $(BIN)/batchproc: pyproject.toml
 
 venv: $(BIN)/batchproc
 
+# -n auto: one pytest worker per core (xdist); much of the suite waits on subprocesses
+# and loopback servers, so two workers on two cores finish far sooner than one.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: venv
 	$(BIN)/ruff check processor tests bench
