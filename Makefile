@@ -14,8 +14,10 @@ venv: $(BIN)/batchproc
 
 # -n auto: one pytest worker per core (xdist); much of the suite waits on subprocesses
 # and loopback servers, so two workers on two cores finish far sooner than one.
+# Bytecode is cached even where PYTHONDONTWRITEBYTECODE is set: else each of the suite's
+# hundreds of CLI subprocesses compiles processor/ again, and pytest rewrites every test.
 test: venv
-	$(BIN)/python -m pytest -q -n auto
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n auto
 
 lint: venv
 	$(BIN)/ruff check processor tests bench
