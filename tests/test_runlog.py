@@ -239,14 +239,14 @@ async def test_kill_9_then_rerun_tells_the_whole_story(tmp_path: Path, mock_api:
     src = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(200)])
     proc = await start_cli(src, api.base_url, "--rpm", "1200", max_in_flight=4)
     results = tmp_path / "job.results.jsonl"
-    for _ in range(300):  # until a few answers are in (and a log flush or two)
+    log = tmp_path / "job.run.jsonl"
+    for _ in range(600):  # until a few answers are in and the log has been flushed
         await asyncio.sleep(0.05)
-        if results.exists() and len(results.read_bytes().splitlines()) >= 30:
+        if (results.exists() and len(results.read_bytes().splitlines()) >= 30
+                and log.exists() and b'"ev":"p"' in log.read_bytes()):
             break
-    await asyncio.sleep(1.2)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
-    log = tmp_path / "job.run.jsonl"
     first = list(read_events(log))
     assert first[0]["ev"] == "start" and not any(e["ev"] == "end" for e in first)
     proc = await start_cli(src, api.base_url, max_in_flight=16)
