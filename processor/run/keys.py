@@ -91,6 +91,8 @@ class KeyPool:
         #: per limiter (a key's, or a model's on it), the limits it last stated (for the
         #: ``limit`` events).
         self._said: dict[int, tuple[Any, ...]] = {}
+        #: the open pause admission reported (Redis down): reason, limiter, since when.
+        self._paused: tuple[str, Limiter, float] | None = None
 
     @property
     def working(self) -> list[Lane]:
@@ -137,20 +139,34 @@ class KeyPool:
         """
         best: Lane | None = None
         shortest = math.inf
-        trouble: str | None = None
+        trouble: tuple[Limiter, str] | None = None
         for lane in self.working:
             limiter = lane.limiter_for(job.model)
             wait = await limiter.acquire(job.tokens)
-            trouble = trouble or limiter.trouble
+            if trouble is None and (words := limiter.trouble) is not None:
+                trouble = limiter, words
             if wait <= 0:
-                self.stats.waiting_for = trouble
+                self._waiting(trouble)
                 return lane, 0.0
             if wait != wait:  # NaN: no finite answer from the counters, wait a second
                 wait = 1.0
             if best is None or wait < shortest:
                 best, shortest = lane, wait
-        self.stats.waiting_for = trouble
+        self._waiting(trouble)
         return best, shortest
+
+    def _waiting(self, trouble: tuple[Limiter, str] | None) -> None:
+        """Publish what admission waits for besides the limits, and tell the run log
+        when such a wait (Redis down) starts (a ``pause`` without end) and ends."""
+        self.stats.waiting_for = None if trouble is None else trouble[1]
+        if trouble is not None and self._paused is None:
+            reason, detail = trouble[0].trouble_event()
+            self._paused = reason, trouble[0], trouble[0].now()
+            self.events.pause(reason, None, **detail)
+        elif trouble is None and self._paused is not None:
+            reason, limiter, since = self._paused
+            self._paused = None
+            self.events.resume(reason, down=round(limiter.now() - since, 3))
 
     def retire(self, lane: Lane, why: str) -> None:
         lane.retired = True
