@@ -151,6 +151,8 @@ async def test_redis_that_never_comes_back_stops_the_run_resumable(
     assert code == 75, err
     assert "unreachable" in err and "rerun" in err
     assert api.stats.requests == 0
+    waits = [e for e in read_jsonl(tmp_path / "job.run.jsonl") if e.get("r") == "redis"]
+    assert [e["ev"] for e in waits] == ["pause"], waits  # open: it ended with the run
 
 
 async def test_kill_9_and_rerun_with_redis_answers_each_once(
