@@ -168,6 +168,23 @@ class KeyPool:
             self._paused = None
             self.events.resume(reason, down=round(limiter.now() - since, 3))
 
+    def publish_model_limits(self) -> None:
+        """Each model bucket's per-minute limits now, summed over the working keys, for
+        the display (the ticks' work, never a request's; only while the job has several
+        buckets). A unit some key does not limit is unlimited (None)."""
+        if len(self.stats.by_model) < 2:
+            return
+        found: dict[str, tuple[float | None, float | None]] = {}
+        for lane in self.working:
+            if lane.models is None:
+                continue
+            for bucket, limiter in lane.models.by_bucket.items():
+                here = _lowest_per_minute(limiter)
+                if (had := found.get(bucket)) is not None:
+                    here = _plus(had[0], here[0]), _plus(had[1], here[1])
+                found[bucket] = here
+        self.stats.set_model_limits(found)
+
     def retire(self, lane: Lane, why: str) -> None:
         lane.retired = True
         name = lane.name or "?"
@@ -249,3 +266,18 @@ def _per_minute(limiter: Limiter) -> dict[str, float]:
     """The per-minute limits in force on a key ("rpm", "tpm")."""
     return {"rpm" if c.unit is Unit.REQUESTS else "tpm": c.limit
             for c in limiter.counters if c.period == MINUTE}
+
+
+def _lowest_per_minute(limiter: Limiter) -> tuple[float | None, float | None]:
+    """The lowest per-minute limit on requests and on tokens that holds ``limiter``'s
+    model (its own or its key's), None where none does."""
+    out: list[float | None] = []
+    for unit in (Unit.REQUESTS, Unit.TOKENS):
+        limits = [c.limit for c in limiter.counters
+                  if c.unit is unit and c.period == MINUTE and math.isfinite(c.limit)]
+        out.append(min(limits) if limits else None)
+    return out[0], out[1]
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
