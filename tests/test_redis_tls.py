@@ -128,14 +128,31 @@ async def test_a_certificate_for_another_name_is_refused(tmp_path: Path,
         server.stop()
 
 
+async def refused_at_start(url: str, words: str) -> None:
+    """The start fails closed saying ``words``. TLS 1.3: the server's alert comes after
+    the handshake, and its reset overtakes it about half the time; the start asks again
+    (8 times) to hear it. Reset every time (about 1 in 250), it is waited for with a hint."""
+    budget = RedisBudget(url, namespace="t")
+    try:
+        await budget.check()
+    except ConfigError as exc:
+        assert words in str(exc), exc
+    else:
+        assert budget.trouble and "ask for a client certificate" in budget.trouble
+    finally:
+        await budget.aclose()
+
+
 async def test_client_certificates(tmp_path: Path, tls_files: TlsFiles) -> None:
     server = RedisServer(free_port(), tmp_path, tls=tls_files, client_certs=True)
     server.start()
     try:
-        without = RedisBudget(with_ca(server), namespace="t")
-        with pytest.raises(ConfigError, match="asks for a client certificate.*ssl_certfile"):
-            await without.check()
-        await without.aclose()
+        await refused_at_start(with_ca(server),
+                               "asks for a client certificate; give it with ssl_certfile")
+        stranger = make_tls_files(tmp_path / "stranger")  # signed by a CA it does not know
+        await refused_at_start(f"{with_ca(server)}&ssl_certfile={stranger.client_cert}"
+                               f"&ssl_keyfile={stranger.client_key}",
+                               "refused our client certificate")
         url = (f"{with_ca(server)}&ssl_certfile={tls_files.client_cert}"
                f"&ssl_keyfile={tls_files.client_key}")
         budget = RedisBudget(url, namespace="t")

@@ -39,6 +39,7 @@ from .redisurl import (
     secrets_of,
     tls_failure,
     tls_warning,
+    was_reset,
 )
 
 __all__ = ["RedisBudget", "RedisLimiter", "check_url", "fingerprint", "mask_url",
@@ -53,6 +54,8 @@ TTL_MS = 2 * 86_400_000
 RETRY_FIRST, RETRY_CAP = 0.1, 5.0
 #: least seconds between two "waiting for Redis" log lines.
 WARN_EVERY = 10.0
+#: first connections a TLS server may reset before the start gives up hearing why.
+RESET_TRIES = 8
 #: the bucket script.
 LUA_PATH = Path(__file__).with_name("bucket.lua")
 
@@ -199,20 +202,31 @@ class RedisBudget:
                 f"{time.monotonic() - self.down_since:.0f}s ({self.reason})")
 
     async def check(self) -> None:
-        """Ask Redis once at the start: a refused password is a usage error; an
-        unreachable server is waited for like a later outage."""
+        """Ask Redis once at the start: a refused password, or a TLS certificate either
+        side refuses, is a usage error; an unreachable server is waited for like a later
+        outage."""
         if (warning := tls_warning(self._url)) is not None:
             log.warning("%s", warning)
-        try:
-            await self.client.ping()
-        except Exception as exc:  # noqa: BLE001
-            words = self._words(exc)
-            if any(w in words.lower() for w in ("auth", "password", "noperm")):
-                raise ConfigError(f"Redis at {self.where} refused us: {words}") from None
-            tls = tls_failure(exc, urlsplit(self._url).hostname or "")
-            if tls is not None:  # waiting would not make it trusted: fail closed, now
-                raise ConfigError(f"Redis at {self.where}: {self._words_of(tls)}") from None
-            self._failed(exc, connect_hint(exc, urlsplit(self._url).scheme))
+        scheme = urlsplit(self._url).scheme
+        for attempt in range(RESET_TRIES):
+            try:
+                await self.client.ping()
+                return
+            except Exception as exc:  # noqa: BLE001
+                words = self._words(exc)
+                if any(w in words.lower() for w in ("auth", "password", "noperm")):
+                    raise ConfigError(f"Redis at {self.where} refused us: {words}") from None
+                tls = tls_failure(exc, urlsplit(self._url).hostname or "")
+                if tls is not None:  # waiting would not make it trusted: fail closed, now
+                    raise ConfigError(f"Redis at {self.where}: {self._words_of(tls)}"
+                                      ) from None
+                # A TLS 1.3 server that wants a client certificate says so in an alert
+                # just after the handshake, which its reset often overtakes: ask again
+                # (at once, a few times) to hear why.
+                if scheme == "rediss" and was_reset(exc) and attempt + 1 < RESET_TRIES:
+                    continue
+                self._failed(exc, connect_hint(exc, scheme))
+                return
 
     async def aclose(self) -> None:
         """Finish the feedback in flight (briefly) and close the connections."""

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigError
 
 __all__ = ["check_url", "client_options", "connect_hint", "mask_url", "secrets_of", "tls_failure",
-           "tls_warning"]
+           "tls_warning", "was_reset"]
 
 SCHEMES = ("redis", "rediss", "unix")
 #: query options whose value is a file (or, for ssl_ca_path, a directory) to read.
@@ -205,11 +205,19 @@ def tls_failure(exc: BaseException, host: str) -> str | None:
     return None
 
 
+def was_reset(exc: BaseException) -> bool:
+    """The peer reset the connection (``exc`` or what caused it)."""
+    return any(isinstance(c, ConnectionResetError) for c in _chain(exc))
+
+
 def connect_hint(exc: BaseException, scheme: str) -> str:
     """A hint for a first connection that failed in a way a TLS mismatch looks like."""
     causes = _chain(exc)
-    if scheme == "redis" and any(isinstance(c, ConnectionResetError) for c in causes):
+    if scheme == "redis" and was_reset(exc):
         return "; a TLS port? then use rediss://"
+    if scheme == "rediss" and was_reset(exc):
+        return ("; does the server ask for a client certificate? then give it with "
+                "ssl_certfile=FILE&ssl_keyfile=FILE")
     if scheme == "rediss" and any(isinstance(c, TimeoutError) for c in causes):
         return "; a port without TLS? then use redis://"
     return ""
