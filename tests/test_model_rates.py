@@ -111,3 +111,11 @@ async def test_a_two_model_run_shows_each_model(mock_api: Any, tmp_path: Path) -
     # the plain progress line (--plain) has them too
     assert any(" | gpt-4o " in line and "gpt-4o-mini" in line for line in text.splitlines()
                if line[:2].isdigit()), text
+
+
+def test_a_job_of_very_many_models_shows_none() -> None:
+    stats = Stats()
+    for i in range(101):
+        stats.sent(1, f"m{i}")
+    assert ModelRates().update(stats, now=0.0) == {} and models_summary(stats) == {}
+    assert "by model" not in format_summary(stats)

@@ -19,6 +19,9 @@ __all__ = ["ModelRates", "models_line", "models_summary", "models_summary_line"]
 
 #: models shown on one line (the busiest); the rest are counted.
 SHOWN = 6
+#: beyond this many buckets (an input naming models by the thousand), no per-model
+#: figures at all: the display's ticks stay cheap and the summary short.
+MAX_MODELS = 100
 
 
 class ModelRates:
@@ -32,8 +35,8 @@ class ModelRates:
 
     def update(self, stats: Stats, now: float | None = None) -> dict[str, tuple[float, float]]:
         """Record a sample; return each bucket's (requests/min, tokens/min), or {} while
-        the job has fewer than two buckets."""
-        if len(stats.by_model) < 2:
+        the job has fewer than two buckets (or more than :data:`MAX_MODELS`)."""
+        if not 2 <= len(stats.by_model) <= MAX_MODELS:
             return {}
         now = time.monotonic() if now is None else now
         self._samples.append((now, {b: (r[0], r[1]) for b, r in stats.by_model.items()}))
@@ -88,8 +91,8 @@ def models_line(stats: Stats, rates: dict[str, tuple[float, float]]) -> str:
 
 def models_summary(stats: Stats) -> dict[str, dict[str, Any]]:
     """Per model bucket over the run: attempts, tokens charged, achieved rates and the
-    limits ({} for a job of one bucket)."""
-    if len(stats.by_model) < 2:
+    limits ({} for a job of one bucket, or of more than :data:`MAX_MODELS`)."""
+    if not 2 <= len(stats.by_model) <= MAX_MODELS:
         return {}
     minutes = max(stats.elapsed, 1e-9) / 60
     out: dict[str, dict[str, Any]] = {}
@@ -106,6 +109,8 @@ def models_summary(stats: Stats) -> dict[str, dict[str, Any]]:
 
 def models_summary_line(stats: Stats) -> str | None:
     """``by model: gpt-4o 498/500 rpm, ...`` over the whole run (None: one bucket)."""
+    if not 2 <= len(stats.by_model) <= MAX_MODELS:
+        return None
     rates = {b: (r[0], r[1]) for b, r in stats.by_model.items()}
     minutes = max(stats.elapsed, 1e-9) / 60
     line = models_line(stats, {b: (r / minutes, k / minutes) for b, (r, k) in rates.items()})

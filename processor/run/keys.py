@@ -172,7 +172,7 @@ class KeyPool:
         """Each model bucket's per-minute limits now, summed over the working keys, for
         the display (the ticks' work, never a request's; only while the job has several
         buckets). A unit some key does not limit is unlimited (None)."""
-        if len(self.stats.by_model) < 2:
+        if not 2 <= len(self.stats.by_model) <= 100:  # as the display (MAX_MODELS)
             return
         found: dict[str, tuple[float | None, float | None]] = {}
         for lane in self.working:
