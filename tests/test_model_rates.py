@@ -119,3 +119,18 @@ def test_a_job_of_very_many_models_shows_none() -> None:
         stats.sent(1, f"m{i}")
     assert ModelRates().update(stats, now=0.0) == {} and models_summary(stats) == {}
     assert "by model" not in format_summary(stats)
+
+
+def test_the_live_display_shows_each_model() -> None:
+    from rich.console import Console
+
+    from processor.cli.progress import LiveReporter
+
+    stats = two_models()
+    stats.sent(1, "[bold]odd")  # a model name is not markup
+    out = io.StringIO()
+    with LiveReporter(Console(file=out, force_terminal=True, width=300)) as live:
+        live(stats)
+        live(stats)
+    text = out.getvalue()
+    assert "by model: [bold]odd 0 rpm, gpt-4o 0/500 rpm, gpt-4o-mini 0/3,000 rpm" in text
