@@ -261,14 +261,7 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
     back.seen = True
     status = event.get("st")
     error = event.get("er")
-    key = event.get("k")
-    model = event.get("m")
-    pair = (key if isinstance(key, str) else "", model if isinstance(model, str) else "")
-    row = agg.by_key_model.get(pair)
-    if row is None:
-        if len(agg.by_key_model) >= MAX_ROWS:
-            pair = ("(other)", "(other)")
-        row = agg.by_key_model.setdefault(pair, KeyModel())
+    row = _row(agg, event)
     row.attempts += 1
     packed = event.get("np")  # lines answered by one packed request
     lines = packed if isinstance(packed, int) and 1 <= packed <= 1_000_000 else 1
@@ -343,6 +336,11 @@ def _served(agg: Aggregate, event: dict[str, Any], bucket: Any, run: RunRow | No
     bucket.ok += 1
     if run is not None:
         run.ok += 1
+    _row(agg, event).answers += 1
+
+
+def _row(agg: Aggregate, event: dict[str, Any]) -> KeyModel:
+    """The by key and model row of ``event`` (one "(other)" row past MAX_ROWS)."""
     key, model = event.get("k"), event.get("m")
     pair = (key if isinstance(key, str) else "", model if isinstance(model, str) else "")
     row = agg.by_key_model.get(pair)
@@ -350,4 +348,4 @@ def _served(agg: Aggregate, event: dict[str, Any], bucket: Any, run: RunRow | No
         if len(agg.by_key_model) >= MAX_ROWS:
             pair = ("(other)", "(other)")
         row = agg.by_key_model.setdefault(pair, KeyModel())
-    row.answers += 1
+    return row
