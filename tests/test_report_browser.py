@@ -68,10 +68,7 @@ async def test_report_of_a_real_run_renders_in_chromium(tmp_path: Path, mock_api
     lines += [chat_line(100 + i, model="busy-model") for i in range(3)] + [b"{oops\n"]
     lines[60] = dict(lines[60], custom_id=HOSTILE_ID)  # written off: in the failures table
     job = write_jsonl(tmp_path / "job.jsonl", lines)
-    # --rpm 1200 (20/s, starting empty) spreads the ~80 attempts over 4 s or more, so the
-    # run log has several progress ticks (about one a second) however fast the machine.
-    proc = await start_cli(job, api.base_url, "--rpm", "1200", "--timeout", "0.5",
-                           "--max-attempts", "3",
+    proc = await start_cli(job, api.base_url, "--timeout", "0.5", "--max-attempts", "3",
                            "--outage-window", "0", "--api-key", KEY, "--header",
                            f"X-Api-Key: {KEY}-hdr", max_in_flight=8)
     _, err = await asyncio.wait_for(proc.communicate(), 90)
