@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import APIError, BadRequest
+from ..errors import APIError, BadRequest, ServerError
 from ..stats import Stats
 from .calls import BatchCalls, is_queue_full
 from .collect import Collector
 from .plan import resubmit_part
+from .runlog import BatchEvents
 from .state import FINAL, BatchState, PartState, drop_files
 
 __all__ = ["CANCELLED", "BatchConfig", "Driver", "cancelled_by_user"]
@@ -65,6 +66,9 @@ _LIMIT = re.compile(r"limit:\s*([\d,_]+)\s*enqueued", re.IGNORECASE)
 class Driver:
     """Moves every part of the state to ``done`` (or, detached, as far as it can now)."""
 
+    #: the run log's view of the waits (set by the run; default: none).
+    events: BatchEvents = BatchEvents()
+
     def __init__(self, state: BatchState, folder: Path, calls: BatchCalls,
                  collector: Collector, config: BatchConfig, stats: Stats,
                  on_progress: Callable[[Stats], None] | None = None) -> None:
@@ -92,6 +96,9 @@ class Driver:
         """Submit, poll and collect until every part is done, stopped, or (detached)
         everything that can be submitted now is."""
         interval = self.config.poll_every
+        for part in self.state.parts:  # batches an earlier run created: waited for now
+            if part.active:
+                self.events.batch_waits(part)
         while not self.stop.is_set():
             created = await self.submit_ready()
             active = [p for p in self.state.parts if p.active]
@@ -139,6 +146,9 @@ class Driver:
             if part.pending and part.model not in self._blocked and self._room(part):
                 if await self._create(part):
                     created.add(part.key)
+            elif part.pending and part.file_id is not None:
+                limit = self.config.queue_tokens or self.state.queue_tokens.get(part.model)
+                self.events.queue_waits(part, self.state.enqueued(part.model), limit)
         return created
 
     def _filename(self, part: PartState) -> str:
@@ -195,6 +205,8 @@ class Driver:
         part.status = str(batch.get("status") or "validating")
         self.stats.attempts += part.requests
         self.save()
+        self.events.queue_room(part)
+        self.events.batch_waits(part)
 
     def _queue_full(self, part: PartState, message: str) -> None:
         """The enqueued-token quota refused ``part``: learn it, wait for room."""
@@ -208,6 +220,7 @@ class Driver:
             self.state.queue_tokens[part.model] = limit
         part.note = f"waiting for queue room ({enqueued:,} of {limit:,} tokens enqueued)"
         self._blocked.add(part.model)
+        self.events.queue_waits(part, enqueued, limit)
         log.info("part %s: enqueued-token quota for %s full; waiting for room", part.key,
                  part.model)
 
@@ -227,6 +240,8 @@ class Driver:
                 # go again in a new batch of the same part, uploaded again if need be.
                 log.warning("part %s: batch %s not found; submitting the part again",
                             part.key, part.batch_id)
+                self.events.batch_ended(part, "not found")
+                self._lost(part)
                 part.note = f"batch {part.batch_id} not found: submitted again"
                 part.step, part.file_id, part.batch_id = "planned", None, None
                 part.status, part.gen = None, part.gen + 1
@@ -241,6 +256,22 @@ class Driver:
         if self.on_progress is not None:
             self.on_progress(self.stats)
 
+    def _lost(self, part: PartState) -> None:
+        """Count a batch of ``part`` the server no longer knows; after ``--max-attempts``
+        of them, stop (resumable) rather than upload the part yet again.
+
+        Raises:
+            ServerError: ``part`` lost that many batches.
+        """
+        part.lost += 1
+        if part.lost >= max(self.collector.policy.max_attempts, 1):
+            self.save()
+            raise ServerError(
+                f"part {part.key}: {part.lost} of its batches were not found when polled "
+                f"(the last {part.batch_id}); not submitting it again (a key of another "
+                "organisation or project sees none of this job's batches: use the key that "
+                "made them)")
+
     async def finish(self, part: PartState, batch: dict[str, Any]) -> None:
         """Collect an ended batch; resubmit what it left unanswered."""
         errors = batch.get("errors")
@@ -248,6 +279,7 @@ class Driver:
         if (part.status == "failed" and isinstance(entries, list) and entries
                 and all(isinstance(e, dict) and is_queue_full(e) for e in entries)):
             # Refused for the quota after creation: the same file, a new batch later.
+            self.events.batch_ended(part, "failed", reason="queue full")
             self._queue_full(part, str(entries[0].get("message") or ""))
             part.step, part.batch_id, part.gen = "uploaded", None, part.gen + 1
             self.save()
@@ -260,9 +292,11 @@ class Driver:
                 if not dest.exists():  # a complete earlier download is kept
                     await self.calls.download(file_id, dest)
                 files.append(dest)
-        got = await asyncio.to_thread(self.collector.collect, part, batch, files)
+        by_user = part.batch_id in cancelled_by_user(self.folder)
+        got = await asyncio.to_thread(self.collector.collect, part, batch, files, not by_user)
+        self.events.batch_ended(part, part.status, counts=part.counts)
         new: PartState | None = None
-        if got.again and part.batch_id in cancelled_by_user(self.folder):
+        if got.again and by_user:
             # The user's cancel: what ran is kept, the rest waits for the next run.
             self.left += len(got.again)
         elif got.again:
