@@ -63,6 +63,22 @@ class BatchConfig:
 _LIMIT = re.compile(r"limit:\s*([\d,_]+)\s*enqueued", re.IGNORECASE)
 
 
+def count_lost(part: PartState, max_attempts: int) -> None:
+    """Count a batch of ``part`` the server no longer knows; after ``max_attempts`` of
+    them, stop (resumable) rather than upload the part yet again.
+
+    Raises:
+        ServerError: ``part`` lost that many batches (the caller saves the count).
+    """
+    part.lost += 1
+    if part.lost >= max(max_attempts, 1):
+        raise ServerError(
+            f"part {part.key}: {part.lost} of its batches were not found when polled "
+            f"(the last {part.batch_id}); not submitting it again (a key of another "
+            "organisation or project sees none of this job's batches: use the key that "
+            "made them)")
+
+
 class Driver:
     """Moves every part of the state to ``done`` (or, detached, as far as it can now)."""
 
@@ -241,7 +257,10 @@ class Driver:
                 log.warning("part %s: batch %s not found; submitting the part again",
                             part.key, part.batch_id)
                 self.events.batch_ended(part, "not found")
-                self._lost(part)
+                try:
+                    count_lost(part, self.collector.policy.max_attempts)
+                finally:
+                    self.save()
                 part.note = f"batch {part.batch_id} not found: submitted again"
                 part.step, part.file_id, part.batch_id = "planned", None, None
                 part.status, part.gen = None, part.gen + 1
@@ -256,22 +275,6 @@ class Driver:
         if self.on_progress is not None:
             self.on_progress(self.stats)
 
-    def _lost(self, part: PartState) -> None:
-        """Count a batch of ``part`` the server no longer knows; after ``--max-attempts``
-        of them, stop (resumable) rather than upload the part yet again.
-
-        Raises:
-            ServerError: ``part`` lost that many batches.
-        """
-        part.lost += 1
-        if part.lost >= max(self.collector.policy.max_attempts, 1):
-            self.save()
-            raise ServerError(
-                f"part {part.key}: {part.lost} of its batches were not found when polled "
-                f"(the last {part.batch_id}); not submitting it again (a key of another "
-                "organisation or project sees none of this job's batches: use the key that "
-                "made them)")
-
     async def finish(self, part: PartState, batch: dict[str, Any]) -> None:
         """Collect an ended batch; resubmit what it left unanswered."""
         errors = batch.get("errors")
@@ -279,7 +282,7 @@ class Driver:
         if (part.status == "failed" and isinstance(entries, list) and entries
                 and all(isinstance(e, dict) and is_queue_full(e) for e in entries)):
             # Refused for the quota after creation: the same file, a new batch later.
-            self.events.batch_ended(part, "failed", reason="queue full")
+            self.events.batch_ended(part, "failed", why="queue full")
             self._queue_full(part, str(entries[0].get("message") or ""))
             part.step, part.batch_id, part.gen = "uploaded", None, part.gen + 1
             self.save()
