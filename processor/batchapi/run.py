@@ -177,7 +177,13 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
     _notes(state, stats, folder, bcfg, out_path, err_path, left)
     if runlog is not None:
         runlog.tick(stats)
+        said = stats.stop_reason
+        if not state.finished and stats.stopped is None:  # detached: the end says so
+            waiting = sum(p.active or p.pending for p in state.parts)
+            stats.stop_reason = (f"{waiting} parts left with the Batch API; the same "
+                                 "command collects them")
         runlog.end(stats)
+        stats.stop_reason = said
     return stats, state
 
 
