@@ -219,3 +219,18 @@ def test_mock_server_batch_fail_flag(monkeypatch: Any) -> None:
     result = CliRunner().invoke(app, ["mock-server", "--batch-fail", "2"])
     assert result.exit_code == 0, result.output
     assert seen[0].fail == 2
+
+
+async def test_fallback_online_attempts_share_the_log(tmp_path: Path,
+                                                      batch_api: Any) -> None:  # noqa: F811
+    api = await batch_api(batch={"seconds": 0.4, "expire": 1, "expire_done": 0.5})
+    job = write_job(tmp_path / "f.jsonl", 20)
+    code, _, err = await run_batch(job, api, "--fallback-online")
+    assert code == 0, err
+    events = list(read_events(tmp_path / "f.run.jsonl"))
+    answered = [e for e in events if e["ev"] == "a" and "er" not in e]
+    by_batch = sorted(e["id"] for e in answered if e.get("k") == BATCH_KEY)
+    online = sorted(e["id"] for e in answered if e.get("k") != BATCH_KEY)
+    assert len(by_batch) == len(online) == 10 and api.stats.ok == 10
+    assert sorted(by_batch + online) == sorted(ids_of(tmp_path / "f.results.jsonl"))
+    assert events[-1]["ev"] == "end" and events[-1]["ok"] == 20

@@ -222,7 +222,8 @@ async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIC
                           model=body.get("model"), line_hash=meta.hashed,
                           attempts=meta.attempts, history=meta.history)
 
-        engine = parts.engine(client, writer, stats=stats, events=events)
+        engine = parts.engine(client, writer, stats=stats, events=events,
+                              on_progress=driver.on_progress)
         driver_stop = driver.stop
         watcher = asyncio.ensure_future(driver_stop.wait())
         watcher.add_done_callback(partial(_stop_engine, engine))
