@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..run.config import JobConfig
 from ..run.events import NO_EVENTS, Events
 from ..run.observer import open_run_log, start_fields
@@ -70,10 +72,10 @@ class BatchEvents:
         #: parts whose batch wait / queue wait is open in this run's log.
         self._waiting: set[str] = set()
         self._queued: set[str] = set()
-        # The part being collected: its batch's creation, model, tokens per line.
-        self._ts = 0.0
-        self._model = ""
-        self._share = 0
+        # The fields every line of the batch being collected shares (its creation, its
+        # collection, model, tokens per line), serialised once: ``,"ta":...,"m":"..."``.
+        self._tail = b""
+        self._log = events if isinstance(events, RunLog) else None
 
     def _rel(self, wall: float) -> float:
         """A wall time as seconds since this run's start (never before it)."""
@@ -132,24 +134,29 @@ class BatchEvents:
         if not created:
             server = batch.get("created_at")
             created = float(server) if isinstance(server, (int, float)) else self._wall()
-        self._ts = self._rel(created)
-        self._model = part.model
-        self._share = round(part.tokens / max(part.requests, 1))
+        ts, td = self._rel(created), self._rel(self._wall())
+        shared = {"t": td, "ta": ts, "ts": ts, "td": td,
+                  "te": round(part.tokens / max(part.requests, 1)), "k": BATCH_KEY,
+                  "m": part.model}
+        self._tail = b"," + orjson.dumps(shared)[1:-1]
 
     def line(self, custom_id: str, attempt: int, status: int | None, prompt: int = 0,
              completion: int = 0, error: str | None = None) -> None:
         """One request line of the batch collected: answered (``error`` None) or not."""
         if not self.on:
             return
-        ts = self._ts
-        event: dict[str, Any] = {"id": custom_id, "n": attempt, "ta": ts, "ts": ts,
-                                 "td": self._rel(self._wall()), "st": status,
-                                 "te": self._share, "k": BATCH_KEY, "m": self._model}
+        # One serialisation per line: the line's own fields, then the batch's (about a
+        # microsecond; the collection itself costs some 15).
+        event: dict[str, Any] = {"ev": "a", "id": custom_id, "n": attempt, "st": status}
         if error is None:
             event["tp"], event["tc"] = prompt, completion
         else:
             event["er"] = error
-        self.events.emit("a", **event)
+        line = orjson.dumps(event)[:-1] + self._tail + b"}\n"
+        if self._log is not None:
+            self._log.add_line(line)
+        else:  # another sink: the same event through its generic call
+            self.events.emit("a", **orjson.loads(line))
 
     def failed(self, custom_id: str, line: int, code: str, message: str) -> None:
         self.events.failed(custom_id, line, code, message)

@@ -249,6 +249,14 @@ class RunLog:
             if len(buf) >= self._max_buffer:
                 self.flush()
 
+    def add_line(self, line: bytes) -> None:
+        """Buffer one event serialised by the caller (a JSON object and ``\n``): the Batch
+        API collector's one per line (:mod:`processor.batchapi.runlog`)."""
+        if self._fd is not None:
+            self._buf += line
+            if len(self._buf) >= self._max_buffer:
+                self.flush()
+
     def failed(self, custom_id: str | None, line: int, code: str, message: str) -> None:
         self._add({"ev": "fail", "t": self._t(self._clock()), "id": custom_id, "line": line,
                    "code": code, "msg": message[:MESSAGE_CHARS]})
