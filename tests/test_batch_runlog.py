@@ -234,3 +234,32 @@ async def test_fallback_online_attempts_share_the_log(tmp_path: Path,
     assert len(by_batch) == len(online) == 10 and api.stats.ok == 10
     assert sorted(by_batch + online) == sorted(ids_of(tmp_path / "f.results.jsonl"))
     assert events[-1]["ev"] == "end" and events[-1]["ok"] == 20
+
+
+@pytest.mark.parametrize("refused", ["create", "batch"])
+async def test_a_part_bigger_than_the_queue_quota_is_split_not_retried_forever(
+        tmp_path: Path, batch_api: Any, refused: str) -> None:  # noqa: F811
+    # 12 requests of some 3 tokens each (the mock's count) against a quota of 20: the one
+    # part can never fit, refused at create or (OpenAI's way) failed at validation.
+    api = await batch_api(batch={"seconds": 0.3, "queue_tokens": 20,
+                                 "queue_fail": refused == "batch"})
+    job = write_job(tmp_path / "s.jsonl", 12)
+    code, _, err = await run_batch(job, api)
+    assert code == 0, err
+    parts = state_of(job)["parts"]
+    first, pieces = parts[0], parts[1:]
+    assert first["step"] == "done" and "split into" in first["note"]
+    assert len(pieces) > 1 and all(p["origin"] == first["key"] for p in pieces)
+    assert sum(p["requests"] for p in pieces) == 12
+    assert sorted(ids_of(tmp_path / "s.results.jsonl")) == sorted(f"r{i}" for i in range(12))
+    answered = [k for k, n in api.store.stats.submitted.items() if n]
+    assert len(answered) == 12
+    if refused == "create":  # refused creates never held a line
+        assert set(api.store.stats.submitted.values()) == {1}
+    events = list(read_events(tmp_path / "s.run.jsonl"))
+    waits = [e["part"] for e in events if e["ev"] == "pause" and e["r"] == "batch_queue"]
+    ends = [e["part"] for e in events if e["ev"] == "resume" and e["r"] == "batch_queue"]
+    assert waits and sorted(waits) == sorted(ends)  # the pieces waited for room in turn
+    (split,) = [e for e in events if e["ev"] == "batch_split"]
+    assert split["part"] == first["key"] and split["into"] == [p["key"] for p in pieces]
+    assert split["limit"] == 20

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from ..stats import Stats
 from .calls import BatchCalls, is_queue_full
 from .collect import Collector
 from .plan import resubmit_part
+from .quota import SPLIT_SHARE, quota_of, split_part, too_big
 from .runlog import BatchEvents
 from .state import FINAL, BatchState, PartState, drop_files
 
@@ -60,7 +60,6 @@ class BatchConfig:
     part_requests: int = 50_000
 
 
-_LIMIT = re.compile(r"limit:\s*([\d,_]+)\s*enqueued", re.IGNORECASE)
 
 
 def count_lost(part: PartState, max_attempts: int) -> None:
@@ -156,9 +155,11 @@ class Driver:
                 break
             if part.pending and part.file_id is None:
                 await self._upload(part)
-        for part in self.state.parts:
+        for part in list(self.state.parts):  # a part split here adds parts: next round
             if self.stop.is_set():
                 break
+            if part.pending and part.file_id is None:
+                continue  # split from a part too big just now: uploaded next round
             if part.pending and part.model not in self._blocked and self._room(part):
                 if await self._create(part):
                     created.add(part.key)
@@ -209,9 +210,9 @@ class Driver:
         except APIError as exc:
             if not is_queue_full(exc):
                 raise
-            self._queue_full(part, exc.message)
-            part.step = "uploaded"
-            self.save()
+            if not await self._queue_full(part, exc.message):
+                part.step = "uploaded"
+                self.save()
             return False
         self._submitted(part, batch)
         return True
@@ -224,21 +225,34 @@ class Driver:
         self.events.queue_room(part)
         self.events.batch_waits(part)
 
-    def _queue_full(self, part: PartState, message: str) -> None:
-        """The enqueued-token quota refused ``part``: learn it, wait for room."""
-        match = _LIMIT.search(message)
+    async def _queue_full(self, part: PartState, message: str) -> bool:
+        """The enqueued-token quota refused ``part``: learn it, wait for room; or, if
+        the part alone passes it, split it (True: ``part`` is done, split)."""
+        stated = quota_of(message)
         enqueued = self.state.enqueued(part.model)
-        if match:
-            limit = int(re.sub(r"[,_]", "", match.group(1)))
-        else:
-            limit = enqueued or part.tokens
+        others = enqueued - (part.tokens if part.active else 0)
+        limit = stated or enqueued or part.tokens
         if self.config.queue_tokens is None:
             self.state.queue_tokens[part.model] = limit
+        if too_big(part, stated, others):
+            new = await asyncio.to_thread(split_part, self.folder, self.state, part,
+                                          int(limit * SPLIT_SHARE))
+            part.step, part.note = "done", (f"{part.tokens:,} tokens, more than the "
+                                            f"{limit:,} the queue holds: split into "
+                                            f"{new[0].key}..{new[-1].key}")
+            self.state.parts += new
+            self.save()
+            drop_files(self.folder, part)
+            self.events.queue_room(part)
+            self.events.split(part, new, limit)
+            log.info("part %s: %s", part.key, part.note)
+            return True
         part.note = f"waiting for queue room ({enqueued:,} of {limit:,} tokens enqueued)"
         self._blocked.add(part.model)
         self.events.queue_waits(part, enqueued, limit)
         log.info("part %s: enqueued-token quota for %s full; waiting for room", part.key,
                  part.model)
+        return False
 
     # -- polling and collecting ------------------------------------------------------
 
@@ -283,9 +297,9 @@ class Driver:
                 and all(isinstance(e, dict) and is_queue_full(e) for e in entries)):
             # Refused for the quota after creation: the same file, a new batch later.
             self.events.batch_ended(part, "failed", why="queue full")
-            self._queue_full(part, str(entries[0].get("message") or ""))
-            part.step, part.batch_id, part.gen = "uploaded", None, part.gen + 1
-            self.save()
+            if not await self._queue_full(part, str(entries[0].get("message") or "")):
+                part.step, part.batch_id, part.gen = "uploaded", None, part.gen + 1
+                self.save()
             return
         files: list[Path] = []
         for kind in ("output_file_id", "error_file_id"):

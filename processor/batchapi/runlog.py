@@ -15,6 +15,8 @@ What a Batch API run adds to the log (see :mod:`processor.store.runlog` for the 
   ran), prompt / completion tokens used, ``te`` its share of the part's enqueued tokens,
   ``k`` :data:`~processor.store.runlog.BATCH_KEY` (priced at the batch discount by the
   report) and ``m`` the model. A line costs about one microsecond and 150 bytes.
+- ``batch_split``: a part that alone passes the queue's limit, split (``part``,
+  ``tokens``, ``limit``, ``into``).
 - ``fail``: a line written off (its error, or not run in ``--max-attempts`` batches).
 - ``p`` after each round of polls; ``end`` with the stop reason (a detached run that
   left batches running ends ``completed``, its ``msg`` saying so).
@@ -117,6 +119,12 @@ class BatchEvents:
         as online)."""
         if self.on and seconds >= 1.0:
             self.events.pause("limits", seconds=seconds)
+
+    def split(self, part: PartState, into: list[PartState], limit: int) -> None:
+        """``part`` passed the queue's ``limit`` alone: split into the parts ``into``."""
+        if self.on:
+            self.events.emit("batch_split", part=part.key, tokens=part.tokens, limit=limit,
+                             into=[p.key for p in into])
 
     def call_retry(self, kind: str, error: str, seconds: float, rate_limited: bool) -> None:
         """A Batch API call failed (``error``: its kind) and waits ``seconds`` to retry."""
