@@ -151,7 +151,7 @@ class Collector:
             if entry is None or cid in self.done or self._written_off(cid, metas[cid]):
                 continue
             message = self.masker.text(str(entry.get("message") or "validation failed"))[:1000]
-            code = str(entry.get("code") or "batch_validation_failed")[:100]
+            code = self.masker.text(str(entry.get("code") or "batch_validation_failed")[:100])
             meta = metas[cid]
             meta.attempts += 1
             self.events.line(cid, meta.attempts, None, error=code)
@@ -178,7 +178,8 @@ class Collector:
             self._answered(cid, meta, obj, response, batch_id, out)
             return
         if status is None:
-            code = str(error.get("code")) if isinstance(error, dict) else ""
+            code = self.masker.text(str(error.get("code"))[:100]) if isinstance(error, dict) \
+                else ""
             if code in NOT_RUN:
                 self._not_run(cid, meta, code, batch_id, str(code)[6:], out, spend)
                 return

@@ -311,7 +311,7 @@ class Driver:
                 files.append(dest)
         by_user = part.batch_id in cancelled_by_user(self.folder)
         got = await asyncio.to_thread(self.collector.collect, part, batch, files, not by_user)
-        self.events.batch_ended(part, part.status, counts=part.counts)
+        self.events.batch_ended(part, part.status)
         new: PartState | None = None
         if got.again and by_user:
             # The user's cancel: what ran is kept, the rest waits for the next run.

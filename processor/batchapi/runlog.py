@@ -85,12 +85,18 @@ class BatchEvents:
 
     # -- waits (the driver, on the event loop) -----------------------------------------
 
+    def _written(self) -> None:
+        # Waits are rare and may last hours: written at once, not at the next poll.
+        if self._log is not None:
+            self._log.flush()
+
     def batch_waits(self, part: PartState) -> None:
         """``part``'s batch runs: the run waits for it (once per part and run)."""
         if self.on and part.key not in self._waiting:
             self._waiting.add(part.key)
             self.events.pause("batch", part=part.key, batch=part.batch_id,
                               requests=part.requests, model=part.model)
+            self._written()
 
     def batch_ended(self, part: PartState, status: str | None, **detail: Any) -> None:
         """``part``'s batch ended (``status``), or is gone (``not found``)."""
@@ -98,8 +104,13 @@ class BatchEvents:
             if part.key not in self._waiting:  # created and ended between two looks
                 self.batch_waits(part)
             self._waiting.discard(part.key)
-            self.events.resume("batch", part=part.key, batch=part.batch_id, status=status,
-                               **detail)
+            # What the server said, cut short (a hostile one could say a lot).
+            counts = {k: part.counts[k] for k in ("total", "completed", "failed")
+                      if k in part.counts}
+            self.events.resume("batch", part=part.key, batch=part.batch_id,
+                               status=None if status is None else status[:100],
+                               counts=counts, **detail)
+            self._written()
 
     def queue_waits(self, part: PartState, enqueued: int, limit: int | None) -> None:
         """``part`` waits for room in its model's enqueued-token quota."""
@@ -107,12 +118,14 @@ class BatchEvents:
             self._queued.add(part.key)
             self.events.pause("batch_queue", part=part.key, model=part.model,
                               enqueued=enqueued, limit=limit, tokens=part.tokens)
+            self._written()
 
     def queue_room(self, part: PartState) -> None:
         """``part``'s batch was created: its wait for room (if any) is over."""
         if self.on and part.key in self._queued:
             self._queued.discard(part.key)
             self.events.resume("batch_queue", part=part.key)
+            self._written()
 
     def limits_wait(self, seconds: float) -> None:
         """A Batch API call waits ``seconds`` for the limiter (logged from a second on,
