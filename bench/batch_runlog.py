@@ -3,6 +3,10 @@ lines (its output file into the results, ledger and stats) with the log's one ``
 event per line, and without (the no-op sink), in-process.
 
     PYTHONPATH=. python bench/batch_runlog.py [--lines 50000] [--repeat 5]
+    PYTHONPATH=. python bench/batch_runlog.py --micro
+
+``--micro`` times the one call per line on its own (build the event, serialise it,
+buffer it; a write per MiB), against the no-op sink's, best of five rounds.
 
 Collections alternate (log, none, log, none, ...) so the machine's load hits both
 alike; medians of CPU time (process time) per line are compared. Prints one line per
@@ -22,7 +26,7 @@ import orjson
 from processor.batchapi.collect import Collector
 from processor.batchapi.plan import Limits, plan_parts
 from processor.batchapi.runlog import BatchEvents
-from processor.batchapi.state import BatchState
+from processor.batchapi.state import BatchState, PartState
 from processor.client.masking import Masker
 from processor.idset import IdSet
 from processor.jobs import Job, iter_jobs
@@ -78,11 +82,34 @@ def collect_once(folder: Path, lines: int, logged: bool) -> tuple[float, int]:
     return spent, size
 
 
+def micro(calls: int = 200_000) -> None:
+    part = PartState("p0001", "p0001.jsonl", "/v1/chat/completions", "gpt-4o-mini", 50_000,
+                     1, 600_000, intent_at=time.time())
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, log in (("log ", RunLog(Path(tmp) / "m.run.jsonl",
+                                          clock=time.monotonic).open()), ("none", None)):
+            events = BatchEvents(log) if log is not None else BatchEvents()
+            events.begin(part, {"id": "batch_1"})
+            best = float("inf")
+            for _ in range(5):
+                start = time.process_time()
+                for _ in range(calls):
+                    events.line("r12345", 1, 200, 12, 7)
+                best = min(best, time.process_time() - start)
+            print(f"{name}: {best / calls * 1e6:.2f} us per line")
+            if log is not None:
+                log.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--micro", action="store_true")
     args = parser.parse_args()
+    if args.micro:
+        micro()
+        return
     times: dict[bool, list[float]] = {True: [], False: []}
     size = 0
     with tempfile.TemporaryDirectory() as tmp:
