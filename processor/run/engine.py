@@ -170,7 +170,8 @@ class Engine:
                                  self.admission.requeue_at, policy=self.policy,
                                  fallback=fallback, refund_unused=refund_unused)
         self.events = events
-        for part in (self.attempts, self.outcomes, self.keys, self.admission, outage):
+        for part in (self.attempts, self.outcomes, self.keys, self.admission, outage,
+                     self.shared):
             if part is not None:
                 part.events = events
 

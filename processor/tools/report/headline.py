@@ -70,6 +70,8 @@ def headline(agg: Aggregate) -> dict[str, Any]:
         "runs": len(agg.runs) + agg.runs_left_out,
         "wall_seconds": round(sum(r.seconds for r in agg.runs), 3),
         "answered": agg.answers,
+        "cached": agg.cached,
+        "shared": agg.shared,
         "failed": agg.failed,
         "attempts": agg.attempts,
         "errors": dict(agg.errors.most_common()),
@@ -113,8 +115,11 @@ def format_headline(h: dict[str, Any]) -> str:
     lines = [
         f"runs: {h['runs']}, wall time {human_duration(h['wall_seconds'])}; last stop: "
         f"{h['last_stop'] or 'none recorded (killed?)'}",
-        f"answered {h['answered']:,}, failed for good {h['failed']:,}, attempts "
-        f"{h['attempts']:,}, 429s {h['n429']:,}",
+        f"answered {h['answered']:,}" + (
+            f" (cached {h['cached']:,}, shared {h['shared']:,})"
+            if h["cached"] or h["shared"] else "")
+        + f", failed for good {h['failed']:,}, attempts {h['attempts']:,}, "
+        f"429s {h['n429']:,}",
         f"efficiency against the limits: rpm {_pct(eff['rpm'])}, tpm {_pct(eff['tpm'])}"
         + (f" (binding: {h['binding']})" if h["binding"] else ""),
         f"tokens: {h['tokens']['prompt']:,} prompt + {h['tokens']['completion']:,} "
