@@ -17,7 +17,7 @@ from ..stats import Stats
 from .calls import BatchCalls, is_queue_full
 from .collect import Collector
 from .plan import resubmit_part
-from .quota import SPLIT_SHARE, quota_of, split_part, too_big
+from .quota import quota_of, split_part, too_big
 from .runlog import BatchEvents
 from .state import FINAL, BatchState, PartState, drop_files
 
@@ -230,22 +230,15 @@ class Driver:
         the part alone passes it, split it (True: ``part`` is done, split)."""
         stated = quota_of(message)
         enqueued = self.state.enqueued(part.model)
-        others = enqueued - (part.tokens if part.active else 0)
         limit = stated or enqueued or part.tokens
         if self.config.queue_tokens is None:
             self.state.queue_tokens[part.model] = limit
-        if too_big(part, stated, others):
-            new = await asyncio.to_thread(split_part, self.folder, self.state, part,
-                                          int(limit * SPLIT_SHARE))
-            part.step, part.note = "done", (f"{part.tokens:,} tokens, more than the "
-                                            f"{limit:,} the queue holds: split into "
-                                            f"{new[0].key}..{new[-1].key}")
-            self.state.parts += new
+        if too_big(part, stated, enqueued - (part.tokens if part.active else 0)):
+            new = await asyncio.to_thread(split_part, self.folder, self.state, part, limit)
             self.save()
             drop_files(self.folder, part)
             self.events.queue_room(part)
             self.events.split(part, new, limit)
-            log.info("part %s: %s", part.key, part.note)
             return True
         part.note = f"waiting for queue room ({enqueued:,} of {limit:,} tokens enqueued)"
         self._blocked.add(part.model)

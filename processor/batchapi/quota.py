@@ -9,6 +9,7 @@ each holding at least one request, their attempts and history carried.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -19,6 +20,8 @@ __all__ = ["SPLIT_SHARE", "quota_of", "split_part", "too_big"]
 
 #: parts split from a too-big one hold at most this share of the quota.
 SPLIT_SHARE = 0.8
+
+log = logging.getLogger(__name__)
 _LIMIT = re.compile(r"limit:\s*([\d,_]+)\s*enqueued", re.IGNORECASE)
 
 
@@ -35,11 +38,12 @@ def too_big(part: PartState, limit: int | None, others: int) -> bool:
 
 
 def split_part(folder: Path, state: BatchState, old: PartState,
-               max_tokens: int) -> list[PartState]:
-    """``old``'s requests in new parts of at most ``max_tokens`` tokens each (by its
-    average per request; one request at least), in order, their meta carried."""
+               limit: int) -> list[PartState]:
+    """``old``'s requests in new parts (added to ``state``, ``old`` marked done) of at
+    most :data:`SPLIT_SHARE` of ``limit`` tokens each (by its average per request; one
+    request at least), in order, their meta carried. The caller saves the state."""
     share = old.tokens / max(old.requests, 1)
-    per = max(1, int(max_tokens // max(share, 1.0)))
+    per = max(1, int(limit * SPLIT_SHARE // max(share, 1.0)))
     metas = read_meta(folder, old)
     parts: list[PartState] = []
     writer: PartWriter | None = None
@@ -56,4 +60,8 @@ def split_part(folder: Path, state: BatchState, old: PartState,
     finally:
         if writer is not None:
             parts.append(writer.close())
+    old.step, old.note = "done", (f"{old.tokens:,} tokens, more than the {limit:,} the queue "
+                                  f"holds: split into {parts[0].key}..{parts[-1].key}")
+    state.parts += parts
+    log.info("part %s: %s", old.key, old.note)
     return parts
