@@ -60,8 +60,6 @@ class BatchConfig:
     part_requests: int = 50_000
 
 
-
-
 def count_lost(part: PartState, max_attempts: int) -> None:
     """Count a batch of ``part`` the server no longer knows; after ``max_attempts`` of
     them, stop (resumable) rather than upload the part yet again.

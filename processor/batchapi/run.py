@@ -121,11 +121,11 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
         raise ConfigError("--via batch does not drive Azure OpenAI's Batch API; use --via "
                           "online")
     limiter = parts.lanes[0].limiter
+    writer = ResultWriter(out_path, err_path)
     runlog = open_batch_log(
         run_log, cfg, asdict(bcfg), src, out_path, err_path, stats, len(rstate.done),
         len(rstate.failed), asyncio.get_running_loop().time) if run_log else None
     events = BatchEvents(runlog or NO_EVENTS)
-    writer = ResultWriter(out_path, err_path)
     left = 0
     policy = RetryPolicy(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
     try:
