@@ -40,7 +40,7 @@ def runs_of(log: Path) -> list[list[dict[str, Any]]]:
 
 async def test_detach_then_collect_tells_the_whole_story_in_one_log(
         tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
-    api = await batch_api(batch={"seconds": 0.8, "error_every": 7,
+    api = await batch_api(batch={"seconds": 0.5, "error_every": 7,
                                  "reject_ids": frozenset({"r3"})}, api_key=KEY)
     job = write_job(tmp_path / "j.jsonl", 30)
     env = {"OPENAI_API_KEY": KEY}
@@ -116,7 +116,7 @@ async def test_detach_then_collect_tells_the_whole_story_in_one_log(
 async def test_run_log_flags_and_queue_waits(tmp_path: Path,
                                              batch_api: Any) -> None:  # noqa: F811
     # Room for one 10-request part at a time: the others wait, and the log says so.
-    api = await batch_api(batch={"seconds": 0.5, "queue_tokens": 45})
+    api = await batch_api(batch={"seconds": 0.3, "queue_tokens": 45})
     job = write_job(tmp_path / "q.jsonl", 30)
     elsewhere = tmp_path / "logs" / "q.log.jsonl"
     code, _, err = await run_batch(job, api, "--batch-part-requests", "10", "--run-log",
@@ -146,7 +146,7 @@ async def test_run_log_flags_and_queue_waits(tmp_path: Path,
 async def test_batches_that_keep_expiring_are_bounded_by_max_attempts(
         tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
     # Every batch expires with half its requests run.
-    api = await batch_api(batch={"seconds": 0.4, "expire": 100, "expire_done": 0.5})
+    api = await batch_api(batch={"seconds": 0.3, "expire": 100, "expire_done": 0.5})
     job = write_job(tmp_path / "x.jsonl", 20)
     code, _, err = await run_batch(job, api, "--max-attempts", "3")
     assert code == 1, err

@@ -155,7 +155,8 @@ class BatchEvents:
         if not created:
             server = batch.get("created_at")
             created = float(server) if isinstance(server, (int, float)) else self._wall()
-        ts, td = self._rel(created), self._rel(self._wall())
+        td = self._rel(self._wall())
+        ts = min(self._rel(created), td)  # never after its collection (an odd clock)
         shared = {"t": td, "ta": ts, "ts": ts, "td": td,
                   "te": round(part.tokens / max(part.requests, 1)), "k": BATCH_KEY,
                   "m": part.model}
