@@ -8,13 +8,15 @@ What a Batch API run adds to the log (see :mod:`processor.store.runlog` for the 
   resume carries the batch's final ``status`` and ``counts``). ``r`` ``batch_queue``: a
   part waiting for room in the enqueued-token quota (``part``, ``model``, ``enqueued``,
   ``limit``) until its batch is created. ``r`` ``429`` / ``batch_retry``: a Batch API
-  call (upload, create, poll, download) that failed and waits for its retry.
+  call (upload, create, poll, download) that failed and waits for its retry; ``limits``:
+  one that waits a second or more for ``--rpm``.
 - ``a``, one per request line collected: its ``custom_id``, attempt number, ``ts`` the
   batch's creation (clamped to this run's start), ``td`` the collection, the line's HTTP
   status (or ``er``: the error's kind; ``batch_expired`` ... for a line the batch never
   ran), prompt / completion tokens used, ``te`` its share of the part's enqueued tokens,
   ``k`` :data:`~processor.store.runlog.BATCH_KEY` (priced at the batch discount by the
-  report) and ``m`` the model. A line costs about one microsecond and 150 bytes.
+  report) and ``m`` the model. A line costs one or two microseconds and about 135 bytes
+  (``bench/batch_runlog.py``).
 - ``batch_split``: a part that alone passes the queue's limit, split (``part``,
   ``tokens``, ``limit``, ``into``).
 - ``fail``: a line written off (its error, or not run in ``--max-attempts`` batches).
