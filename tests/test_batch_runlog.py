@@ -263,3 +263,26 @@ async def test_a_part_bigger_than_the_queue_quota_is_split_not_retried_forever(
     (split,) = [e for e in events if e["ev"] == "batch_split"]
     assert split["part"] == first["key"] and split["into"] == [p["key"] for p in pieces]
     assert split["limit"] == 20
+
+
+async def test_a_log_another_run_writes_is_locked(tmp_path: Path,
+                                                  batch_api: Any) -> None:  # noqa: F811
+    import asyncio
+
+    from tests.batchkit import FAST, start, wait_until
+
+    api = await batch_api(batch={"seconds": 1.5})
+    log = tmp_path / "shared.run.jsonl"
+    proc = await start("run", str(write_job(tmp_path / "a.jsonl", 5)), "--base-url",
+                       api.base_url, "--via", "batch", "--plain", *FAST, "--run-log", str(log))
+    await wait_until(lambda: api.store.stats.creates == 1)
+    # Another job (online, or through the Batch API) cannot write the same log meanwhile.
+    for via in ("online", "batch"):
+        code, _, err = await cli("run", str(write_job(tmp_path / f"{via}.jsonl", 3)),
+                                 "--base-url", api.base_url, "--via", via, "--plain",
+                                 "--run-log", str(log))
+        assert code == 75 and "lock" in err.lower(), err
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert api.stats.requests == 0 and api.store.stats.creates == 1
+    assert [e["run"] for e in read_events(log) if e["ev"] == "start"] == [1]
