@@ -36,8 +36,10 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import ConfigError
+from .paths import check_distinct
 
-__all__ = ["APPLICATION_ID", "BATCH", "INTERVAL", "Hit", "ResponseCache", "connect"]
+__all__ = ["APPLICATION_ID", "BATCH", "INTERVAL", "Hit", "ResponseCache", "check_cache_path",
+           "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,28 @@ class Hit:
     completion_tokens: int
     #: the response body, JSON, as the results file holds it.
     body: bytes
+
+
+#: the files SQLite keeps beside a database (WAL, shared memory, rollback journal).
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def check_cache_path(path: Path, reads: list[tuple[str, Path]],
+                     writes: list[tuple[str, Path]]) -> None:
+    """The cache (and SQLite's files beside it) must be none of a run's files.
+
+    Args:
+        reads / writes: ``(role, path)`` of every file the run reads / writes: the
+            input; the results, errors, ledger, locks, run log, shard marker. A cache
+            made over one of them would spoil both (SQLite pages appended to as JSONL,
+            or JSON lines written into the database).
+
+    Raises:
+        ConfigError: naming the two roles.
+    """
+    mine = [("the cache (--cache)", path)] + [
+        (f"the cache's {side} file", path.with_name(path.name + side)) for side in _SIDE_FILES]
+    check_distinct(reads, writes + mine)
 
 
 def connect(path: Path, *, read_only: bool = False, busy_timeout: float = 10.0

@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -59,6 +59,9 @@ _dumps = orjson.dumps
 _START = b'{"ev":"start"'
 #: longest error message kept per failure.
 MESSAGE_CHARS = 300
+#: longest line read back (events are far shorter: the start event, the longest, holds
+#: the settings): a longer line is skipped without being held in memory.
+MAX_LINE = 8 << 20
 
 
 def run_log_path(results: Path) -> Path:
@@ -324,7 +327,7 @@ def read_events(path: str | os.PathLike[str],
     torn tail after ``kill -9``, foreign text) is skipped and its number appended to
     ``bad`` if given."""
     with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
+        for number, line in enumerate(_lines(f), 1):
             try:
                 event = orjson.loads(line)
             except orjson.JSONDecodeError:
@@ -333,3 +336,18 @@ def read_events(path: str | os.PathLike[str],
                 yield event
             elif bad is not None and line.strip():
                 bad.append(number)
+
+
+def _lines(f: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``f``, each at most :data:`MAX_LINE` bytes read into memory: a longer
+    one (no event is; a hand-edited or hostile log) is passed over in pieces and given
+    as an empty placeholder, so the reader's memory stays bounded."""
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            line = b"-\n"  # not an event: counted as unreadable
+        yield line
