@@ -204,7 +204,7 @@ def _prepare_files(
             moved = move_aside(p)
             if moved:
                 notes.append(f"--fresh: moved {p} to {moved}")
-    check_marker(out_path, err_path, cfg.shard)  # outputs of another shard: refused
+    check_marker(out_path, err_path, cfg.shard, src)  # outputs of another shard: refused
     if out_path.exists() or err_path.exists():
         log.info("reading the earlier outputs (%s, %s) to resume", out_path, err_path)
     state = load_state(out_path, err_path, stop=stop)

@@ -1,0 +1,248 @@
+"""Red-team findings on the features merged together (the response cache and
+single-flight, --pack, --shard and merge, the run log and report, per-model limits), each
+through the real CLI where a user would meet it, plus the unit test of its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from processor.cli.app import app
+from processor.run.config import JobConfig
+from processor.run.observer import open_run_log, start_fields
+from processor.stats import Stats
+from processor.store import runlog
+from processor.store.runlog import read_events
+
+from .conftest import chat_line, read_jsonl, write_jsonl
+from .test_cli import invoke, server_url  # noqa: F401 - the fixture
+
+KEY = "sk-attack-MERGED-never-shown-5b1c"
+
+
+def emb_line(i: int, text: str | None = None) -> dict[str, Any]:
+    return {"custom_id": f"e-{i}", "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": text or f"text {i}",
+                     "dimensions": 4}}
+
+
+async def cli(job: Path, base_url: str, *extra: str, env: dict[str, str] | None = None
+              ) -> tuple[int, str]:
+    """``batchproc run JOB`` in a subprocess, as a user runs it: exit code, stdout+stderr."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY",
+                                                               "OPENAI_BASE_URL")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor.cli.app", str(job), "--base-url", base_url,
+        "--plain", "--rpm", "off", "--tpm", "off", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=base | (env or {}))
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, (out + err).decode()
+
+
+# ------------------------------------------------------------- the cache over a job's file
+
+
+@pytest.mark.parametrize("name", ["job.results.jsonl.ledger", "job.run.jsonl",
+                                  "job.results.jsonl.lock", "job.shard-1-of-2.results.jsonl"
+                                  ".shard"])
+def test_a_cache_over_one_of_the_jobs_files_is_refused(
+        server_url: str, tmp_path: Path, name: str) -> None:  # noqa: F811
+    """``--cache`` naming the ledger or the run log was taken: the SQLite file was made
+    there first, then the ledger's hashes (or the log's events) were appended into it,
+    spoiling both. Every file of the job is now checked, before anything is written."""
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
+    shard = ["--shard", "1/2"] if ".shard-" in name else []
+    target = tmp_path / name
+    code, out = invoke("run", str(job), "--base-url", server_url, "--plain", "--cache",
+                       str(target), *shard)
+    assert code == 2, out
+    assert "the cache (--cache) and" in out and "same file" in out
+    assert not target.exists() or b"SQLite" not in target.read_bytes()[:16]
+    assert not (tmp_path / "job.results.jsonl").exists()  # nothing was sent
+
+
+def test_a_cache_through_a_symlink_to_the_ledger_is_refused(
+        server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
+    assert invoke("run", str(job), "--base-url", server_url, "--plain")[0] == 0
+    ledger = tmp_path / "job.results.jsonl.ledger"
+    before = ledger.read_bytes()
+    (tmp_path / "answers.sqlite").symlink_to(ledger)
+    code, out = invoke("run", str(job), "--base-url", server_url, "--plain", "--cache",
+                       str(tmp_path / "answers.sqlite"))
+    assert code == 2 and "the ledger" in out, out
+    assert ledger.read_bytes() == before
+
+
+# ------------------------------------------------------------------- --pack with --cache
+
+
+async def test_the_packed_note_counts_only_packs_that_were_sent(
+        mock_api: Any, tmp_path: Path) -> None:
+    """A rerun answered wholly from the cache said "packed: 40 lines sent in 4 requests"
+    with 0 attempts: packs were counted when made, before the cache took their lines."""
+    api = await mock_api()
+    lines = [emb_line(i, f"text {i % 25}") for i in range(40)]
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    cache = str(tmp_path / "c.sqlite")
+    code, out = await cli(job, api.base_url, "--pack", "10", "--cache", cache)
+    assert code == 0, out
+    sent = api.stats.requests
+    # 25 distinct texts: 15 lines are cache hits or followers, never in a sent pack.
+    packed = next(row for row in out.splitlines() if "packed:" in row)
+    lines_sent = int(packed.split("packed:")[1].split()[0].replace(",", ""))
+    assert lines_sent <= 25 and f"in {sent} requests" in packed, out
+    code, out = await cli(job, api.base_url, "--pack", "10", "--cache", cache,
+                          "-o", str(tmp_path / "again.jsonl"))
+    assert code == 0 and api.stats.requests == sent, out
+    assert "cached: 40" in out and "packed:" not in out, out
+    assert len(read_jsonl(tmp_path / "again.jsonl")) == 40
+
+
+# ------------------------------------------------------------------ secrets in the run log
+
+
+def test_the_run_log_never_holds_the_redis_password(tmp_path: Path) -> None:
+    """``--limiter redis://:PASS@host`` and ``$REDIS_PASSWORD`` were written as they are
+    into the run log's start event (``cfg.limiter``, ``cfg.limiter_password``)."""
+    password = "hunter2-redis-PASSWORD"
+    for url, env_password in ((f"redis://:{password}@127.0.0.1:6390/0", None),
+                              ("redis://127.0.0.1:6390/0", password),
+                              ("rediss://user:hunter2-redis-PASSWORD@127.0.0.1/0", None),
+                              ("redis://:hunter2-redis%2DPASSWORD@127.0.0.1/0", None)):
+        cfg = JobConfig(api_key=KEY, limiter=url, limiter_password=env_password,
+                        base_url=f"https://me:{KEY}@127.0.0.1:9/v1")
+        path = tmp_path / "job.run.jsonl"
+        log = open_run_log(path, cfg, lambda: 0.0, start_fields(
+            cfg, tmp_path / "job.jsonl", tmp_path / "r", tmp_path / "e", Stats(), 0, 0))
+        log.close()
+        data = path.read_bytes()
+        assert b"hunter2" not in data and KEY.encode() not in data, data
+        start = next(read_events(path))
+        assert start["cfg"]["limiter"].startswith(("redis://", "rediss://"))
+        assert "127.0.0.1" in start["cfg"]["limiter"]
+        assert start["cfg"]["limiter_password"] in (None, "***")
+        path.unlink()
+
+
+async def test_secrets_in_the_url_a_header_and_the_answer_reach_no_file(
+        hostile_api: Any, tmp_path: Path) -> None:
+    """A key in the base URL (user info, query), in a gateway's own header, and a server
+    that echoes every header: with cache, single-flight and the run log on, no file of
+    the job (results, errors, cache, run log) nor any output (summary, report, cache
+    stats) holds any of them."""
+    from tests.hostile import echo
+
+    api = await hostile_api(echo())
+    gateway = "gw-TOKEN-for-the-gateway-71f0"
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i % 3) | {"custom_id": f"c{i}"}
+                                               for i in range(6)])
+    cache = tmp_path / "c.sqlite"
+    # user:pass@ beside a key: every request failed locally (aiohttp refuses Basic auth
+    # beside an Authorization header), taken for an outage without end. Refused now.
+    code, out = await cli(job, api.base_url.replace("http://", f"http://me:{KEY}@"),
+                          "--cache", str(cache), env={"OPENAI_API_KEY": KEY})
+    assert code == 2 and "user name or password" in out and KEY not in out, out
+    assert not api.requests and not (tmp_path / "job.results.jsonl").exists()
+    url = api.base_url + f"?token={KEY}-query"
+    code, out = await cli(job, url, "--cache", str(cache), "--api-key-env", "K",
+                          "--header", f"X-Portkey-Api-Key: {gateway}",
+                          "--header", f"Helicone-Auth: Bearer {gateway}", env={"K": KEY})
+    records = read_jsonl(tmp_path / "job.results.jsonl")
+    assert code == 0 and len(records) == 6, out
+    assert sum(1 for r in records if "shared_from" in r.get("batchproc", {})) == 3
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "job.run.jsonl"),
+                                      "--summary"])
+    stats = CliRunner().invoke(app, ["cache", "stats", str(cache), "--json"])
+    assert report.exit_code == 0 and stats.exit_code == 0, report.output + stats.output
+    texts = {"output": out.encode(), "report": report.output.encode(),
+             "stats": stats.output.encode()}
+    for path in tmp_path.iterdir():
+        texts[path.name] = path.read_bytes()
+    assert any(b"Authorization" in t or b"authorization" in t for t in texts.values())
+    for name, data in texts.items():
+        for secret in (KEY, gateway):
+            assert secret.encode() not in data, name
+
+
+# ---------------------------------------------------------------------- hostile run logs
+
+
+def test_report_summary_never_passes_a_control_sequence_to_the_terminal(
+        tmp_path: Path) -> None:
+    """A custom_id, code or stop reason in a (hand-edited) log holding ESC sequences
+    was printed as it is by ``report --summary``: an OSC sequence retitles the terminal,
+    others clear it or hide text."""
+    log = write_jsonl(tmp_path / "job.run.jsonl", [
+        {"ev": "start", "run": 1, "at": 1.7e9, "t": 0},
+        {"ev": "a", "id": "x", "n": 1, "ta": 0, "ts": 0, "td": 0.1, "st": 200,
+         "m": "\x1b[8mhidden", "k": "\u202egnp.exe"},
+        {"ev": "fail", "id": "\x1b]0;PWNED\x07", "line": 1, "code": "\x1b[2Jcode",
+         "msg": "\x9b31m"},
+        {"ev": "end", "reason": "\x1b[31mred", "msg": "\x00", "t": 1}])
+    for args in (["--summary"], ["--json"], ["-o", str(tmp_path / "r.html")]):
+        result = CliRunner().invoke(app, ["report", str(log), *args])
+        assert result.exit_code == 0, result.output
+        shown = result.output + ((tmp_path / "r.html").read_text() if "-o" in args else "")
+        for char in ("\x1b", "\x07", "\x9b", "\x00", "\u202e"):
+            assert char not in shown, (args, char)
+    assert "\\u001b[2Jcode" in CliRunner().invoke(app, ["report", str(log),
+                                                        "--summary"]).output
+
+
+def test_a_huge_line_in_a_run_log_is_passed_over_in_bounded_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line of hundreds of MB (a hostile or broken log) was read whole: `report` took
+    1.9 GB for a 600 MB line. Lines are read at most MAX_LINE bytes at a time now."""
+    monkeypatch.setattr(runlog, "MAX_LINE", 4096)
+    path = tmp_path / "job.run.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"ev":"start","run":1,"at":1,"t":0}\n')
+        f.write(b'{"ev":"a","id":"' + b"x" * 5_000_000 + b'"}\n')
+        f.write(b'{"ev":"end","reason":"done","t":1}\n')
+        f.write(b'{"ev":"p","id":"' + b"y" * 10_000)  # an over-long torn tail
+    longest = 0
+    real = runlog._lines
+
+    def spy(f: Any) -> Any:
+        nonlocal longest
+        for line in real(f):
+            longest = max(longest, len(line))
+            yield line
+
+    monkeypatch.setattr(runlog, "_lines", spy)
+    bad: list[int] = []
+    assert [e["ev"] for e in read_events(path, bad)] == ["start", "end"]
+    assert bad == [2, 4] and longest <= 4097
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def test_merge_refuses_shards_of_two_jobs(server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """Shard 1/2 of one job and shard 2/2 of another merged without a word (exit 0): the
+    markers said which shard, not of which job."""
+    a = write_jsonl(tmp_path / "a.jsonl", [chat_line(i) for i in range(8)])
+    b = write_jsonl(tmp_path / "b.jsonl", [chat_line(i) | {"custom_id": f"b{i}"}
+                                           for i in range(8)])
+    for job, k in ((a, 1), (a, 2), (b, 2)):
+        code, out = invoke("run", str(job), "--base-url", server_url, "--plain",
+                           "--shard", f"{k}/2")
+        assert code == 0, out
+    marker = orjson.loads((tmp_path / "a.shard-1-of-2.results.jsonl.shard").read_bytes())
+    assert marker["job"] == "a.jsonl"
+    mixed = CliRunner().invoke(app, ["merge", str(tmp_path / "a.shard-1-of-2.results.jsonl"),
+                                     str(tmp_path / "b.shard-2-of-2.results.jsonl"),
+                                     "-o", str(tmp_path / "m.results.jsonl")])
+    assert mixed.exit_code == 1 and "shards of different jobs" in mixed.output, mixed.output
+    whole = CliRunner().invoke(app, ["merge", "--job", str(a)])
+    assert whole.exit_code == 0, whole.output
+    assert len(read_jsonl(tmp_path / "a.merged.results.jsonl")) == 8
