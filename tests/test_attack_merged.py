@@ -246,3 +246,21 @@ def test_merge_refuses_shards_of_two_jobs(server_url: str, tmp_path: Path) -> No
     whole = CliRunner().invoke(app, ["merge", "--job", str(a)])
     assert whole.exit_code == 0, whole.output
     assert len(read_jsonl(tmp_path / "a.merged.results.jsonl")) == 8
+
+
+async def test_the_report_counts_answers_from_the_cache_and_single_flight(
+        mock_api: Any, tmp_path: Path) -> None:
+    """A rerun answered from the cache showed "answered 0 ... run 2: 0 ok" in the report
+    (cache hits and followers have no attempt event): the end event now says how many,
+    and the report adds them."""
+    api = await mock_api()
+    job = write_jsonl(tmp_path / "job.jsonl", [emb_line(i, f"text {i % 4}") for i in range(12)])
+    cache = str(tmp_path / "c.sqlite")
+    assert (await cli(job, api.base_url, "--cache", cache, "--pack", "3"))[0] == 0
+    assert (await cli(job, api.base_url, "--cache", cache, "--fresh"))[0] == 0
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "job.run.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    figures = orjson.loads(result.output)
+    assert [r["ok"] for r in figures["per_run"]] == [12, 12]
+    assert figures["answered"] == 24 and figures["without_request"] == 24 - 4  # 4 texts
+    assert figures["attempts"] == api.stats.requests

@@ -50,6 +50,8 @@ class RunRow:
     reason: str | None = None  # None: no end event (killed)
     message: str | None = None
     ok: int = 0
+    #: of ``ok``: answered without a request (from the cache, or single-flight).
+    served: int = 0
     failed: int = 0
     attempts: int = 0
     n429: int = 0
@@ -91,6 +93,8 @@ class Aggregate:
     spans: list[tuple[float, float, str]] = field(default_factory=list)
     latency: LatencySketch = field(default_factory=LatencySketch)
     events: int = 0
+    #: answers written without a request (cache hits, single-flight followers).
+    served: int = 0
     bad_lines: list[int] = field(default_factory=list)
     attempts: int = 0
     answers: int = 0
@@ -236,6 +240,11 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             msg = event.get("msg")
             run.message = _text(msg, 300) if isinstance(msg, str) else None
             run.skipped = int(_number(event.get("skipped")))
+            # Cache hits and followers have no attempt of their own: the end says them.
+            served = sum(int(max(0.0, _number(event.get(k)))) for k in ("cached", "shared"))
+            run.served = served
+            run.ok += served
+            agg.served += served
         agg.end = max(agg.end, offset + last_t)
     if run is not None:
         _close(run, last_t)

@@ -67,7 +67,8 @@ def headline(agg: Aggregate) -> dict[str, Any]:
     return {
         "runs": len(agg.runs) + agg.runs_left_out,
         "wall_seconds": round(sum(r.seconds for r in agg.runs), 3),
-        "answered": agg.answers,
+        "answered": agg.answers + agg.served,
+        "without_request": agg.served,
         "failed": agg.failed,
         "attempts": agg.attempts,
         "errors": dict(agg.errors.most_common()),
@@ -111,7 +112,10 @@ def format_headline(h: dict[str, Any]) -> str:
     lines = [
         f"runs: {h['runs']}, wall time {human_duration(h['wall_seconds'])}; last stop: "
         f"{h['last_stop'] or 'none recorded (killed?)'}",
-        f"answered {h['answered']:,}, failed for good {h['failed']:,}, attempts "
+        f"answered {h['answered']:,}"
+        + (f" ({h['without_request']:,} without a request: cache, single-flight)"
+           if h["without_request"] else "")
+        + f", failed for good {h['failed']:,}, attempts "
         f"{h['attempts']:,}, 429s {h['n429']:,}",
         f"efficiency against the limits: rpm {_pct(eff['rpm'])}, tpm {_pct(eff['tpm'])}"
         + (f" (binding: {h['binding']})" if h["binding"] else ""),
