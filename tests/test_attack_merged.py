@@ -264,3 +264,34 @@ async def test_the_report_counts_answers_from_the_cache_and_single_flight(
     assert [r["ok"] for r in figures["per_run"]] == [12, 12]
     assert figures["answered"] == 24 and figures["without_request"] == 24 - 4  # 4 texts
     assert figures["attempts"] == api.stats.requests
+
+
+# ------------------------------------------------------------- one cache, two rule sets
+
+
+async def test_runs_with_other_cache_ignore_lists_never_answer_each_other(
+        mock_api: Any, tmp_path: Path) -> None:
+    """Run A said ``--cache-ignore temperature`` and stored answers to temperature-2
+    requests; run B (default rules) sharing the file got them for its requests without a
+    temperature, which B never said did not matter. Each list of left-out fields now
+    keys its own answers; runs with the same list still share."""
+    api = await mock_api()
+    hot = [chat_line(i) for i in range(4)]
+    for record in hot:
+        record["body"]["temperature"] = 2
+    cold = [chat_line(i) for i in range(4)]
+    cache = str(tmp_path / "shared.sqlite")
+    a = write_jsonl(tmp_path / "a.jsonl", hot)
+    b = write_jsonl(tmp_path / "b.jsonl", cold)
+    code, out = await cli(a, api.base_url, "--cache", cache, "--cache-ignore", "temperature")
+    assert code == 0 and api.stats.requests == 4, out
+    code, out = await cli(b, api.base_url, "--cache", cache)
+    assert code == 0 and api.stats.requests == 8, out  # sent: not A's answers
+    assert not any("cached" in r.get("batchproc", {})
+                   for r in read_jsonl(tmp_path / "b.results.jsonl"))
+    # The same rules, in another order, share; and B's own answers serve B again.
+    code, out = await cli(b, api.base_url, "--cache", cache, "--cache-ignore",
+                          "temperature", "-o", str(tmp_path / "b2.jsonl"))
+    assert code == 0 and api.stats.requests == 8 and "cached: 4" in out, out
+    code, out = await cli(b, api.base_url, "--cache", cache, "-o", str(tmp_path / "b3.jsonl"))
+    assert code == 0 and api.stats.requests == 8 and "cached: 4" in out, out

@@ -4,9 +4,9 @@ from a :class:`~processor.run.config.JobConfig` and shared by the entry points."
 from __future__ import annotations
 
 import contextlib
-from urllib.parse import urlsplit
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..client.http import OpenAIClient, is_azure_url
 from ..client.masking import Masker
