@@ -295,3 +295,74 @@ async def test_runs_with_other_cache_ignore_lists_never_answer_each_other(
     assert code == 0 and api.stats.requests == 8 and "cached: 4" in out, out
     code, out = await cli(b, api.base_url, "--cache", cache, "-o", str(tmp_path / "b3.jsonl"))
     assert code == 0 and api.stats.requests == 8 and "cached: 4" in out, out
+
+
+# ------------------------------------------- a pack split, with followers and the cache
+
+
+async def test_followers_of_a_line_in_a_split_pack_get_its_answer(
+        hostile_api: Any, tmp_path: Path) -> None:
+    """A pack that fails for one poisoned input is split; lines of it that lead
+    followers (identical lines read while the pack was out) still answer them, the
+    poisoned line's followers get its error, and a rerun (cache on) sends nothing again."""
+    from tests.hostile import openai_error, when
+
+    async def refuse(request: Any, api: Any) -> Any:
+        return openai_error(400, "Invalid input: poison", "invalid_request_error", None)
+
+    api = await hostile_api(when(lambda body: b"poison" in body, refuse), latency=0.2)
+    texts = ["alpha", "beta", "poison", "gamma", "alpha", "poison", "beta", "delta"]
+    job = write_jsonl(tmp_path / "job.jsonl", [emb_line(i, t) for i, t in enumerate(texts)])
+    cache = str(tmp_path / "c.sqlite")
+    code, out = await cli(job, api.base_url, "--pack", "4", "--cache", cache,
+                          "--max-attempts", "2")
+    assert code == 1, out  # the poisoned lines failed for good
+    results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "job.results.jsonl")}
+    errors = {r["custom_id"]: r for r in read_jsonl(tmp_path / "job.errors.jsonl")}
+    assert sorted(errors) == ["e-2", "e-5"] and len(results) == 6, out
+    assert all(e["response"]["status_code"] == 400 for e in errors.values())
+    by_text: dict[str, list[float]] = {}
+    for cid, record in results.items():
+        vector = record["response"]["body"]["data"][0]["embedding"]
+        text = texts[int(cid.split("-")[1])]
+        assert by_text.setdefault(text, vector) == vector, cid  # one answer per text
+    sent = len(api.requests)
+    code, out = await cli(job, api.base_url, "--pack", "4", "--cache", cache)
+    assert code == 1 and len(api.requests) == sent, out  # nothing sent again
+    assert len(read_jsonl(tmp_path / "job.results.jsonl")) == 6
+
+
+# ------------------------------------------------------------ a hand-edited cache file
+
+
+def test_cache_stats_of_a_hand_edited_cache_neither_crashes_nor_passes_escapes(
+        tmp_path: Path) -> None:
+    """Rows of other types than batchproc writes (a text time, a huge time, a blob or
+    ESC-laden model, text hits) crashed ``cache stats`` with a traceback (OverflowError;
+    "Dict key must be str" with --json) or put the ESC sequence on the terminal."""
+    import sqlite3
+
+    from processor.store.cache import ResponseCache
+
+    path = tmp_path / "c.sqlite"
+    with ResponseCache(path, interval=0.01) as cache:
+        cache.put(b"k" * 16, 200, "req_1", {"id": "x"}, "gpt-4o-mini", 3, 4)
+    conn = sqlite3.connect(path)
+    rows = [(b"\x01", "x'ff00'", "'yesterday'", "0", "NULL"),
+            (b"\x02", "char(27) || ']0;PWNED' || char(7)", "1e300", "'many'", "-1e308"),
+            (b"\x03", "x'00'", "-5", "9e99", "'now'")]
+    for key, model, created, hits, last in rows:
+        conn.execute(f"INSERT INTO responses (key, status, request_id, model, created, body, "
+                     f"hits, last_hit) VALUES (?, 200, 'r', {model}, {created}, x'7b7d', "
+                     f"{hits}, {last})", (key,))
+    conn.commit()
+    conn.close()
+    for args in ([], ["--json"]):
+        result = CliRunner().invoke(app, ["cache", "stats", str(path), *args])
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output
+    figures = orjson.loads(CliRunner().invoke(app, ["cache", "stats", str(path),
+                                                    "--json"]).output)
+    assert figures["entries"] == 4 and figures["hits"] == 0
+    assert figures["oldest"] == figures["newest"] and figures["oldest"] > 1.7e9
+    assert figures["models"]["gpt-4o-mini"] == 1
