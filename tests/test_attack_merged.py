@@ -366,3 +366,23 @@ def test_cache_stats_of_a_hand_edited_cache_neither_crashes_nor_passes_escapes(
     assert figures["entries"] == 4 and figures["hits"] == 0
     assert figures["oldest"] == figures["newest"] and figures["oldest"] > 1.7e9
     assert figures["models"]["gpt-4o-mini"] == 1
+
+
+def test_long_first_lines_neither_block_the_log_nor_load_a_huge_job_line(
+        tmp_path: Path) -> None:
+    """A start event over 64 KiB (long --header values, a long limits file) made the
+    next run refuse its own log ("not a run log"); and `report JOB` read the job's first
+    line whole to see whether it was a log (a vision job's line can be hundreds of MB)."""
+    from processor.store.runlog import is_run_log
+
+    log = write_jsonl(tmp_path / "job.run.jsonl", [
+        {"ev": "start", "run": 1, "at": 1.7e9, "t": 0, "cfg": {"headers": {"X": "v" * 200_000}}},
+        {"ev": "end", "reason": "completed", "t": 1, "ok": 3}])
+    assert is_run_log(log)
+    result = CliRunner().invoke(app, ["report", str(log), "--summary"])
+    assert result.exit_code == 0 and "last stop: completed" in result.output, result.output
+    job = tmp_path / "big.jsonl"
+    job.write_bytes(b'{"custom_id": "a", "body": {"x": "' + b"y" * (3 << 20) + b'"}}\n')
+    assert not is_run_log(job)
+    result = CliRunner().invoke(app, ["report", str(job), "--summary"])
+    assert result.exit_code == 2 and "not a run log" in result.output, result.output

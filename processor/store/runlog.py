@@ -85,6 +85,8 @@ def is_run_log(path: Path) -> bool:
         return True  # the open for appending reports it
     if not first.strip():
         return True
+    if len(first) == 1 << 16 and not first.endswith(b"\n"):
+        return first.startswith(b'{"ev":"')  # a start event longer than that (settings)
     try:
         event = orjson.loads(first)
     except orjson.JSONDecodeError:
