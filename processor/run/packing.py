@@ -191,27 +191,33 @@ class Packer:
     def _request(self, group: list[Job]) -> Job:
         if len(group) == 1:
             return group[0]
-        return packed_job(group, [self._count(job) for job in group])
+        job = packed_job(group, [self._count(job) for job in group])
+        if self._stage is None:  # no stage takes lines out: every pack made is sent
+            self._sent(job)
+        return job
 
-    def around(self, stage: Stage | None) -> Stage:
+    def around(self, stage: Stage | None) -> Stage | None:
         """Admission's stage: ``stage`` (cache hits and followers leave a pack there),
-        then the packs that still go are counted, so the summary counts what was sent."""
+        then the packs that still go are counted, so the summary counts what was sent
+        (None without a stage: packs are counted as made)."""
         self._stage = stage
-        return self
+        return self if stage is not None else None
 
     def take(self, job: Job) -> Job | None:
-        if self._stage is not None:
-            found = self._stage.take(job)
-            if found is None:
-                return None
-            job = found
+        assert self._stage is not None
+        found = self._stage.take(job)
+        if found is not None:
+            self._sent(found)
+        return found
+
+    def room(self) -> bool:
+        assert self._stage is not None
+        return self._stage.room()
+
+    def _sent(self, job: Job) -> None:
         if isinstance(job, PackedJob):
             self.lines += len(job.parts)
             self.packs += 1
-        return job
-
-    def room(self) -> bool:
-        return self._stage is None or self._stage.room()
 
     def _count(self, job: Job) -> int | None:
         if self._exact is None:
