@@ -386,3 +386,19 @@ def test_long_first_lines_neither_block_the_log_nor_load_a_huge_job_line(
     assert not is_run_log(job)
     result = CliRunner().invoke(app, ["report", str(job), "--summary"])
     assert result.exit_code == 2 and "not a run log" in result.output, result.output
+
+
+def test_a_hostile_log_cannot_grow_the_reports_limit_tables() -> None:
+    """``limit`` events under endless made-up names, and a start naming 50,000 keys,
+    were all kept (and every key summed at each limit event): memory and time grew with
+    the log. Only rpm / tpm are kept now, over at most MAX_ROWS keys."""
+    from processor.tools.report.aggregate import MAX_ROWS, _Limits
+
+    limits = _Limits()
+    limits.start({"rpm": 100, "tpm": 1000}, [f"k{i}" for i in range(50_000)])
+    assert len(limits.keys) == MAX_ROWS
+    for i in range(5_000):
+        limits.learn(f"name-{i}", 5, f"k{i}")
+    limits.learn("rpm", 50, "k0")
+    assert set(limits.learned) == {"rpm"}
+    assert limits.rpm == 100 * (MAX_ROWS - 1) + 50

@@ -127,13 +127,15 @@ class _Limits:
     def start(self, limits: Any, keys: Any) -> None:
         self.flags = {k: float(v) for k, v in limits.items()
                       if isinstance(v, (int, float))} if isinstance(limits, dict) else {}
-        names = [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+        names = [k for k in keys if isinstance(k, str)][:MAX_ROWS] \
+            if isinstance(keys, list) else []
         self.keys = list(names) if len(names) > 1 else [None]
         self.learned = {}
         self._update()
 
     def learn(self, name: Any, value: Any, key: Any) -> None:
-        if isinstance(name, str) and isinstance(value, (int, float)) and value > 0:
+        # Only the limits the charts draw: a hostile log's other names are not kept.
+        if name in ("rpm", "tpm") and isinstance(value, (int, float)) and value > 0:
             per_key = self.learned.setdefault(name, {})
             if len(per_key) < MAX_ROWS:
                 per_key[key if isinstance(key, str) and len(self.keys) > 1 else None] = value
