@@ -4,12 +4,13 @@ progress display and summary (which read them)."""
 from __future__ import annotations
 
 import enum
-import math
 import time
 from collections import Counter
 from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
+
+from .durations import MAX_SHOWN, clamp_seconds, clock_at, human_duration
 
 __all__ = ["MAX_SHOWN", "InputTally", "Stats", "StopReason", "clamp_seconds", "clock_at",
            "human_duration"]
@@ -212,6 +213,11 @@ class Stats(_InputFacts):
     shared: int = 0
     #: what those answers would have cost: model -> [requests, prompt, completion tokens].
     saved: dict[str, list[int]] = field(default_factory=dict)
+    #: per model bucket ("" when all models share one): [attempts, tokens charged] ...
+    by_model: dict[str, list[int]] = field(default_factory=dict)
+    #: ... and its per-minute limits (requests, tokens) summed over the working keys,
+    #: kept only while the job has several buckets (refreshed at the progress ticks).
+    model_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     #: the requeue the engine holds (``retrying`` is its length); set by the engine.
     _requeue: Sized = ()
 
@@ -255,11 +261,20 @@ class Stats(_InputFacts):
     def watch_requeue(self, requeue: Sized) -> None:
         self._requeue = requeue
 
-    def sent(self, tokens: int) -> None:
-        """One attempt admitted, ``tokens`` charged."""
+    def sent(self, tokens: int, bucket: str = "") -> None:
+        """One attempt admitted, ``tokens`` charged (to the model ``bucket``)."""
         self.in_flight += 1
         self.attempts += 1
         self.tokens_charged += tokens
+        row = self.by_model.get(bucket)
+        if row is None:
+            row = self.by_model[bucket] = [0, 0]
+        row[0] += 1
+        row[1] += tokens
+
+    def set_model_limits(self, limits: dict[str, tuple[float | None, float | None]]) -> None:
+        """Each model bucket's per-minute limits now (see :attr:`model_limits`)."""
+        self.model_limits = limits
 
     def returned(self) -> None:
         """One attempt came back (or was abandoned)."""
@@ -360,39 +375,3 @@ class Stats(_InputFacts):
         out.pop("started")
         out.pop("finished")
         return out
-
-
-#: the longest time any message shows: beyond it, time arithmetic and ``time.localtime``
-#: overflow (a ``Retry-After: 1e17`` is a server's word, not a date).
-MAX_SHOWN = 100 * 365 * 86_400.0
-
-
-def clamp_seconds(seconds: float) -> float:
-    """``seconds`` within [0, MAX_SHOWN]; NaN counts as 0 (no wait is known)."""
-    if seconds != seconds or seconds <= 0:  # NaN or not positive
-        return 0.0
-    return min(seconds, MAX_SHOWN)
-
-
-def human_duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h10m``, ``3d04h``; ``100 years or more`` from MAX_SHOWN on."""
-    if seconds is None or seconds != seconds:
-        return "?"
-    if seconds >= MAX_SHOWN - 1:  # a clamped value, give or take rounding
-        return "100 years or more"
-    secs = int(math.ceil(clamp_seconds(seconds)))
-    d, rem = divmod(secs, 86_400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    if d:
-        return f"{d}d{h:02d}h"
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def clock_at(seconds: float | None) -> str:
-    """The local wall-clock time ``seconds`` from now, for "resumes at ..." messages."""
-    if seconds is None or seconds != seconds:
-        return "?"
-    if seconds >= MAX_SHOWN - 1:
-        return "100 years or more from now"
-    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + clamp_seconds(seconds)))

@@ -109,4 +109,4 @@ async def start_cli(job: Path, base_url: str, *extra: str,
 from tests.hostile import hostile_api  # noqa: E402, F401
 
 # A real redis-server on loopback for the shared limiter: see tests/redisfix.py.
-from tests.redisfix import redis_server  # noqa: E402, F401
+from tests.redisfix import redis_server, tls_files, tls_redis  # noqa: E402, F401

@@ -251,8 +251,8 @@ def test_merge_refuses_shards_of_two_jobs(server_url: str, tmp_path: Path) -> No
 async def test_the_report_counts_answers_from_the_cache_and_single_flight(
         mock_api: Any, tmp_path: Path) -> None:
     """A rerun answered from the cache showed "answered 0 ... run 2: 0 ok" in the report
-    (cache hits and followers have no attempt event): the end event now says how many,
-    and the report adds them."""
+    (cache hits and followers had no event; main now logs them as 's' events): with a
+    pack and --fresh, the report's counts match the results files."""
     api = await mock_api()
     job = write_jsonl(tmp_path / "job.jsonl", [emb_line(i, f"text {i % 4}") for i in range(12)])
     cache = str(tmp_path / "c.sqlite")
@@ -262,7 +262,7 @@ async def test_the_report_counts_answers_from_the_cache_and_single_flight(
     assert result.exit_code == 0, result.output
     figures = orjson.loads(result.output)
     assert [r["ok"] for r in figures["per_run"]] == [12, 12]
-    assert figures["answered"] == 24 and figures["without_request"] == 24 - 4  # 4 texts
+    assert figures["answered"] == 24 and figures["cached"] + figures["shared"] == 24 - 4
     assert figures["attempts"] == api.stats.requests
 
 

@@ -15,6 +15,7 @@ here are loose on purpose (two cores shared by many processes).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -120,6 +121,24 @@ async def test_redis_stopped_mid_run_then_restarted(mock_api: Any, redis_server:
     ids = sorted(r["custom_id"] for r in read_jsonl(tmp_path / "job.results.jsonl"))
     assert ids == sorted(f"req-{i}" for i in range(n))
     assert api.stats.ok == n and api.stats.n_429 <= 2
+    # The run log has the wait for Redis as an open-ended pause, then its end...
+    events = read_jsonl(tmp_path / "job.run.jsonl")
+    waits = [e for e in events if e["ev"] in ("pause", "resume") and e["r"] == "redis"]
+    assert [e["ev"] for e in waits] == ["pause", "resume"], waits
+    pause, resume = waits
+    assert pause["until"] is None and pause["url"] == redis_server.url
+    assert pause["error"] in ("ConnectionError", "TimeoutError"), pause
+    assert 1.0 <= resume["down"] <= resume["t"] - pause["t"] + 0.01, waits
+    # ...and the report shows it.
+    report = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor.cli.app", "report", str(job), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
+    out, err_ = await asyncio.wait_for(report.communicate(), 60)
+    assert report.returncode == 0, err_
+    figures = json.loads(out)
+    assert figures["pauses"].get("redis") == 1, figures
+    span, = [p for p in figures["open_pauses"] if p["reason"] == "redis"]
+    assert 1.0 <= span["seconds"] < 30, span
 
 
 async def test_redis_that_never_comes_back_stops_the_run_resumable(
@@ -132,6 +151,8 @@ async def test_redis_that_never_comes_back_stops_the_run_resumable(
     assert code == 75, err
     assert "unreachable" in err and "rerun" in err
     assert api.stats.requests == 0
+    waits = [e for e in read_jsonl(tmp_path / "job.run.jsonl") if e.get("r") == "redis"]
+    assert [e["ev"] for e in waits] == ["pause"], waits  # open: it ended with the run
 
 
 async def test_kill_9_and_rerun_with_redis_answers_each_once(

@@ -106,7 +106,10 @@ async def test_report_of_a_real_run_renders_in_chromium(tmp_path: Path, mock_api
             assert drawn[key]["series"].get(name, 0) >= 1, (key, name, drawn[key])
     # Data, not a single dot: the run spans several buckets.
     assert drawn["requests"]["series"]["sent"] >= 3
-    assert drawn["progress"]["series"]["done"] >= 3
+    # One point per progress event (written about once a second: a fast machine may
+    # finish the job within two of them).
+    ticks = sum(1 for e in events if e["ev"] == "p")
+    assert drawn["progress"]["series"]["done"] >= min(3, ticks)
     text = await page.evaluate("document.body.innerText")
     assert HOSTILE_ID in text and "rate_limited" in text and "invalid_line" in text
     assert await page.evaluate("document.title") != "pwned"

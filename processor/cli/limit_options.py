@@ -48,7 +48,9 @@ ScopeOpt = Annotated[str, typer.Option(
 LimiterOpt = Annotated[str | None, typer.Option(
     "--limiter", metavar="redis://HOST:PORT/DB",
     help="Share the limits through Redis with every process and machine using the same "
-    "key and base URL (rediss:// for TLS; the password from the URL or "
+    "key and base URL (rediss:// for TLS, the CA in the query: ?ssl_ca_certs=CA.pem, "
+    "else the system's store or $SSL_CERT_FILE; a client certificate: &ssl_certfile=F"
+    "&ssl_keyfile=F; the password from the URL or "
     "$BATCHPROC_REDIS_PASSWORD / $REDIS_PASSWORD). Nothing is sent without its consent: "
     "while Redis is down the run waits, then stops after --outage-window (exit 75). "
     "Needs the 'redis' extra.")]

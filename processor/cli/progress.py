@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..stats import Stats, human_duration
 from ..tools.estimate import price_for
+from .modelrates import ModelRates, models_line, models_summary, models_summary_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -80,7 +81,8 @@ def _served(stats: Stats) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
+def status_line(stats: Stats, rates: tuple[float, float, float], models: str = "") -> str:
+    """One line of progress (``models``: each model's rate, when there are several)."""
     rpm, tpm, per_s = rates
     total = "?" if stats.total is None else f"{stats.total:,}"
     outage = outage_line(stats)
@@ -89,7 +91,7 @@ def status_line(stats: Stats, rates: tuple[float, float, float]) -> str:
         f"{stats.failed + stats.bad_lines:,} retrying {stats.retrying:,} in-flight "
         f"{stats.in_flight:,} 429s {stats.n_429:,} | rpm {_rate(rpm, stats, 'rpm')} "
         f"tpm {_rate(tpm, stats, 'tpm')} | eta {_eta(stats, per_s)}"
-        + (f" | {outage}" if outage else "")
+        + (f" | {models}" if models else "") + (f" | {outage}" if outage else "")
     )
 
 
@@ -100,15 +102,18 @@ class PlainReporter:
         self.stream = stream
         self.every = every
         self.rates = Rates()
+        self.models = ModelRates()
         self._last = 0.0
 
     def __call__(self, stats: Stats) -> None:
         rates = self.rates.update(stats)
+        models = models_line(stats, self.models.update(stats))
         now = time.monotonic()
         if now - self._last >= self.every or stats.finished is not None:
             self._last = now
             stamp = time.strftime("%H:%M:%S")
-            print(f"{stamp} {status_line(stats, rates)}", file=self.stream, flush=True)
+            print(f"{stamp} {status_line(stats, rates, models)}", file=self.stream,
+                  flush=True)
 
     def __enter__(self) -> PlainReporter:
         return self
@@ -132,6 +137,7 @@ class LiveReporter:
 
         self.console = console
         self.rates = Rates()
+        self.models = ModelRates()
         self.progress = Progress(
             TextColumn("[bold]batchproc"),
             BarColumn(),
@@ -167,6 +173,11 @@ class LiveReporter:
             f"429s {stats.n_429:,}  skipped {stats.skipped:,}\n"
             f"rpm {_rate(rpm, stats, 'rpm')}  tpm {_rate(tpm, stats, 'tpm')}"
         )
+        models = models_line(stats, self.models.update(stats))
+        if models:
+            from rich.markup import escape  # model names are the input's words
+
+            detail += f"\nby model: {escape(models)}"
         outage = outage_line(stats)
         if outage:
             from rich.markup import escape  # a server's or Redis's words are not markup
@@ -217,6 +228,7 @@ def summary_dict(stats: Stats) -> dict[str, Any]:
         "cached": stats.cached,
         "shared": stats.shared,
         "saved_usd": saved_usd(stats),
+        "by_model": models_summary(stats),
     }
 
 
@@ -264,6 +276,8 @@ def format_summary(stats: Stats) -> str:
     if stats.limits:
         shown = ", ".join(f"{k} {v:,.0f}" for k, v in stats.limits.items())
         lines.append(f"  limits: {shown}")
+    if (by_model := models_summary_line(stats)) is not None:
+        lines.append(f"  {by_model}")
     if stats.cached or stats.shared:
         usd = s["saved_usd"]
         lines.append(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from .._types import Clock
 from ..stats import clamp_seconds
@@ -88,6 +89,10 @@ class Admits:
         """What admission waits for besides the counters, for the display ("waiting for
         Redis ..."), else None."""
         return None
+
+    def trouble_event(self) -> tuple[str, dict[str, Any]]:
+        """What the run log records of :attr:`trouble`: a pause reason and details."""
+        return "wait", {}
 
     def try_acquire(self, tokens: int) -> float:
         raise NotImplementedError

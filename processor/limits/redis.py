@@ -26,13 +26,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from .counter import DAY, MINUTE, Counter, Unit
 from .limiter import Limiter
+from .redisurl import (
+    check_url,
+    client_options,
+    connect_hint,
+    mask_url,
+    secrets_of,
+    tls_failure,
+    tls_warning,
+    was_reset,
+)
 
-__all__ = ["RedisBudget", "RedisLimiter", "fingerprint", "mask_url", "namespace_of"]
+__all__ = ["RedisBudget", "RedisLimiter", "check_url", "fingerprint", "mask_url",
+           "namespace_of"]
 
 log = logging.getLogger(__name__)
 
@@ -43,41 +54,10 @@ TTL_MS = 2 * 86_400_000
 RETRY_FIRST, RETRY_CAP = 0.1, 5.0
 #: least seconds between two "waiting for Redis" log lines.
 WARN_EVERY = 10.0
-_SCHEMES = ("redis", "rediss", "unix")
+#: first connections a TLS server may reset before the start gives up hearing why.
+RESET_TRIES = 8
 #: the bucket script.
 LUA_PATH = Path(__file__).with_name("bucket.lua")
-
-
-def mask_url(url: str) -> str:
-    """``redis://:***@host:6379/0``: the URL with any password masked (for messages)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
-        return "<the --limiter URL>"
-
-
-def check_url(url: str) -> None:
-    """Raise :class:`ConfigError` for a URL that is no Redis URL."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"--limiter: not a Redis URL ({exc})") from None
-    if parts.scheme not in _SCHEMES:
-        raise ConfigError(f"--limiter: expected redis://HOST:PORT/DB or rediss:// (TLS), "
-                          f"got {mask_url(url)}")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"--limiter: no host in {mask_url(url)}")
-    db = parts.path.strip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
-        raise ConfigError(f"--limiter: the database is a number, got {db!r}")
-    del port
 
 
 def fingerprint(api_key: str | None) -> str:
@@ -111,7 +91,8 @@ class RedisBudget:
     """The Redis connection and the bucket script, shared by a run's limiters.
 
     Args:
-        url: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS).
+        url: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS, its
+            options in the query: :mod:`processor.limits.redisurl`).
         password: used when the URL has none (from the environment).
         namespace: the first part of every key name (default: from the base URL).
         give_up_after: seconds Redis may stay unreachable before the run stops.
@@ -123,18 +104,21 @@ class RedisBudget:
         check_url(url)
         aioredis = _import_redis()
         self.where = mask_url(url)
-        self._secret = password or urlsplit(url).password
-        options: dict[str, Any] = {"socket_timeout": timeout,
-                                   "socket_connect_timeout": timeout}
+        self._secrets = [s for s in (password, *secrets_of(url)) if s]
+        self._url = url
+        plain, options = client_options(url)
+        options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         if password and not urlsplit(url).password:
             options["password"] = password
-        self.client = aioredis.from_url(url, **options)
+        self.client = aioredis.from_url(plain, **options)
         self.script = self.client.register_script(LUA_PATH.read_text(encoding="utf-8"))
         self.namespace = namespace
         self.give_up_after = give_up_after
         self.failures = 0
         self.down_since: float | None = None
         self.reason = ""
+        #: the type of the last error (``ConnectionError``), for the run log.
+        self.error = ""
         self._warned = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -175,18 +159,21 @@ class RedisBudget:
             log.debug("Redis feedback (%s) lost: %s", args[0], self._words(exc))
 
     def _words(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"
-        if self._secret:  # as given, and as decoded from the URL (%40 -> @)
-            for secret in {self._secret, unquote(self._secret)}:
-                text = text.replace(secret, "***")
-        return text[:200]
+        return self._words_of(f"{type(exc).__name__}: {exc}")[:200]
 
-    def _failed(self, exc: BaseException) -> None:
+    def _words_of(self, text: str) -> str:
+        for secret in self._secrets:  # as given, and as decoded from the URL (%40 -> @)
+            for form in sorted({secret, unquote(secret)}, key=len, reverse=True):
+                text = text.replace(form, "***")
+        return text
+
+    def _failed(self, exc: BaseException, hint: str = "") -> None:
         now = time.monotonic()
         self.failures += 1
         if self.down_since is None:
             self.down_since = now
-        self.reason = self._words(exc)
+        self.reason = self._words(exc) + hint
+        self.error = type(exc).__name__
         if now - self._warned >= WARN_EVERY:
             self._warned = now
             log.warning("%s", self.trouble)
@@ -215,15 +202,31 @@ class RedisBudget:
                 f"{time.monotonic() - self.down_since:.0f}s ({self.reason})")
 
     async def check(self) -> None:
-        """Ask Redis once at the start: a refused password is a usage error; an
-        unreachable server is waited for like a later outage."""
-        try:
-            await self.client.ping()
-        except Exception as exc:  # noqa: BLE001
-            words = self._words(exc)
-            if any(w in words.lower() for w in ("auth", "password", "noperm")):
-                raise ConfigError(f"Redis at {self.where} refused us: {words}") from None
-            self._failed(exc)
+        """Ask Redis once at the start: a refused password, or a TLS certificate either
+        side refuses, is a usage error; an unreachable server is waited for like a later
+        outage."""
+        if (warning := tls_warning(self._url)) is not None:
+            log.warning("%s", warning)
+        scheme = urlsplit(self._url).scheme
+        for attempt in range(RESET_TRIES):
+            try:
+                await self.client.ping()
+                return
+            except Exception as exc:  # noqa: BLE001
+                words = self._words(exc)
+                if any(w in words.lower() for w in ("auth", "password", "noperm")):
+                    raise ConfigError(f"Redis at {self.where} refused us: {words}") from None
+                tls = tls_failure(exc, urlsplit(self._url).hostname or "")
+                if tls is not None:  # waiting would not make it trusted: fail closed, now
+                    raise ConfigError(f"Redis at {self.where}: {self._words_of(tls)}"
+                                      ) from None
+                # A TLS 1.3 server that wants a client certificate says so in an alert
+                # just after the handshake, which its reset often overtakes: ask again
+                # (at once, a few times) to hear why.
+                if scheme == "rediss" and was_reset(exc) and attempt + 1 < RESET_TRIES:
+                    continue
+                self._failed(exc, connect_hint(exc, scheme))
+                return
 
     async def aclose(self) -> None:
         """Finish the feedback in flight (briefly) and close the connections."""
@@ -274,6 +277,11 @@ class RedisLimiter(Limiter):
     @property
     def unavailable(self) -> str | None:
         return self.budget.unavailable
+
+    def trouble_event(self) -> tuple[str, dict[str, Any]]:
+        """``redis``, the masked URL and the error (type, and words without secrets)."""
+        b = self.budget
+        return "redis", {"url": b.where, "error": b.error or None, "msg": b.reason or None}
 
     def _specs(self, tokens: float, *, mirrors: bool = True) -> tuple[list[Counter], list[str]]:
         counters: list[Counter] = []

@@ -20,7 +20,7 @@ import contextlib
 import heapq
 import math
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..jobs import BadLine, Job
 from ..stats import StopReason, clamp_seconds, clock_at, human_duration
@@ -206,6 +206,7 @@ class Admission:
         self.circuit = circuit
         self.outage = outage
         self.stage = stage
+        self._taken = 0  # lines the stage dealt with (the loop yields every 8)
         #: (time it may go again, sequence, job): retries waiting, soonest first.
         self.requeue: list[tuple[float, int, Job]] = []
         self._seq = 0
@@ -234,7 +235,7 @@ class Admission:
         run, requeue, waits, circuit = self.run, self.requeue, self.waits, self.circuit
         held = self.held
         exhausted = False
-        stage, taken = self.stage, 0
+        stage = self.stage
         early: Job | None = None  # read while the wire was full; goes at the next free slot
         while not run.stopping:
             cap = self._cap()
@@ -263,22 +264,13 @@ class Admission:
                     # The wire is full, but the next line may need no request (a cache
                     # hit, an identical request's follower): read on. One that needs a
                     # request is held for the next free slot.
-                    if self.before_admit is not None:
-                        await self.before_admit()
-                        if run.stopping:
-                            return
-                    item = next(source, None)
-                    if item is None:
+                    read = await self._read(source)
+                    if read is False:
                         exhausted = True
                         continue
-                    early = self.prepare(item)
-                    if early is not None:
-                        early = stage.take(early)
-                    if early is None:
-                        taken += 1
-                        if taken % 8 == 0:
-                            await asyncio.sleep(0)
+                    if read is None:
                         continue
+                    early = read
                 await waits.change(None)
                 continue
             job: Job | None = None
@@ -290,22 +282,13 @@ class Admission:
                     and len(held) < self.max_requeue and (stage is None or stage.room()):
                 # New lines pause while the requeue is full: what is held stays bounded
                 # however fast the server fails.
-                if self.before_admit is not None:
-                    await self.before_admit()
-                    if run.stopping:
-                        return
-                item = next(source, None)
-                if item is None:
+                read = await self._read(source)
+                if read is False:
                     exhausted = True
                     continue
-                job = self.prepare(item)
-                if job is None:
+                if read is None:
                     continue
-                if stage is not None and (job := stage.take(job)) is None:
-                    taken += 1
-                    if taken % 8 == 0:  # a long run of cache hits must not hold the loop
-                        await asyncio.sleep(0)
-                    continue
+                job = read
             elif requeue:
                 wait = requeue[0][0] - now
                 if wait > LONG_PAUSE:  # delays are checked when requeued; never idle here
@@ -338,6 +321,26 @@ class Admission:
                 await asyncio.sleep(0)
                 continue
             run.send(job, lane)
+
+    async def _read(self, source: Iterator[Job | BadLine]) -> Job | None | Literal[False]:
+        """The next line that needs a request, read after the consumer's back-pressure:
+        a job; None when the line needed none (a bad line, a cache hit, an identical
+        request's follower); False when ``source`` is empty or the run stopped."""
+        if self.before_admit is not None:
+            await self.before_admit()
+            if self.run.stopping:
+                return False
+        item = next(source, None)
+        if item is None:
+            return False
+        job = self.prepare(item)
+        if job is not None and self.stage is not None:
+            job = self.stage.take(job)
+            if job is None:
+                self._taken += 1
+                if self._taken % 8 == 0:  # a long run of cache hits must not hold the loop
+                    await asyncio.sleep(0)
+        return job
 
     async def _capacity(self, job: Job) -> Lane | None:
         """Sleep until some key's counters admit ``job`` and spend there; None if stopped."""

@@ -171,7 +171,8 @@ class Engine:
                                  self.admission.requeue_at, policy=self.policy,
                                  fallback=fallback, refund_unused=refund_unused)
         self.events = events
-        for part in (self.attempts, self.outcomes, self.keys, self.admission, outage):
+        for part in (self.attempts, self.outcomes, self.keys, self.admission, outage,
+                     self.shared):
             if part is not None:
                 part.events = events
 
@@ -251,6 +252,7 @@ class Engine:
             if self.packer is not None:
                 self.packer.report()
             self.stats.finish(time.monotonic())
+            self.keys.publish_model_limits()
             if self.on_progress and not _show(self.on_progress, self.stats):
                 log.warning("progress display failed at the end")
         return self.stats
@@ -263,7 +265,7 @@ class Engine:
         job.cum_requests = limiter.cum_requests
         job.cum_tokens = limiter.cum_tokens
         self._in_flight += 1
-        self.stats.sent(job.tokens)
+        self.stats.sent(job.tokens, lane.bucket(job.model))
         task = self._create_task(self.attempts.attempt(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -285,6 +287,7 @@ class Engine:
                 stats = self.stats
                 stats.outage(since=stats.outage_since, probe_every=stats.probe_every,
                              seconds=self.circuit.total_down(self.now()))
+            self.keys.publish_model_limits()
             if self.on_progress is not None and not _show(self.on_progress, self.stats):
                 log.warning("progress display failed; continuing without it")
                 self.on_progress = None

@@ -91,6 +91,8 @@ class KeyPool:
         #: per limiter (a key's, or a model's on it), the limits it last stated (for the
         #: ``limit`` events).
         self._said: dict[int, tuple[Any, ...]] = {}
+        #: the open pause admission reported (Redis down): reason, limiter, since when.
+        self._paused: tuple[str, Limiter, float] | None = None
 
     @property
     def working(self) -> list[Lane]:
@@ -137,20 +139,51 @@ class KeyPool:
         """
         best: Lane | None = None
         shortest = math.inf
-        trouble: str | None = None
+        trouble: tuple[Limiter, str] | None = None
         for lane in self.working:
             limiter = lane.limiter_for(job.model)
             wait = await limiter.acquire(job.tokens)
-            trouble = trouble or limiter.trouble
+            if trouble is None and (words := limiter.trouble) is not None:
+                trouble = limiter, words
             if wait <= 0:
-                self.stats.waiting_for = trouble
+                self._waiting(trouble)
                 return lane, 0.0
             if wait != wait:  # NaN: no finite answer from the counters, wait a second
                 wait = 1.0
             if best is None or wait < shortest:
                 best, shortest = lane, wait
-        self.stats.waiting_for = trouble
+        self._waiting(trouble)
         return best, shortest
+
+    def _waiting(self, trouble: tuple[Limiter, str] | None) -> None:
+        """Publish what admission waits for besides the limits, and tell the run log
+        when such a wait (Redis down) starts (a ``pause`` without end) and ends."""
+        self.stats.waiting_for = None if trouble is None else trouble[1]
+        if trouble is not None and self._paused is None:
+            reason, detail = trouble[0].trouble_event()
+            self._paused = reason, trouble[0], trouble[0].now()
+            self.events.pause(reason, None, **detail)
+        elif trouble is None and self._paused is not None:
+            reason, limiter, since = self._paused
+            self._paused = None
+            self.events.resume(reason, down=round(limiter.now() - since, 3))
+
+    def publish_model_limits(self) -> None:
+        """Each model bucket's per-minute limits now, summed over the working keys, for
+        the display (the ticks' work, never a request's; only while the job has several
+        buckets). A unit some key does not limit is unlimited (None)."""
+        if not 2 <= len(self.stats.by_model) <= 100:  # as the display (MAX_MODELS)
+            return
+        found: dict[str, tuple[float | None, float | None]] = {}
+        for lane in self.working:
+            if lane.models is None:
+                continue
+            for bucket, limiter in lane.models.by_bucket.items():
+                here = _lowest_per_minute(limiter)
+                if (had := found.get(bucket)) is not None:
+                    here = _plus(had[0], here[0]), _plus(had[1], here[1])
+                found[bucket] = here
+        self.stats.set_model_limits(found)
 
     def retire(self, lane: Lane, why: str) -> None:
         lane.retired = True
@@ -233,3 +266,18 @@ def _per_minute(limiter: Limiter) -> dict[str, float]:
     """The per-minute limits in force on a key ("rpm", "tpm")."""
     return {"rpm" if c.unit is Unit.REQUESTS else "tpm": c.limit
             for c in limiter.counters if c.period == MINUTE}
+
+
+def _lowest_per_minute(limiter: Limiter) -> tuple[float | None, float | None]:
+    """The lowest per-minute limit on requests and on tokens that holds ``limiter``'s
+    model (its own or its key's), None where none does."""
+    out: list[float | None] = []
+    for unit in (Unit.REQUESTS, Unit.TOKENS):
+        limits = [c.limit for c in limiter.counters
+                  if c.unit is unit and c.period == MINUTE and math.isfinite(c.limit)]
+        out.append(min(limits) if limits else None)
+    return out[0], out[1]
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b

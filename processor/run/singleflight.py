@@ -40,6 +40,7 @@ from ..stats import Stats
 from ..store.cache import ResponseCache
 from ..store.cachekey import CacheMode, KeyMaker, Share, repeatable
 from ..store.records import RecordIds, error_record, result_record
+from .events import NO_EVENTS, Events
 from .outcomes import Sink
 from .packing import PackedJob, packed_job
 
@@ -83,6 +84,9 @@ class SharedAnswers:
         dedupe: keys, cache and modes.
         max_waiting: followers waiting at most before reading pauses.
     """
+
+    #: told of each answer written without a request, and each follower's failure.
+    events: Events = NO_EVENTS
 
     def __init__(self, sink: Sink, stats: Stats, dedupe: Dedupe, *, max_waiting: int) -> None:
         self.sink = sink
@@ -161,6 +165,9 @@ class SharedAnswers:
                 self.sink.write_result(record, job.line_hash)
                 self.stats.served(cached=True, model=hit.model or job.model,
                                   prompt=hit.prompt_tokens, completion=hit.completion_tokens)
+                if self.events.enabled:
+                    self.events.emit("s", id=job.custom_id, how="cached",
+                                     m=hit.model or job.model)
                 return True
         job.request_key = key
         if share:
@@ -210,6 +217,8 @@ class SharedAnswers:
             self.sink.write_result(record, follower.line_hash)
             self.stats.served(cached=False, model=job.model, prompt=prompt,
                               completion=completion)
+            if self.events.enabled:
+                self.events.emit("s", id=follower.custom_id, how="shared", m=job.model)
 
     def failed(self, job: Job, code: str, message: str, exc: APIError | None) -> None:
         """``job`` failed for good and its error was written: its followers fail alike."""
@@ -226,6 +235,7 @@ class SharedAnswers:
             record["batchproc"] = {"shared_from": job.custom_id}
             self.stats.failed_for_good(code)
             self.sink.write_error(record)
+            self.events.failed(follower.custom_id, follower.line, code, message)
 
     def _warn(self, message: str) -> None:
         if not self._warned:

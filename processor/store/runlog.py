@@ -23,8 +23,7 @@ with a ``start`` event that numbers it. Times are seconds since that run's start
 ``p``      progress, about once a second: done, total, ok, fail, fl (in flight),
            rq (retrying), eta (seconds, as it stood)
 ``stopping`` reason, msg: the run was told to stop (drain follows)
-``end``    reason (a StopReason value), msg, and the run's totals (ok counts the
-           answers written without a request too: cached, shared)
+``end``    reason (a StopReason value), msg, and the run's totals
 
 The log is an observability record, not the results: lines are buffered and written
 about once a second (and at exit), whole lines per write, so ``kill -9`` loses at most
@@ -293,8 +292,7 @@ class RunLog:
         """The ``end`` event (why the run stopped, its totals), then close."""
         self._add({
             "ev": "end", "t": self._t(self._clock()), "reason": stats.reason.value,
-            "msg": stats.stop_reason, "ok": stats.ok, "cached": stats.cached,
-            "shared": stats.shared, "failed": stats.failed,
+            "msg": stats.stop_reason, "ok": stats.ok, "failed": stats.failed,
             "bad": stats.bad_lines, "skipped": stats.skipped, "attempts": stats.attempts,
             "n429": stats.n_429, "pt": stats.prompt_tokens, "ct": stats.completion_tokens,
             "charged": stats.tokens_charged, "resume_at": stats.resume_at,

@@ -50,8 +50,6 @@ class RunRow:
     reason: str | None = None  # None: no end event (killed)
     message: str | None = None
     ok: int = 0
-    #: of ``ok``: answered without a request (from the cache, or single-flight).
-    served: int = 0
     failed: int = 0
     attempts: int = 0
     n429: int = 0
@@ -93,11 +91,13 @@ class Aggregate:
     spans: list[tuple[float, float, str]] = field(default_factory=list)
     latency: LatencySketch = field(default_factory=LatencySketch)
     events: int = 0
-    #: answers written without a request (cache hits, single-flight followers).
-    served: int = 0
     bad_lines: list[int] = field(default_factory=list)
     attempts: int = 0
     answers: int = 0
+    #: answers written without a request of their own (``s`` events): from the response
+    #: cache, and shared with an identical request (single-flight); in ``answers`` too.
+    cached: int = 0
+    shared: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     tokens_charged: int = 0
     prompt_tokens: int = 0
@@ -218,6 +218,8 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             else:
                 agg.runs_left_out += 1
             open_spans.clear()
+        elif kind == "s":
+            _served(agg, event, timeline.at(x), run)
         elif kind == "fail":
             _failure(agg, event)
             timeline.at(x).failed += 1
@@ -242,11 +244,6 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             msg = event.get("msg")
             run.message = _text(msg, 300) if isinstance(msg, str) else None
             run.skipped = int(_number(event.get("skipped")))
-            # Cache hits and followers have no attempt of their own: the end says them.
-            served = sum(int(max(0.0, _number(event.get(k)))) for k in ("cached", "shared"))
-            run.served = served
-            run.ok += served
-            agg.served += served
         agg.end = max(agg.end, offset + last_t)
     if run is not None:
         _close(run, last_t)
@@ -279,15 +276,7 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
     back.seen = True
     status = event.get("st")
     error = event.get("er")
-    key = event.get("k")
-    model = event.get("m")
-    pair = (_text(key) if isinstance(key, str) else "",
-            _text(model) if isinstance(model, str) else "")
-    row = agg.by_key_model.get(pair)
-    if row is None:
-        if len(agg.by_key_model) >= MAX_ROWS:
-            pair = ("(other)", "(other)")
-        row = agg.by_key_model.setdefault(pair, KeyModel())
+    row = _row(agg, event)
     row.attempts += 1
     packed = event.get("np")  # lines answered by one packed request
     lines = packed if isinstance(packed, int) and 1 <= packed <= 1_000_000 else 1
@@ -348,3 +337,31 @@ def _failure(agg: Aggregate, event: dict[str, Any]) -> None:
         row.examples.append(_text(cid) if cid is not None else f"line {_text(line, 20)}")
     if not row.message and isinstance(event.get("msg"), str):
         row.message = _text(event["msg"], 300)
+
+
+def _served(agg: Aggregate, event: dict[str, Any], bucket: Any, run: RunRow | None) -> None:
+    """An answer written without a request (``how``: ``cached`` or ``shared``): an answer
+    of its model, which used no tokens or capacity of this run."""
+    if event.get("how") == "cached":
+        agg.cached += 1
+    else:
+        agg.shared += 1
+    agg.answers += 1
+    bucket.seen = True
+    bucket.ok += 1
+    if run is not None:
+        run.ok += 1
+    _row(agg, event).answers += 1
+
+
+def _row(agg: Aggregate, event: dict[str, Any]) -> KeyModel:
+    """The by key and model row of ``event`` (one "(other)" row past MAX_ROWS)."""
+    key, model = event.get("k"), event.get("m")
+    pair = (_text(key) if isinstance(key, str) else "",
+            _text(model) if isinstance(model, str) else "")
+    row = agg.by_key_model.get(pair)
+    if row is None:
+        if len(agg.by_key_model) >= MAX_ROWS:
+            pair = ("(other)", "(other)")
+        row = agg.by_key_model.setdefault(pair, KeyModel())
+    return row

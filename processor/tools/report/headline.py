@@ -67,8 +67,9 @@ def headline(agg: Aggregate) -> dict[str, Any]:
     return {
         "runs": len(agg.runs) + agg.runs_left_out,
         "wall_seconds": round(sum(r.seconds for r in agg.runs), 3),
-        "answered": agg.answers + agg.served,
-        "without_request": agg.served,
+        "answered": agg.answers,
+        "cached": agg.cached,
+        "shared": agg.shared,
         "failed": agg.failed,
         "attempts": agg.attempts,
         "errors": dict(agg.errors.most_common()),
@@ -91,6 +92,9 @@ def headline(agg: Aggregate) -> dict[str, Any]:
         "failures": {row.code: row.count for row in sorted(
             agg.failures.values(), key=lambda r: -r.count)},
         "unreadable_lines": len(agg.bad_lines),
+        "pauses": dict(agg.pauses.most_common()),
+        "open_pauses": [{"reason": r, "at_s": round(a, 3), "seconds": round(b - a, 3)}
+                        for a, b, r in agg.spans],
     }
 
 
@@ -112,11 +116,11 @@ def format_headline(h: dict[str, Any]) -> str:
     lines = [
         f"runs: {h['runs']}, wall time {human_duration(h['wall_seconds'])}; last stop: "
         f"{h['last_stop'] or 'none recorded (killed?)'}",
-        f"answered {h['answered']:,}"
-        + (f" ({h['without_request']:,} without a request: cache, single-flight)"
-           if h["without_request"] else "")
-        + f", failed for good {h['failed']:,}, attempts "
-        f"{h['attempts']:,}, 429s {h['n429']:,}",
+        f"answered {h['answered']:,}" + (
+            f" (cached {h['cached']:,}, shared {h['shared']:,})"
+            if h["cached"] or h["shared"] else "")
+        + f", failed for good {h['failed']:,}, attempts {h['attempts']:,}, "
+        f"429s {h['n429']:,}",
         f"efficiency against the limits: rpm {_pct(eff['rpm'])}, tpm {_pct(eff['tpm'])}"
         + (f" (binding: {h['binding']})" if h["binding"] else ""),
         f"tokens: {h['tokens']['prompt']:,} prompt + {h['tokens']['completion']:,} "

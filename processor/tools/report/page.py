@@ -125,8 +125,8 @@ def render_page(agg: Aggregate, title: str) -> str:
     cost = "-" if h["cost_usd"] is None else f"${h['cost_usd']:,.2f}"
     cards = [
         _card(f"{h['answered']:,}", "answered" + (
-            f" ({h['without_request']:,} without a request: cache, single-flight)"
-            if h["without_request"] else "")),
+            f" ({h['cached']:,} from the cache, {h['shared']:,} shared)"
+            if h["cached"] or h["shared"] else "")),
         _card(f"{h['failed']:,}", "failed for good"),
         _card(f"{h['attempts']:,}", f"attempts ({h['n429']:,} refused with 429)"),
         _card(_pct(eff["rpm"]), "of the RPM limit used"),
