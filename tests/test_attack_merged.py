@@ -402,3 +402,20 @@ def test_a_hostile_log_cannot_grow_the_reports_limit_tables() -> None:
     limits.learn("rpm", 50, "k0")
     assert set(limits.learned) == {"rpm"}
     assert limits.rpm == 100 * (MAX_ROWS - 1) + 50
+
+
+def test_a_setting_kept_out_of_the_configs_repr_is_kept_out_of_the_run_log() -> None:
+    """The run log's settings were a hand-kept deny list (the Redis password slipped
+    through it); now every JobConfig field declared ``repr=False`` is left out too."""
+    import dataclasses
+
+    from processor.run.observer import safe_config
+
+    cfg = JobConfig(api_key=KEY, limiter="redis://:pw-secret-123@127.0.0.1/0",
+                    limiter_password="pw-secret-123", headers={"X-Api-Key": KEY})
+    shown = orjson.dumps(safe_config(cfg))
+    assert b"pw-secret-123" not in shown and KEY.encode() not in shown
+    hidden = {f.name for f in dataclasses.fields(JobConfig) if not f.repr}
+    assert {"api_key", "api_keys", "limiter_password"} <= hidden
+    assert not hidden & {k for k, v in safe_config(cfg).items()
+                         if v not in (None, "***") and k not in ("limiter", "headers")}

@@ -88,8 +88,10 @@ def safe_config(cfg: JobConfig) -> dict[str, Any]:
     password in the URL (key names and header names only)."""
     masker = Masker(_secrets(cfg))
     out: dict[str, Any] = {}
-    for name in cfg.__dataclass_fields__:
-        if name not in _LEFT_OUT:
+    for name, spec in cfg.__dataclass_fields__.items():
+        # A field kept out of the config's repr holds a secret (a key, a password): so
+        # a secret setting added later stays out of the log without a word here.
+        if name not in _LEFT_OUT and spec.repr:
             value = getattr(cfg, name)
             out[name] = value if isinstance(value, (str, int, float, bool, type(None))) \
                 else str(value)
