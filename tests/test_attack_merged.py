@@ -419,3 +419,40 @@ def test_a_setting_kept_out_of_the_configs_repr_is_kept_out_of_the_run_log() -> 
     assert {"api_key", "api_keys", "limiter_password"} <= hidden
     assert not hidden & {k for k, v in safe_config(cfg).items()
                          if v not in (None, "***") and k not in ("limiter", "headers")}
+
+
+async def test_a_servers_absurd_usage_does_not_end_the_cache_writer(
+        hostile_api: Any, tmp_path: Path) -> None:
+    """A 200 whose usage says 2**64 - 1 tokens (orjson reads it, SQLite's INTEGER cannot
+    hold it) raised OverflowError on the cache's writer thread, which died: a traceback
+    on stderr, and no answer of the run stored from then on, with no warning. And the
+    run log's end event (usage summed past 64 bits) crashed the run itself."""
+    from aiohttp import web
+
+    async def absurd(request: Any, api: Any) -> Any:
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        raw = ('{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":'
+               '"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant",'
+               '"content":' + orjson.dumps("re: " + text).decode() + '},"finish_reason":'
+               '"stop"}],"usage":{"prompt_tokens":18446744073709551615,'
+               '"completion_tokens":-7,"total_tokens":3}}')
+        return web.Response(body=raw.encode(), content_type="application/json")
+
+    api = await hostile_api(absurd)
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(5)])
+    cache = str(tmp_path / "c.sqlite")
+    code, out = await cli(job, api.base_url, "--cache", cache)
+    assert code == 0 and "Traceback" not in out and "OverflowError" not in out, out
+    assert "5 answers stored" in out, out
+    # The run log summed the usage past 64 bits (orjson refused it, and the fallback
+    # raised again: the whole run crashed with exit 1). The number is kept as text now.
+    end = [e for e in read_events(tmp_path / "job.run.jsonl") if e["ev"] == "end"]
+    assert end and end[0]["pt"] == str(5 * (2**64 - 1)) and end[0]["ok"] == 5
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "job.run.jsonl"), "--json"])
+    assert report.exit_code == 0, report.output
+    code, out = await cli(job, api.base_url, "--cache", cache, "-o", str(tmp_path / "b.jsonl"))
+    assert code == 0 and "cached: 5" in out and len(api.requests) == 5, out
+    texts = [r["response"]["body"]["choices"][0]["message"]["content"]
+             for r in read_jsonl(tmp_path / "b.jsonl")]
+    assert texts == [f"re: Question number {i}?" for i in range(5)]

@@ -184,6 +184,16 @@ def _check(conn: sqlite3.Connection, path: Path, read_only: bool) -> None:
         raise ConfigError(f"cannot set up cache {path}: {exc}") from None
 
 
+#: token counts stored at most (a server's usage is not trusted: SQLite's INTEGER is
+#: 64-bit, and a larger number ended the writer thread).
+MAX_TOKENS = 1 << 40
+
+
+def _tokens(value: object) -> int:
+    """A server's token count fit to store: an int in ``0..MAX_TOKENS``, else 0."""
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS else 0
+
+
 def _sound(row: tuple[Any, ...]) -> bool:
     """Whether a stored row has the types :class:`Hit` promises (a JSON object body)."""
     status, request_id, model, prompt, completion, body = row
@@ -269,7 +279,8 @@ class ResponseCache:
                     or self._pending_bytes + len(data) > MAX_PENDING_BYTES):
                 self.dropped += 1
                 return
-            hit = Hit(status, request_id or "", model, prompt_tokens, completion_tokens, data)
+            hit = Hit(status, request_id or "", model, _tokens(prompt_tokens),
+                      _tokens(completion_tokens), data)
             old = self._pending.get(key)
             self._pending[key] = hit
             self._pending_bytes += len(data) - (len(old.body) if old else 0)
@@ -349,7 +360,8 @@ class ResponseCache:
                 finally:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError, ValueError) as exc:
+                # Never the end of the writer thread: the next batch is tried again.
                 self._warn(f"cannot write cache {self.path} ({exc}); some answers are "
                            "not stored")
         with self._lock:

@@ -190,9 +190,13 @@ class RunLog:
             return
         try:
             self._buf += orjson.dumps(event, option=_LINE)
-        except TypeError:  # a field that is not JSON (never expected): keep its text
-            self._buf += orjson.dumps({k: v if isinstance(v, (str, int, float, type(None)))
-                                       else str(v) for k, v in event.items()}, option=_LINE)
+        except TypeError:
+            # A field that is not JSON, or an integer past 64 bits (a server's usage of
+            # 2**64 - 1 tokens, summed): keep its text. Never the end of the run.
+            try:
+                self._buf += orjson.dumps(_plain(event), option=_LINE)
+            except TypeError as exc:
+                log.warning("run log: an event could not be written (%s)", exc)
         if len(self._buf) >= self._max_buffer:
             self.flush()
 
@@ -298,6 +302,20 @@ class RunLog:
             "charged": stats.tokens_charged, "resume_at": stats.resume_at,
             "elapsed": round(stats.elapsed, 3)})
         self.close()
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` with what JSON (orjson) cannot hold written as text: integers past
+    64 bits, other types; nested dicts and lists followed a few levels down."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int):
+        return value if -(1 << 63) <= value < (1 << 64) else str(value)
+    if isinstance(value, dict) and depth < 8:
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and depth < 8:
+        return [_plain(v, depth + 1) for v in value]
+    return str(value)
 
 
 def _last_run(fd: int) -> int:
