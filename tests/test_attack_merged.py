@@ -456,3 +456,38 @@ async def test_a_servers_absurd_usage_does_not_end_the_cache_writer(
     texts = [r["response"]["body"]["choices"][0]["message"]["content"]
              for r in read_jsonl(tmp_path / "b.jsonl")]
     assert texts == [f"re: Question number {i}?" for i in range(5)]
+
+
+async def test_shared_failures_retried_with_cache_and_pack_once_each(
+        hostile_api: Any, tmp_path: Path) -> None:
+    """Identical lines whose leader failed for good (followers got its error), rerun
+    with --retry-failed once the server answers, with cache and --pack: each line gets
+    one answer, the identical ones one request between them, and a third run sends
+    nothing (held)."""
+    from tests.hostile import openai_error, when
+
+    state = {"broken": True}
+
+    async def refuse(request: Any, api: Any) -> Any:
+        if state["broken"]:
+            return openai_error(400, "Invalid input: flaky", "invalid_request_error", None)
+        return None
+
+    api = await hostile_api(when(lambda body: b"flaky" in body, refuse), latency=0.1)
+    texts = ["flaky", "ok-1", "flaky", "ok-2", "flaky", "ok-3"]
+    job = write_jsonl(tmp_path / "job.jsonl", [emb_line(i, t) for i, t in enumerate(texts)])
+    cache = str(tmp_path / "c.sqlite")
+    code, out = await cli(job, api.base_url, "--pack", "3", "--cache", cache)
+    assert code == 1, out
+    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "job.errors.jsonl")) == \
+        ["e-0", "e-2", "e-4"]
+    state["broken"] = False
+    before = len(api.requests)
+    code, out = await cli(job, api.base_url, "--pack", "3", "--cache", cache, "--retry-failed")
+    assert code == 0, out
+    assert len(api.requests) == before + 1, out  # the three identical lines: one request
+    ids = [r["custom_id"] for r in read_jsonl(tmp_path / "job.results.jsonl")]
+    assert sorted(ids) == [f"e-{i}" for i in range(6)], ids
+    code, out = await cli(job, api.base_url, "--pack", "3", "--cache", cache)
+    assert code == 0 and len(api.requests) == before + 1, out
+    assert len(read_jsonl(tmp_path / "job.results.jsonl")) == 6
