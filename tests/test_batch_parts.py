@@ -147,7 +147,8 @@ def test_collect_row_by_row(tmp_path: Path) -> None:
     assert sink.results[0]["batchproc"] == {"batch": "batch_9"}
     assert [(e["custom_id"], e["error"]["status"]) for e in sink.errors] == [("r2", 400)]
     assert sorted(got.again) == ["r1", "r3", "r4", "r5"]
-    assert got.again["r1"].attempts == 1 and got.again["r3"].attempts == 0
+    # A request the expired batch never ran (r3, r5) spent an attempt too.
+    assert got.again["r1"].attempts == 1 and got.again["r3"].attempts == 1
     assert (got.answered, got.failed, got.retried, got.unanswered) == (1, 1, 2, 2)
     assert stats.ok == 1 and stats.prompt_tokens == 3
     # The next part holds exactly those, their attempts carried; r1 fails again at its
@@ -158,9 +159,41 @@ def test_collect_row_by_row(tmp_path: Path) -> None:
     sink2 = _Sink()
     got2 = Collector(tmp_path, sink2, Stats(), Masker(), RetryPolicy(2), done, failed).collect(
         again, {"id": "batch_10", "status": "completed"}, [tmp_path / "err2.jsonl"])
-    (record,) = sink2.errors
+    record, *unrun = sink2.errors
     assert record["custom_id"] == "r1" and record["error"]["attempts"] == 2
     assert "gave up after 2 attempts" in record["error"]["message"]
     assert [h["batch"] for h in record["error"]["history"]] == ["batch_9", "batch_10"]
     assert [r["custom_id"] for r in sink2.results] == ["r3"]
-    assert sorted(got2.again) == ["r4", "r5"]  # in no file: sent again as they were
+    # In no file of their second batch: not run twice, so written off (--max-attempts 2).
+    assert sorted(e["custom_id"] for e in unrun) == ["r4", "r5"] and not got2.again
+    assert {e["error"]["code"] for e in unrun} == {"batch_no_answer"}
+
+
+def test_collect_masks_what_a_server_echoes_in_codes_and_logs_each_line(
+        tmp_path: Path) -> None:
+    import time
+
+    from processor.batchapi.runlog import BatchEvents
+    from processor.store.runlog import BATCH_KEY, RunLog, read_events
+
+    secret = "sk-echoed-0123456789abcdef"
+    _, (part,) = _plan(tmp_path, job_lines(3), Limits())
+    part.intent_at = time.time()
+    (tmp_path / "err.jsonl").write_bytes(_out("r1", None, None, f"odd_{secret}"))
+    log = RunLog(tmp_path / "j.run.jsonl", clock=time.monotonic).open()
+    collector = Collector(tmp_path, _Sink(), Stats(), Masker([secret]), RetryPolicy(1),
+                          IdSet(), IdSet(values=True))
+    collector.events = BatchEvents(log)
+    batch = {"id": "batch_1", "status": "failed", "errors": {"data": [
+        {"code": f"bad_{secret}", "message": f"no {secret}", "line": 1}]}}
+    collector.collect(part, batch, [tmp_path / "err.jsonl"])
+    log.close()
+    sink = collector.sink
+    assert isinstance(sink, _Sink) and len(sink.errors) == 3  # r0 named, r1 and r2 not run
+    raw = (tmp_path / "j.run.jsonl").read_bytes() + orjson.dumps(sink.errors)
+    assert secret.encode() not in raw
+    events = list(read_events(tmp_path / "j.run.jsonl"))
+    lines = [e for e in events if e["ev"] == "a"]
+    assert sorted(e["id"] for e in lines) == ["r0", "r1", "r2"]
+    assert all(e["k"] == BATCH_KEY and e["n"] == 1 and e["td"] >= e["ts"] >= 0 for e in lines)
+    assert sorted(e["id"] for e in events if e["ev"] == "fail") == ["r0", "r1", "r2"]

@@ -64,6 +64,20 @@ async def test_120k_lines_three_parts_exactly_once_through_kills(
     assert first["response"]["status_code"] == 200 and first["batchproc"]["batch"]
     assert (tmp_path / "big.results.jsonl.ledger").exists() or list(tmp_path.glob("*ledger*"))
     assert "polls" in err.decode()
+    # One run log tells the three runs: two killed (no end), the last completed.
+    from processor.store.runlog import read_events
+
+    bad: list[int] = []
+    starts, ends, collected = [], [], 0
+    for event in read_events(tmp_path / "big.run.jsonl", bad):
+        if event["ev"] == "start":
+            starts.append(event["run"])
+        elif event["ev"] == "end":
+            ends.append((starts[-1], event["reason"], event["ok"]))
+        elif event["ev"] == "a" and starts[-1] == 3:
+            collected += 1
+    assert starts == [1, 2, 3] and len(bad) <= 2  # a torn last line per killed run, at most
+    assert ends == [(3, "completed", collected)] and 0 < collected <= 120_000
 
 
 async def test_intents_recorded_before_steps_find_the_upload_and_the_batch(

@@ -18,6 +18,7 @@ from ..client.masking import Masker
 from ..errors import APIError, RateLimited, RetryableAPIError, ServerError
 from ..limits.limiter import Limiter
 from ..run.retry import RetryPolicy, server_hint
+from .runlog import BatchEvents
 from .state import BatchState
 
 __all__ = ["BatchCalls", "is_queue_full", "safe_id"]
@@ -50,6 +51,9 @@ class BatchCalls:
         sleep: injected for tests.
     """
 
+    #: the run log's view of the waits (set by the run; default: none).
+    events: BatchEvents = BatchEvents()
+
     def __init__(self, api: FilesAPI, limiter: Limiter, state: BatchState,
                  policy: RetryPolicy | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -64,6 +68,7 @@ class BatchCalls:
 
     async def _admit(self) -> None:
         while (wait := self.limiter.try_acquire(0)) > 0:
+            self.events.limits_wait(wait)
             await self.sleep(wait)
 
     async def _call(self, kind: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -81,6 +86,7 @@ class BatchCalls:
                     raise
                 delay = self.policy.delay(exc, attempt)
                 log.info("%s failed (%s); again in %.1fs", kind, exc.message, delay)
+                self.events.call_retry(kind, exc.kind, delay, isinstance(exc, RateLimited))
                 await self.sleep(delay)
 
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:

@@ -9,7 +9,11 @@ Each request of the part ends in one of four ways:
   its error (a 400, or a 5xx after ``--max-attempts``), or the batch's validation named
   its line: an error record;
 - to retry: the policy says the error is worth another attempt (the attempt counts);
-- unanswered: expired, cancelled, or in no file at all: resubmitted as it was.
+- not run: expired, cancelled, failed with the batch, or in no file at all: resubmitted
+  as it was, each such batch counting as one attempt of the request, so that after
+  ``--max-attempts`` batches that did not run it, it is written off (``batch_expired``,
+  ``batch_failed`` ...) instead of being resubmitted forever. A batch the user cancelled
+  (``batches --cancel``) costs no attempt.
 
 Ids already written (by this run or an earlier one) are never written again, so
 collecting the same batch twice (a crash before the state recorded it) is harmless.
@@ -34,12 +38,16 @@ from ..run.retry import RetryPolicy
 from ..stats import Stats
 from ..store.records import error_record
 from .plan import Meta, read_meta
+from .runlog import BatchEvents
 from .state import PartState
 
 __all__ = ["Collected", "Collector"]
 
-#: error codes of requests the batch never ran: resubmitted without spending an attempt.
+#: error codes of requests the batch never ran.
 NOT_RUN = ("batch_expired", "batch_cancelled", "batch_failed")
+#: the code of a request a batch ended without running, by the batch's status.
+NOT_RUN_BY_STATUS = {"expired": "batch_expired", "cancelled": "batch_cancelled",
+                     "failed": "batch_failed"}
 
 
 @dataclass(slots=True)
@@ -65,6 +73,9 @@ class Collector:
         done / failed: ids with a result / a final error (earlier runs' and this one's).
     """
 
+    #: the run log's view of each line (set by the run; default: none).
+    events: BatchEvents = BatchEvents()
+
     def __init__(self, folder: Path, sink: Sink, stats: Stats, masker: Masker,
                  policy: RetryPolicy, done: IdSet, failed: IdSet) -> None:
         self.folder = folder
@@ -75,24 +86,54 @@ class Collector:
         self.done = done
         self.failed = failed
 
-    def collect(self, part: PartState, batch: dict[str, Any],
-                files: list[Path]) -> Collected:
-        """Write the records of ``part``'s finished ``batch`` from its downloaded ``files``."""
+    def collect(self, part: PartState, batch: dict[str, Any], files: list[Path],
+                spend: bool = True) -> Collected:
+        """Write the records of ``part``'s finished ``batch`` from its downloaded ``files``
+        (``spend``: False for a batch the user cancelled: what it did not run costs no
+        attempt)."""
         metas = read_meta(self.folder, part)
         out = Collected()
         batch_id = str(batch.get("id"))
-        if batch.get("status") == "failed":
+        status = str(batch.get("status"))
+        self.events.begin(part, batch)
+        if status == "failed":
             self._validation(part, batch, metas, out)
+        not_run = NOT_RUN_BY_STATUS.get(status, "batch_no_answer")
         for path in files:
             for raw in _lines(path):
-                self._line(raw, metas, part, batch_id, out)
+                self._line(raw, metas, part, batch_id, out, spend)
         # Whatever no file spoke of (expired, cancelled, lost) goes again as it was.
         for cid, meta in metas.items():
-            if cid not in out.again and cid not in self.done and cid not in self.failed:
-                out.again[cid] = meta
-                out.unanswered += 1
+            if cid not in out.again and cid not in self.done and not self._written_off(cid, meta):
+                self._not_run(cid, meta, not_run, batch_id, status, out, spend)
         self.sink.maybe_sync()
         return out
+
+    def _written_off(self, cid: str, meta: Meta) -> bool:
+        """``cid`` has an error record for this very line (one for a line edited since
+        is old news: the edited line was sent again)."""
+        hashed = self.failed.get(cid)
+        return hashed is not None and hashed in (0, meta.hashed & 0xFFFFFFFF)
+
+    def _not_run(self, cid: str, meta: Meta, code: str, batch_id: str, status: str,
+                 out: Collected, spend: bool) -> None:
+        """A request the batch did not run: sent again, unless that makes one batch
+        too many (``--max-attempts``)."""
+        if spend:
+            meta.attempts += 1
+            meta.history.append({"attempt": meta.attempts, "status": None, "error": code,
+                                 "message": f"the batch ended {status[:40]} without running it",
+                                 "batch": batch_id})
+            self.events.line(cid, meta.attempts, None, error=code)
+            if meta.attempts >= max(self.policy.max_attempts, 1):
+                self._fail(cid, meta, code, f"the Batch API did not run this request: "
+                           f"{meta.attempts} batches ended without it (the last {batch_id}, "
+                           f"{status[:40]}); gave up after {meta.attempts} attempts "
+                           "(--max-attempts); rerun with --retry-failed to send it again",
+                           None, out)
+                return
+        out.again[cid] = meta
+        out.unanswered += 1
 
     def _validation(self, part: PartState, batch: dict[str, Any], metas: dict[str, Meta],
                     out: Collected) -> None:
@@ -107,26 +148,29 @@ class Collector:
         order = list(metas)
         for n, cid in enumerate(order, 1):
             entry = by_line.get(n) or (whole[0] if whole else None)
-            if entry is None or cid in self.done or cid in self.failed:
+            if entry is None or cid in self.done or self._written_off(cid, metas[cid]):
                 continue
             message = self.masker.text(str(entry.get("message") or "validation failed"))[:1000]
-            code = str(entry.get("code") or "batch_validation_failed")[:100]
-            self._fail(cid, metas[cid], code, f"the batch's validation refused this request: "
+            code = self.masker.text(str(entry.get("code") or "batch_validation_failed")[:100])
+            meta = metas[cid]
+            meta.attempts += 1
+            self.events.line(cid, meta.attempts, None, error=code)
+            self._fail(cid, meta, code, f"the batch's validation refused this request: "
                        f"{message}", None, out)
-        if not entries:  # failed with no reason given: everything goes again, once more
-            for meta in metas.values():
-                meta.attempts += 1
+        # The lines it did not name (or all, if it named none) were not run: collect()
+        # sends them again, each such batch an attempt.
 
     def _line(self, raw: bytes, metas: dict[str, Meta], part: PartState, batch_id: str,
-              out: Collected) -> None:
+              out: Collected, spend: bool) -> None:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return  # a line the server cut: its request counts as unanswered
         cid = obj.get("custom_id") if isinstance(obj, dict) else None
         meta = metas.get(cid) if isinstance(cid, str) else None
-        if meta is None or not isinstance(cid, str) or cid in self.done or cid in self.failed:
-            return  # not ours, or written before
+        if (meta is None or not isinstance(cid, str) or cid in self.done
+                or self._written_off(cid, meta) or cid in out.again):
+            return  # not ours, written before, or said twice
         response = obj.get("response")
         error = obj.get("error")
         status = response.get("status_code") if isinstance(response, dict) else None
@@ -134,10 +178,10 @@ class Collector:
             self._answered(cid, meta, obj, response, batch_id, out)
             return
         if status is None:
-            code = str(error.get("code")) if isinstance(error, dict) else ""
+            code = self.masker.text(str(error.get("code"))[:100]) if isinstance(error, dict) \
+                else ""
             if code in NOT_RUN:
-                out.again[cid] = meta
-                out.unanswered += 1
+                self._not_run(cid, meta, code, batch_id, str(code)[6:], out, spend)
                 return
             message = str(error.get("message")) if isinstance(error, dict) else "no answer"
             exc: APIError = ServerError(self.masker.text(message)[:1000], code=code or None)
@@ -147,6 +191,7 @@ class Collector:
         meta.history.append({"attempt": meta.attempts, "status": exc.status,
                              "error": exc.kind, "message": exc.message[:200],
                              "batch": batch_id})
+        self.events.line(cid, meta.attempts, exc.status, error=exc.kind)
         action = decide(exc, Attempt(meta.attempts, part.model), Context(self.policy))
         if isinstance(action, Fail):
             self._fail(cid, meta, action.code, action.message, exc, out)
@@ -174,6 +219,7 @@ class Collector:
         self.done.add(cid)
         prompt, completion = usage(body)
         self.stats.answered(prompt, completion, charged=0, estimated=0)
+        self.events.line(cid, meta.attempts + 1, response["status_code"], prompt, completion)
         out.answered += 1
 
     def _fail(self, cid: str, meta: Meta, code: str, message: str, exc: APIError | None,
@@ -185,6 +231,7 @@ class Collector:
             metadata=meta.metadata, input_hash=meta.hashed))
         self.failed.add(cid, meta.hashed & 0xFFFFFFFF)
         self.stats.failed_for_good(code)
+        self.events.failed(cid, meta.line, code, message)
         out.failed += 1
 
 

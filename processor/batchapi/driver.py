@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import APIError, BadRequest
+from ..errors import APIError, BadRequest, ServerError
 from ..stats import Stats
 from .calls import BatchCalls, is_queue_full
 from .collect import Collector
 from .plan import resubmit_part
+from .quota import quota_of, split_part, too_big
+from .runlog import BatchEvents
 from .state import FINAL, BatchState, PartState, drop_files
 
 __all__ = ["CANCELLED", "BatchConfig", "Driver", "cancelled_by_user"]
@@ -59,11 +60,27 @@ class BatchConfig:
     part_requests: int = 50_000
 
 
-_LIMIT = re.compile(r"limit:\s*([\d,_]+)\s*enqueued", re.IGNORECASE)
+def count_lost(part: PartState, max_attempts: int) -> None:
+    """Count a batch of ``part`` the server no longer knows; after ``max_attempts`` of
+    them, stop (resumable) rather than upload the part yet again.
+
+    Raises:
+        ServerError: ``part`` lost that many batches (the caller saves the count).
+    """
+    part.lost += 1
+    if part.lost >= max(max_attempts, 1):
+        raise ServerError(
+            f"part {part.key}: {part.lost} of its batches were not found when polled "
+            f"(the last {part.batch_id}); not submitting it again (a key of another "
+            "organisation or project sees none of this job's batches: use the key that "
+            "made them)")
 
 
 class Driver:
     """Moves every part of the state to ``done`` (or, detached, as far as it can now)."""
+
+    #: the run log's view of the waits (set by the run; default: none).
+    events: BatchEvents = BatchEvents()
 
     def __init__(self, state: BatchState, folder: Path, calls: BatchCalls,
                  collector: Collector, config: BatchConfig, stats: Stats,
@@ -92,6 +109,9 @@ class Driver:
         """Submit, poll and collect until every part is done, stopped, or (detached)
         everything that can be submitted now is."""
         interval = self.config.poll_every
+        for part in self.state.parts:  # batches an earlier run created: waited for now
+            if part.active:
+                self.events.batch_waits(part)
         while not self.stop.is_set():
             created = await self.submit_ready()
             active = [p for p in self.state.parts if p.active]
@@ -133,12 +153,17 @@ class Driver:
                 break
             if part.pending and part.file_id is None:
                 await self._upload(part)
-        for part in self.state.parts:
+        for part in list(self.state.parts):  # a part split here adds parts: next round
             if self.stop.is_set():
                 break
+            if part.pending and part.file_id is None:
+                continue  # split from a part too big just now: uploaded next round
             if part.pending and part.model not in self._blocked and self._room(part):
                 if await self._create(part):
                     created.add(part.key)
+            elif part.pending and part.file_id is not None:
+                limit = self.config.queue_tokens or self.state.queue_tokens.get(part.model)
+                self.events.queue_waits(part, self.state.enqueued(part.model), limit)
         return created
 
     def _filename(self, part: PartState) -> str:
@@ -183,9 +208,9 @@ class Driver:
         except APIError as exc:
             if not is_queue_full(exc):
                 raise
-            self._queue_full(part, exc.message)
-            part.step = "uploaded"
-            self.save()
+            if not await self._queue_full(part, exc.message):
+                part.step = "uploaded"
+                self.save()
             return False
         self._submitted(part, batch)
         return True
@@ -195,21 +220,30 @@ class Driver:
         part.status = str(batch.get("status") or "validating")
         self.stats.attempts += part.requests
         self.save()
+        self.events.queue_room(part)
+        self.events.batch_waits(part)
 
-    def _queue_full(self, part: PartState, message: str) -> None:
-        """The enqueued-token quota refused ``part``: learn it, wait for room."""
-        match = _LIMIT.search(message)
+    async def _queue_full(self, part: PartState, message: str) -> bool:
+        """The enqueued-token quota refused ``part``: learn it, wait for room; or, if
+        the part alone passes it, split it (True: ``part`` is done, split)."""
+        stated = quota_of(message)
         enqueued = self.state.enqueued(part.model)
-        if match:
-            limit = int(re.sub(r"[,_]", "", match.group(1)))
-        else:
-            limit = enqueued or part.tokens
+        limit = stated or enqueued or part.tokens
         if self.config.queue_tokens is None:
             self.state.queue_tokens[part.model] = limit
+        if too_big(part, stated, enqueued - (part.tokens if part.active else 0)):
+            new = await asyncio.to_thread(split_part, self.folder, self.state, part, limit)
+            self.save()
+            drop_files(self.folder, part)
+            self.events.queue_room(part)
+            self.events.split(part, new, limit)
+            return True
         part.note = f"waiting for queue room ({enqueued:,} of {limit:,} tokens enqueued)"
         self._blocked.add(part.model)
+        self.events.queue_waits(part, enqueued, limit)
         log.info("part %s: enqueued-token quota for %s full; waiting for room", part.key,
                  part.model)
+        return False
 
     # -- polling and collecting ------------------------------------------------------
 
@@ -227,6 +261,11 @@ class Driver:
                 # go again in a new batch of the same part, uploaded again if need be.
                 log.warning("part %s: batch %s not found; submitting the part again",
                             part.key, part.batch_id)
+                self.events.batch_ended(part, "not found")
+                try:
+                    count_lost(part, self.collector.policy.max_attempts)
+                finally:
+                    self.save()
                 part.note = f"batch {part.batch_id} not found: submitted again"
                 part.step, part.file_id, part.batch_id = "planned", None, None
                 part.status, part.gen = None, part.gen + 1
@@ -248,9 +287,10 @@ class Driver:
         if (part.status == "failed" and isinstance(entries, list) and entries
                 and all(isinstance(e, dict) and is_queue_full(e) for e in entries)):
             # Refused for the quota after creation: the same file, a new batch later.
-            self._queue_full(part, str(entries[0].get("message") or ""))
-            part.step, part.batch_id, part.gen = "uploaded", None, part.gen + 1
-            self.save()
+            self.events.batch_ended(part, "failed", why="queue full")
+            if not await self._queue_full(part, str(entries[0].get("message") or "")):
+                part.step, part.batch_id, part.gen = "uploaded", None, part.gen + 1
+                self.save()
             return
         files: list[Path] = []
         for kind in ("output_file_id", "error_file_id"):
@@ -260,9 +300,11 @@ class Driver:
                 if not dest.exists():  # a complete earlier download is kept
                     await self.calls.download(file_id, dest)
                 files.append(dest)
-        got = await asyncio.to_thread(self.collector.collect, part, batch, files)
+        by_user = part.batch_id in cancelled_by_user(self.folder)
+        got = await asyncio.to_thread(self.collector.collect, part, batch, files, not by_user)
+        self.events.batch_ended(part, part.status)
         new: PartState | None = None
-        if got.again and part.batch_id in cancelled_by_user(self.folder):
+        if got.again and by_user:
             # The user's cancel: what ran is kept, the rest waits for the next run.
             self.left += len(got.again)
         elif got.again:

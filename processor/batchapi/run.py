@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -16,11 +17,21 @@ import orjson
 
 from ..client.files import FilesAPI
 from ..client.http import OpenAIClient
-from ..errors import APIError, AuthError, ConfigError, QuotaExceeded, RetryableAPIError
+from ..errors import (
+    APIError,
+    AuthError,
+    BatchProcError,
+    ConfigError,
+    QuotaExceeded,
+    RetryableAPIError,
+)
+from ..idset import IdSet
 from ..jobs import BadLine, Job, iter_jobs
 from ..limits.limiter import Limiter
 from ..run.config import JobConfig
 from ..run.engine import Engine
+from ..run.events import NO_EVENTS, Events
+from ..run.observer import ProgressTap, plan_run_log
 from ..run.outcomes import Outcomes
 from ..run.parts import Parts, build_parts
 from ..run.retry import RetryPolicy
@@ -29,13 +40,14 @@ from ..stats import Stats, StopReason
 from ..store.inputfilter import InputFilter
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
-from ..store.paths import check_job_paths, job_locks
+from ..store.paths import check_job_paths, job_locks, lock_path
 from ..store.resume import ResumeState
 from ..store.writer import ResultWriter
 from .calls import BatchCalls
 from .collect import Collector
 from .driver import BatchConfig, Driver
 from .plan import MAX_BYTES, Limits, Meta, iter_requests, plan_parts, read_meta
+from .runlog import BatchEvents, open_batch_log
 from .state import BatchState, PartState, drop_files, work_dir
 
 __all__ = ["batch_client", "run_batch_job"]
@@ -80,14 +92,16 @@ async def run_batch_job(
     out_path = Path(output) if output else default_out
     err_path = Path(errors) if errors else default_err
     check_job_paths(src, out_path, err_path)
-    with JobLock(job_locks(out_path, err_path),
+    run_log = plan_run_log(config, src, out_path, err_path, ledger_path(out_path))
+    with JobLock(job_locks(out_path, err_path) + ([lock_path(run_log)] if run_log else []),
                  files=[out_path, err_path, ledger_path(out_path)]):
-        return await _run(src, out_path, err_path, config, batch, on_progress, handle_signals)
+        return await _run(src, out_path, err_path, config, batch, on_progress, handle_signals,
+                          run_log)
 
 
 async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: BatchConfig,
                on_progress: Callable[[Stats], None] | None, handle_signals: bool,
-               ) -> tuple[Stats, BatchState]:
+               run_log: Path | None) -> tuple[Stats, BatchState]:
     started = time.monotonic()
     folder = work_dir(out_path)
     # The resume/edit filter keeps what it finds in the input (stats.input, read-only).
@@ -108,17 +122,26 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
                           "online")
     limiter = parts.lanes[0].limiter
     writer = ResultWriter(out_path, err_path)
+    runlog = open_batch_log(
+        run_log, cfg, asdict(bcfg), src, out_path, err_path, stats, len(rstate.done),
+        len(rstate.failed), asyncio.get_running_loop().time) if run_log else None
+    events = BatchEvents(runlog or NO_EVENTS)
     left = 0
     policy = RetryPolicy(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
     try:
         async with batch_client(cfg) as client:
             calls = BatchCalls(FilesAPI(client), limiter, state)
+            # --retry-failed moved the errors aside: no failure stands (all are sent again).
             collector = Collector(folder, writer, stats, client.masker, policy, rstate.done,
-                                  rstate.failed)
-            driver = Driver(state, folder, calls, collector, bcfg, stats, on_progress)
+                                  IdSet(values=True) if cfg.retry_failed else rstate.failed)
+            calls.events = collector.events = events
+            driver = Driver(state, folder, calls, collector, bcfg, stats,
+                            ProgressTap(runlog, on_progress) if runlog else on_progress)
+            driver.events = events
+            outcomes = Outcomes(writer, stats, parts.cost, Limiter())
+            outcomes.events = runlog or NO_EVENTS
             new = await asyncio.to_thread(_plan, src, cfg, bcfg, state, folder, rstate,
-                                          stats, found,
-                                          Outcomes(writer, stats, parts.cost, Limiter()), parts)
+                                          stats, found, outcomes, parts)
             if new:
                 state.parts += new
                 driver.save()
@@ -126,7 +149,8 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
             try:
                 await driver.run()
                 if state.online and not driver.stop.is_set():
-                    await _online(state, folder, parts, client, writer, stats, rstate, driver)
+                    await _online(state, folder, parts, client, writer, stats, rstate, driver,
+                                  runlog or NO_EVENTS)
             except (AuthError, QuotaExceeded) as exc:
                 stats.stop(StopReason.KEY_REFUSED, f"{exc.kind}: the API key was refused: "
                            f"{exc.message}")
@@ -139,10 +163,27 @@ async def _run(src: Path, out_path: Path, err_path: Path, cfg: JobConfig, bcfg: 
             finally:
                 remove()
                 left = driver.left
+    except BaseException as exc:
+        if runlog is not None:  # the log says how the run ended, whatever ended it
+            # Our own errors' messages are masked where made; others: only their name.
+            stats.stop(StopReason.ERROR, str(exc)[:300] if isinstance(exc, BatchProcError)
+                       else type(exc).__name__)
+            stats.finish(time.monotonic())
+            runlog.end(stats)
+        raise
     finally:
         writer.close()
     stats.finish(time.monotonic())
     _notes(state, stats, folder, bcfg, out_path, err_path, left)
+    if runlog is not None:
+        runlog.tick(stats)
+        said = stats.stop_reason
+        if not state.finished and stats.stopped is None:  # detached: the end says so
+            waiting = sum(p.active or p.pending for p in state.parts)
+            stats.stop_reason = (f"{waiting} parts left with the Batch API; the same "
+                                 "command collects them")
+        runlog.end(stats)
+        stats.stop_reason = said
     return stats, state
 
 
@@ -164,7 +205,7 @@ def _plan(src: Path, cfg: JobConfig, bcfg: BatchConfig, state: BatchState, folde
 
 async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIClient,
                   writer: ResultWriter, stats: Stats, rstate: ResumeState,
-                  driver: Driver) -> None:
+                  driver: Driver, events: Events) -> None:
     """``--fallback-online``: send the online parts' requests through the engine."""
     for key in list(state.online):
         part = state.part(key)
@@ -181,7 +222,8 @@ async def _online(state: BatchState, folder: Path, parts: Parts, client: OpenAIC
                           model=body.get("model"), line_hash=meta.hashed,
                           attempts=meta.attempts, history=meta.history)
 
-        engine = parts.engine(client, writer, stats=stats)
+        engine = parts.engine(client, writer, stats=stats, events=events,
+                              on_progress=driver.on_progress)
         driver_stop = driver.stop
         watcher = asyncio.ensure_future(driver_stop.wait())
         watcher.add_done_callback(partial(_stop_engine, engine))

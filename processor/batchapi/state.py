@@ -54,6 +54,7 @@ class PartState:
         gen: the batch generation (a new batch of the same file after a refused one).
         intent_at: wall time of the last intent (bounds the search on resume).
         origin: the part whose unanswered requests this one resubmits.
+        lost: its batches the server no longer knew (404 when polled).
     """
 
     key: str
@@ -72,6 +73,7 @@ class PartState:
     intent_at: float = 0.0
     origin: str | None = None
     note: str | None = None
+    lost: int = 0
 
     @property
     def active(self) -> bool:

@@ -327,6 +327,8 @@ def mock_server(
         "done.")] = 0,
     batch_error_every: Annotated[int, typer.Option(min=0, help="Every Nth request of a batch "
         "fails once (500).")] = 0,
+    batch_fail: Annotated[int, typer.Option(min=0, help="The first N batches fail (status "
+        "failed, no error listed).")] = 0,
     batch_queue_tokens: Annotated[int | None, typer.Option(min=1, help="Enqueued tokens per "
         "model; a create past it is refused.")] = None,
 ) -> None:
@@ -350,7 +352,7 @@ def mock_server(
         raise typer.BadParameter(str(exc)) from None
     run_mock(config, host, port, BatchMockConfig(
         seconds=batch_seconds, expire=batch_expire, error_every=batch_error_every,
-        queue_tokens=batch_queue_tokens))
+        queue_tokens=batch_queue_tokens, fail=batch_fail))
 
 
 register(app)

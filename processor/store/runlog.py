@@ -13,10 +13,12 @@ with a ``start`` event that numbers it. Times are seconds since that run's start
            the limiter / sent / came back), st (HTTP status; null: no answer), er (the
            error's kind; absent: answered), te (tokens charged at admission), tp / tc
            (prompt / completion tokens the answer says it used), k (key name), m (model),
-           np (lines carried, for a pack of several: ``--pack``)
+           np (lines carried, for a pack of several: ``--pack``). A ``--via batch``
+           run writes one per request line collected, ``k`` :data:`BATCH_KEY`, ``ts``
+           its batch's creation, ``td`` its collection (:mod:`processor.batchapi.runlog`)
 ``fail``   a request (or input line) written off: id, line, code, msg
-``pause``  r (reason: 429, outage, limits, daily, ...), until (null: open-ended), and
-           detail (key, scale, counter ...)
+``pause``  r (reason: 429, outage, limits, daily, batch, batch_queue, ...), until
+           (null: open-ended), and detail (key, scale, counter, part, batch ...)
 ``resume`` r: an open-ended pause is over
 ``limit``  name (rpm / tpm), value, key: a key's per-minute limit in force changed
            (learned from the server, or lowered to what the server states)
@@ -50,13 +52,15 @@ from ..errors import APIError
 from ..jobs import Job
 from ..stats import Stats
 
-__all__ = ["RunLog", "is_run_log", "read_events", "run_log_path"]
+__all__ = ["BATCH_KEY", "RunLog", "is_run_log", "read_events", "run_log_path"]
 
 log = logging.getLogger(__name__)
 
 _LINE = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
 _START = b'{"ev":"start"'
+#: the key name of answers collected from the Batch API (priced at its discount).
+BATCH_KEY = "(batch)"
 #: longest error message kept per failure.
 MESSAGE_CHARS = 300
 #: longest line read back (events are far shorter: the start event, the longest, holds
@@ -252,6 +256,14 @@ class RunLog:
             buf = self._buf
             buf += _dumps(event, option=_LINE)
             if len(buf) >= self._max_buffer:
+                self.flush()
+
+    def add_line(self, line: bytes) -> None:
+        """Buffer one event serialised by the caller (a JSON object and ``\n``): the Batch
+        API collector's one per line (:mod:`processor.batchapi.runlog`)."""
+        if self._fd is not None:
+            self._buf += line
+            if len(self._buf) >= self._max_buffer:
                 self.flush()
 
     def failed(self, custom_id: str | None, line: int, code: str, message: str) -> None:

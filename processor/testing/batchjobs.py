@@ -42,6 +42,8 @@ class BatchMockConfig:
         seconds: how long a batch takes from creation to ``completed`` (the time scale).
         expire: the first ``expire`` batches created expire instead, with
             ``expire_done`` of their requests answered.
+        fail: the first ``fail`` batches created fail at validation with no error
+            listed (``errors`` null), as the real API now and then does.
         error_every: the k-th request of a batch with ``k % error_every == 0`` fails
             with a 500 in the error file, the first time its custom_id is seen.
         reject_ids: custom_ids that fail with a 400 in the error file, every time.
@@ -55,6 +57,7 @@ class BatchMockConfig:
     seconds: float = 2.0
     expire: int = 0
     expire_done: float = 0.5
+    fail: int = 0
     error_every: int = 0
     reject_ids: frozenset[str] = frozenset()
     queue_tokens: int | None = None
@@ -113,6 +116,7 @@ class MockBatch:
     tokens: int
     expire: bool
     errors: list[dict[str, Any]] | None = None
+    fail: bool = False
     status: str = "validating"
     cancel_at: float | None = None
     stamps: dict[str, int] = field(default_factory=dict)
@@ -163,7 +167,8 @@ class BatchStore:
         ordinal = len(self.batches) + 1
         batch = MockBatch(self.new_id("batch_"), endpoint, f.id, metadata, self.clock(),
                           int(time.time()), lines, model, tokens,
-                          expire=ordinal <= self.config.expire, errors=errors or None)
+                          expire=ordinal <= self.config.expire, errors=errors or None,
+                          fail=ordinal <= self.config.fail)
         batch.counts["total"] = len(lines)
         for line in lines:
             cid = line["custom_id"]
@@ -240,7 +245,7 @@ class BatchStore:
                              "This request was cancelled before it ran.")
             return b
         if t >= 0.1 and b.status == "validating":
-            if b.errors:
+            if b.errors or b.fail:
                 b.status = "failed"
                 b.stamps["failed_at"] = int(time.time())
                 return b

@@ -232,10 +232,10 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             if len(agg.pauses) < MAX_ROWS or reason in agg.pauses:
                 agg.pauses[reason] += 1
             if event.get("until") is None and len(agg.spans) < MAX_ROWS:
-                open_spans[reason] = len(agg.spans)
+                open_spans[_span_key(reason, event)] = len(agg.spans)
                 agg.spans.append((x, -1.0, reason))
         elif kind == "resume":
-            index = open_spans.pop(_text(event.get("r")), -1)
+            index = open_spans.pop(_span_key(_text(event.get("r")), event), -1)
             if index >= 0:
                 agg.spans[index] = (agg.spans[index][0], x, agg.spans[index][2])
         elif kind == "end" and run is not None:
@@ -250,6 +250,13 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
     agg.end = max(agg.end, offset + last_t)
     agg.spans = [(a, b if b >= 0 else agg.end, r) for a, b, r in agg.spans]
     return agg
+
+
+def _span_key(reason: str, event: dict[str, Any]) -> str:
+    """Open-ended pauses of one reason may overlap when they name a part (a Batch API
+    run's batches): a resume closes the pause of its own part."""
+    part = event.get("part")
+    return reason if part is None else f"{reason}\0{str(part)[:100]}"
 
 
 def _close(run: RunRow, last_t: float) -> None:

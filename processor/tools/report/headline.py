@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from ...stats import human_duration
-from ..estimate import PRICES_AS_OF, price_for
+from ...store.runlog import BATCH_KEY
+from ..estimate import BATCH_DISCOUNT, PRICES_AS_OF, price_for
 from .aggregate import Aggregate
 
 __all__ = ["efficiency", "format_headline", "headline"]
@@ -38,7 +39,7 @@ def efficiency(agg: Aggregate) -> dict[str, float | None]:
 def _cost(agg: Aggregate) -> tuple[float | None, list[str]]:
     total = 0.0
     unpriced: list[str] = []
-    for (_, model), row in agg.by_key_model.items():
+    for (key, model), row in agg.by_key_model.items():
         if not (row.prompt or row.completion):
             continue
         price = price_for(model) if model else None
@@ -46,7 +47,8 @@ def _cost(agg: Aggregate) -> tuple[float | None, list[str]]:
             if model not in unpriced:
                 unpriced.append(model or "(no model)")
             continue
-        total += (row.prompt * price.input + row.completion * price.output) / 1e6
+        share = BATCH_DISCOUNT if key == BATCH_KEY else 1.0  # answered by the Batch API
+        total += share * (row.prompt * price.input + row.completion * price.output) / 1e6
     priced = any(row.prompt or row.completion for row in agg.by_key_model.values())
     return (round(total, 4) if priced and len(unpriced) < len(agg.by_key_model) else None,
             unpriced)

@@ -150,7 +150,7 @@ def render_page(agg: Aggregate, title: str) -> str:
         f'<div class="cards">{"".join(cards)}</div>',
         f"<h2>Over time</h2><p class=\"note\">Runs laid end to end; each bucket "
         f"{escape(human_duration(agg.timeline.width))}"
-        + ("; shaded: the server was down (outage)" if agg.spans else "") + ".</p>",
+        + _shaded(agg) + ".</p>",
     ]
     parts += [render(c) for c in charts(agg)]
     parts.append(_failures(agg))
@@ -163,6 +163,16 @@ def render_page(agg: Aggregate, title: str) -> str:
     parts.append(f'<p class="note">{agg.events:,} events; written by batchproc report at '
                  f"{escape(_when(time.time()))}.</p></body></html>")
     return "\n".join(parts)
+
+
+_SHADED = {"outage": "the server was down (outage)", "batch": "a batch ran (one shade each)",
+           "batch_queue": "a part waited for room in the Batch API's queue"}
+
+
+def _shaded(agg: Aggregate) -> str:
+    reasons = sorted({r for _, _, r in agg.spans})
+    return ("; shaded: " + escape("; ".join(_SHADED.get(r, r) for r in reasons))
+            if reasons else "")
 
 
 def _table(head: list[str], rows: list[list[str]], numeric: set[int]) -> str:
