@@ -26,7 +26,11 @@ __all__ = ["find_log", "register"]
 def _looks_like_log(path: Path) -> bool:
     """The first non-blank line of ``path`` is a run-log event."""
     with open(path, "rb") as f:
-        for line in f:
+        # At most 1 MiB at a time: a job's first line may be a huge image, and a log
+        # line never is that long at its start.
+        while line := f.readline(1 << 20):
+            if len(line) == 1 << 20 and not line.endswith(b"\n"):
+                return line.startswith(b'{"ev":"')  # as the log's events begin
             if line.strip():
                 try:
                     event = orjson.loads(line)

@@ -164,7 +164,8 @@ class Engine:
         self.admission = Admission(self, self.keys, self._waits, prepare,
                                    max_in_flight=max_in_flight, max_requeue=max_requeue,
                                    before_admit=before_admit, circuit=self.circuit,
-                                   outage=outage, stage=self.shared)
+                                   outage=outage, stage=self.packer.around(self.shared)
+                                   if self.packer else self.shared)
         self.stats.watch_requeue(self.admission.requeue)
         self.attempts = Attempts(self, client, self.keys, self.outcomes, outage,
                                  self.admission.requeue_at, policy=self.policy,

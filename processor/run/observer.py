@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..client.masking import MASK, Masker, header_secrets, is_credential_header
 from ..errors import ConfigError
@@ -22,7 +23,10 @@ __all__ = ["ProgressTap", "open_run_log", "plan_run_log", "safe_config", "start_
 log = logging.getLogger(__name__)
 
 #: settings left out of the log: the secrets, and what :func:`safe_config` shows apart.
-_LEFT_OUT = {"api_key", "api_keys", "headers", "secret_headers", "base_url"}
+_LEFT_OUT = {"api_key", "api_keys", "headers", "secret_headers", "base_url", "limiter",
+             "limiter_password"}
+#: settings that are URLs: shown with their user info and query values masked.
+_URLS = ("base_url", "limiter")
 
 
 def plan_run_log(cfg: JobConfig, src: Path, results: Path, errors: Path,
@@ -58,10 +62,25 @@ def _same(a: Path, b: Path) -> bool:
 def _secrets(cfg: JobConfig) -> list[str]:
     found = [cfg.api_key] if cfg.api_key else []
     found += [key for _, key in cfg.api_keys]
+    found += [cfg.limiter_password or ""]
+    for url in (cfg.base_url, cfg.limiter):
+        found += _url_secrets(url)
     for name, value in list(cfg.headers.items()) + list(cfg.secret_headers.items()):
         if is_credential_header(name) or name in cfg.secret_headers:
             found += header_secrets(name, value)
     return [s for s in found if s]
+
+
+def _url_secrets(url: str | None) -> list[str]:
+    """A URL's password (and user name), as written and percent-decoded."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        found = [parts.username or "", parts.password or ""]
+    except ValueError:
+        return []
+    return found + [unquote(s) for s in found]
 
 
 def safe_config(cfg: JobConfig) -> dict[str, Any]:
@@ -69,12 +88,17 @@ def safe_config(cfg: JobConfig) -> dict[str, Any]:
     password in the URL (key names and header names only)."""
     masker = Masker(_secrets(cfg))
     out: dict[str, Any] = {}
-    for name in cfg.__dataclass_fields__:
-        if name not in _LEFT_OUT:
+    for name, spec in cfg.__dataclass_fields__.items():
+        # A field kept out of the config's repr holds a secret (a key, a password): so
+        # a secret setting added later stays out of the log without a word here.
+        if name not in _LEFT_OUT and spec.repr:
             value = getattr(cfg, name)
             out[name] = value if isinstance(value, (str, int, float, bool, type(None))) \
                 else str(value)
-    out["base_url"] = masker.url(cfg.base_url)
+    for name in _URLS:
+        value = getattr(cfg, name)
+        out[name] = masker.url(value) if value else value
+    out["limiter_password"] = MASK if cfg.limiter_password else None
     out["keys"] = [name for name, _ in cfg.api_keys] or (["(one key)"] if cfg.api_key else [])
     out["headers"] = {
         name: MASK if is_credential_header(name) or name in cfg.secret_headers

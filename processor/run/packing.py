@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -32,6 +33,9 @@ from ..jobs import BadLine, Job
 from ..limits.counter import Unit
 from ..stats import Stats
 from .keys import Lane
+
+if TYPE_CHECKING:
+    from .admission import Stage
 
 __all__ = ["PackedJob", "Packer", "UnmappedAnswer", "parts_of", "split_pack"]
 
@@ -156,6 +160,7 @@ class Packer:
         self.lines = 0
         self.packs = 0
         self._model: str | None = None
+        self._stage: Stage | None = None
 
     def budget(self) -> float | None:
         """Tokens one request may carry: the smallest burst of the keys' token counters
@@ -186,9 +191,33 @@ class Packer:
     def _request(self, group: list[Job]) -> Job:
         if len(group) == 1:
             return group[0]
-        self.lines += len(group)
-        self.packs += 1
-        return packed_job(group, [self._count(job) for job in group])
+        job = packed_job(group, [self._count(job) for job in group])
+        if self._stage is None:  # no stage takes lines out: every pack made is sent
+            self._sent(job)
+        return job
+
+    def around(self, stage: Stage | None) -> Stage | None:
+        """Admission's stage: ``stage`` (cache hits and followers leave a pack there),
+        then the packs that still go are counted, so the summary counts what was sent
+        (None without a stage: packs are counted as made)."""
+        self._stage = stage
+        return self if stage is not None else None
+
+    def take(self, job: Job) -> Job | None:
+        assert self._stage is not None
+        found = self._stage.take(job)
+        if found is not None:
+            self._sent(found)
+        return found
+
+    def room(self) -> bool:
+        assert self._stage is not None
+        return self._stage.room()
+
+    def _sent(self, job: Job) -> None:
+        if isinstance(job, PackedJob):
+            self.lines += len(job.parts)
+            self.packs += 1
 
     def _count(self, job: Job) -> int | None:
         if self._exact is None:

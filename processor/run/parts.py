@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..client.http import OpenAIClient, is_azure_url
+from ..client.masking import Masker
 from ..cost import Cost, TokenCounter
 from ..errors import ConfigError
 from ..jobs import Job
@@ -102,7 +104,7 @@ def build_parts(cfg: JobConfig) -> Parts:
     counter = TokenCounter(encodings_dir=cfg.encodings_dir, allow_download=cfg.allow_download,
                            default_max_tokens=cfg.default_max_tokens, background=True)
     azure = cfg.azure if cfg.azure is not None else is_azure_url(cfg.base_url)
-
+    _check_url_credentials(cfg, azure)
     budget = build_budget(cfg)
     try:
         if cfg.api_keys:
@@ -114,3 +116,26 @@ def build_parts(cfg: JobConfig) -> Parts:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return Parts(cfg, counter, lanes, cfg.api_key, azure, budget)
+
+
+def _check_url_credentials(cfg: JobConfig, azure: bool) -> None:
+    """A base URL with ``user:pass@`` asks for Basic auth, which cannot go beside the
+    key's own ``Authorization`` header: every request failed locally, taken for an
+    outage without end. Refused before anything is sent (the message masks it).
+
+    Raises:
+        ConfigError: credentials in the URL and an Authorization header to send.
+    """
+    try:
+        parts = urlsplit(cfg.base_url)
+        userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        return  # the client reports a URL it cannot use
+    bearer = not azure and bool(cfg.api_key or cfg.api_keys)
+    header = any(name.strip().lower() == "authorization"
+                 for name in list(cfg.headers) + list(cfg.secret_headers))
+    if userinfo and (bearer or header):
+        raise ConfigError(
+            f"the base URL {Masker().url(cfg.base_url)} holds a user name or password "
+            "(user:pass@), which would go as an Authorization header beside the API key's; "
+            "give the URL without them (the key goes by --api-key-env)")

@@ -16,11 +16,12 @@ import orjson
 from ..errors import OutputError
 from ..jobs import Job, iter_jobs
 from ..stats import Stats, StopReason
+from ..store.cache import check_cache_path
 from ..store.edits import check_edits
 from ..store.inputfilter import InputFilter
 from ..store.ledger import ledger_path
 from ..store.lock import JobLock
-from ..store.paths import check_distinct, check_job_paths, job_locks, lock_path
+from ..store.paths import check_job_paths, job_locks, lock_path
 from ..store.resume import ResumeState, ScanInterrupted, load_state, move_aside
 from ..store.shardfiles import check_marker, marker_path
 from ..store.writer import ResultWriter
@@ -35,6 +36,13 @@ from .sharding import ShardScope, shard_defaults
 __all__ = ["JobConfig", "default_paths", "run_job"]
 
 log = logging.getLogger(__name__)
+
+
+def _job_files(results: Path, errors: Path, run_log: Path | None) -> list[tuple[str, Path]]:
+    files = [("results (--output)", results), ("errors (--errors)", errors),
+             ("the ledger", ledger_path(results)), ("the shard marker", marker_path(results))]
+    files += [("the run log", run_log)] if run_log else []
+    return files + [(f"the lock of {role}", lock_path(p)) for role, p in list(files)]
 
 
 def default_paths(input_path: Path) -> tuple[Path, Path]:
@@ -86,10 +94,10 @@ async def run_job(
     # Before anything is read or written: paths that would destroy data, then the
     # lock, held across the resume scan and the torn-line repair to the last write.
     check_job_paths(src, out_path, err_path)
-    if cfg.cache_path:
-        check_distinct([("input", src)], [("cache", Path(cfg.cache_path)),
-                                          ("results", out_path), ("errors", err_path)])
     run_log = plan_run_log(cfg, src, out_path, err_path, ledger_path(out_path))
+    if cfg.cache_path:  # none of the job's files (a SQLite file over one spoils both)
+        check_cache_path(Path(cfg.cache_path), [("the input", src)], _job_files(
+            out_path, err_path, run_log))
     with JobLock(job_locks(out_path, err_path) + ([lock_path(run_log)] if run_log else []),
                  files=[out_path, err_path, ledger_path(out_path)]):
         return await _run(cfg, src, out_path, err_path, on_progress, handle_signals,
@@ -196,7 +204,7 @@ def _prepare_files(
             moved = move_aside(p)
             if moved:
                 notes.append(f"--fresh: moved {p} to {moved}")
-    check_marker(out_path, err_path, cfg.shard)  # outputs of another shard: refused
+    check_marker(out_path, err_path, cfg.shard, src)  # outputs of another shard: refused
     if out_path.exists() or err_path.exists():
         log.info("reading the earlier outputs (%s, %s) to resume", out_path, err_path)
     state = load_state(out_path, err_path, stop=stop)

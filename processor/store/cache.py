@@ -36,8 +36,10 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import ConfigError
+from .paths import check_distinct
 
-__all__ = ["APPLICATION_ID", "BATCH", "INTERVAL", "Hit", "ResponseCache", "connect"]
+__all__ = ["APPLICATION_ID", "BATCH", "INTERVAL", "Hit", "ResponseCache", "check_cache_path",
+           "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,28 @@ class Hit:
     completion_tokens: int
     #: the response body, JSON, as the results file holds it.
     body: bytes
+
+
+#: the files SQLite keeps beside a database (WAL, shared memory, rollback journal).
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def check_cache_path(path: Path, reads: list[tuple[str, Path]],
+                     writes: list[tuple[str, Path]]) -> None:
+    """The cache (and SQLite's files beside it) must be none of a run's files.
+
+    Args:
+        reads / writes: ``(role, path)`` of every file the run reads / writes: the
+            input; the results, errors, ledger, locks, run log, shard marker. A cache
+            made over one of them would spoil both (SQLite pages appended to as JSONL,
+            or JSON lines written into the database).
+
+    Raises:
+        ConfigError: naming the two roles.
+    """
+    mine = [("the cache (--cache)", path)] + [
+        (f"the cache's {side} file", path.with_name(path.name + side)) for side in _SIDE_FILES]
+    check_distinct(reads, writes + mine)
 
 
 def connect(path: Path, *, read_only: bool = False, busy_timeout: float = 10.0
@@ -158,6 +182,16 @@ def _check(conn: sqlite3.Connection, path: Path, read_only: bool) -> None:
                     conn.execute("COMMIT")
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot set up cache {path}: {exc}") from None
+
+
+#: token counts stored at most (a server's usage is not trusted: SQLite's INTEGER is
+#: 64-bit, and a larger number ended the writer thread).
+MAX_TOKENS = 1 << 40
+
+
+def _tokens(value: object) -> int:
+    """A server's token count fit to store: an int in ``0..MAX_TOKENS``, else 0."""
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS else 0
 
 
 def _sound(row: tuple[Any, ...]) -> bool:
@@ -245,7 +279,8 @@ class ResponseCache:
                     or self._pending_bytes + len(data) > MAX_PENDING_BYTES):
                 self.dropped += 1
                 return
-            hit = Hit(status, request_id or "", model, prompt_tokens, completion_tokens, data)
+            hit = Hit(status, request_id or "", model, _tokens(prompt_tokens),
+                      _tokens(completion_tokens), data)
             old = self._pending.get(key)
             self._pending[key] = hit
             self._pending_bytes += len(data) - (len(old.body) if old else 0)
@@ -325,7 +360,8 @@ class ResponseCache:
                 finally:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError, ValueError) as exc:
+                # Never the end of the writer thread: the next batch is tried again.
                 self._warn(f"cannot write cache {self.path} ({exc}); some answers are "
                            "not stored")
         with self._lock:

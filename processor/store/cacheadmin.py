@@ -92,6 +92,19 @@ class CacheStats:
         return asdict(self)
 
 
+#: a column's value where it is what batchproc writes: a count, a Unix time.
+_COUNT = ("CASE WHEN typeof({0}) = 'integer' AND {0} BETWEEN 0 AND 1000000000000 "
+          "THEN {0} END")
+_TIME = ("CASE WHEN typeof({0}) IN ('integer', 'real') AND {0} BETWEEN 0 AND 100000000000 "
+         "THEN {0} END")
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str) -> str:
+    """A name from the file fit for a terminal: controls written as ``\\uXXXX``, cut."""
+    return _UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text[:200])
+
+
 def cache_stats(path: Path) -> CacheStats:
     """Read-only figures of the cache at ``path``.
 
@@ -100,12 +113,16 @@ def cache_stats(path: Path) -> CacheStats:
     """
     conn = connect(path, read_only=True)
     try:
+        # Only values of the types batchproc writes count: an edited or foreign row (a
+        # text time, a blob model) must not break the figures, nor the command.
         entries, body, hits, oldest, newest, last = conn.execute(
-            "SELECT count(*), coalesce(sum(length(body)), 0), coalesce(sum(hits), 0), "
-            "min(created), max(created), max(last_hit) FROM responses").fetchone()
-        models = dict(conn.execute(
-            "SELECT coalesce(model, ''), count(*) FROM responses GROUP BY 1 "
-            "ORDER BY 2 DESC LIMIT 20").fetchall())
+            "SELECT count(*), coalesce(sum(length(body)), 0), "
+            f"coalesce(sum({_COUNT.format('hits')}), 0), min({_TIME.format('created')}), "
+            f"max({_TIME.format('created')}), max({_TIME.format('last_hit')}) "
+            "FROM responses").fetchone()
+        models = {_printable(str(name)): int(count) for name, count in conn.execute(
+            "SELECT CASE WHEN typeof(model) = 'text' THEN model ELSE '' END, count(*) "
+            "FROM responses GROUP BY 1 ORDER BY 2 DESC LIMIT 20").fetchall()}
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read cache {path}: {exc}") from None
     finally:

@@ -3,10 +3,13 @@ meant to repeat.
 
 The key is a 16-byte BLAKE2b digest over, in this order::
 
-    b"batchproc-cache-v1\\0" host b"\\0" path b"\\0" canonical body
+    b"batchproc-cache-v1\\0" host b"\\0" [rules] path b"\\0" canonical body
 
 - ``host``: the base URL's host, lowercased, with the port when the URL names one
   (``api.openai.com``, ``127.0.0.1:8000``); never its user info (a ``user:pass@``).
+- ``rules``, only with a ``--cache-ignore`` list other than the default: ``b"\\1ignore="``,
+  the sorted names comma-joined, ``b"\\0"`` (so runs that leave out other fields never
+  share keys; the path that follows always begins with ``/``).
 - ``path``: the path (and query) the request is posted to, the base URL's path joined
   with the endpoint (``/v1/chat/completions``), so two gateways on one host differ.
 - canonical body: the request body with the left-out top-level fields removed,
@@ -130,8 +133,13 @@ class KeyMaker:
 
     def __init__(self, base_url: str, ignore: Iterable[str] = DEFAULT_IGNORE) -> None:
         self._base = base_url
-        self._prefix = _TAG + _host(base_url).encode() + b"\0"
         self._ignore = frozenset(ignore)
+        # Another list of left-out fields is another notion of "the same request": its
+        # keys never meet the default's (nor another list's) in a shared file, where one
+        # run's "temperature does not matter" would answer another run that never said so.
+        rules = b"" if self._ignore == frozenset(DEFAULT_IGNORE) else (
+            b"\1ignore=" + ",".join(sorted(self._ignore)).encode() + b"\0")
+        self._prefix = _TAG + _host(base_url).encode() + b"\0" + rules
         self._paths: dict[str, bytes] = {}
 
     def path(self, endpoint: str) -> bytes:

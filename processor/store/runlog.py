@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -63,6 +63,9 @@ _START = b'{"ev":"start"'
 BATCH_KEY = "(batch)"
 #: longest error message kept per failure.
 MESSAGE_CHARS = 300
+#: longest line read back (events are far shorter: the start event, the longest, holds
+#: the settings): a longer line is skipped without being held in memory.
+MAX_LINE = 8 << 20
 
 
 def run_log_path(results: Path) -> Path:
@@ -85,6 +88,8 @@ def is_run_log(path: Path) -> bool:
         return True  # the open for appending reports it
     if not first.strip():
         return True
+    if len(first) == 1 << 16 and not first.endswith(b"\n"):
+        return first.startswith(b'{"ev":"')  # a start event longer than that (settings)
     try:
         event = orjson.loads(first)
     except orjson.JSONDecodeError:
@@ -189,9 +194,13 @@ class RunLog:
             return
         try:
             self._buf += orjson.dumps(event, option=_LINE)
-        except TypeError:  # a field that is not JSON (never expected): keep its text
-            self._buf += orjson.dumps({k: v if isinstance(v, (str, int, float, type(None)))
-                                       else str(v) for k, v in event.items()}, option=_LINE)
+        except TypeError:
+            # A field that is not JSON, or an integer past 64 bits (a server's usage of
+            # 2**64 - 1 tokens, summed): keep its text. Never the end of the run.
+            try:
+                self._buf += orjson.dumps(_plain(event), option=_LINE)
+            except TypeError as exc:
+                log.warning("run log: an event could not be written (%s)", exc)
         if len(self._buf) >= self._max_buffer:
             self.flush()
 
@@ -307,6 +316,20 @@ class RunLog:
         self.close()
 
 
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` with what JSON (orjson) cannot hold written as text: integers past
+    64 bits, other types; nested dicts and lists followed a few levels down."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int):
+        return value if -(1 << 63) <= value < (1 << 64) else str(value)
+    if isinstance(value, dict) and depth < 8:
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and depth < 8:
+        return [_plain(v, depth + 1) for v in value]
+    return str(value)
+
+
 def _last_run(fd: int) -> int:
     """The number of the last run in the log open at ``fd`` (0: none): its last
     ``start`` event, found from the end (a torn or foreign one is passed over)."""
@@ -336,7 +359,7 @@ def read_events(path: str | os.PathLike[str],
     torn tail after ``kill -9``, foreign text) is skipped and its number appended to
     ``bad`` if given."""
     with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
+        for number, line in enumerate(_lines(f), 1):
             try:
                 event = orjson.loads(line)
             except orjson.JSONDecodeError:
@@ -345,3 +368,18 @@ def read_events(path: str | os.PathLike[str],
                 yield event
             elif bad is not None and line.strip():
                 bad.append(number)
+
+
+def _lines(f: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``f``, each at most :data:`MAX_LINE` bytes read into memory: a longer
+    one (no event is; a hand-edited or hostile log) is passed over in pieces and given
+    as an empty placeholder, so the reader's memory stays bounded."""
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            line = b"-\n"  # not an event: counted as unreadable
+        yield line

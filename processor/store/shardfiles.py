@@ -64,6 +64,15 @@ def read_marker(path: Path) -> Shard | None:
     return shard
 
 
+def _job_name(marker: Path) -> str:
+    """The job file's name a marker records ("" if none: read_marker vouched for it)."""
+    try:
+        name = orjson.loads(marker.read_bytes()).get("job")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return ""
+    return name if isinstance(name, str) else ""
+
+
 def _has_records(path: Path) -> bool:
     try:
         return path.stat().st_size > 0
@@ -71,7 +80,8 @@ def _has_records(path: Path) -> bool:
         return False
 
 
-def check_marker(results: Path, errors: Path, shard: Shard | None) -> None:
+def check_marker(results: Path, errors: Path, shard: Shard | None,
+                 job: Path | None = None) -> None:
     """Refuse outputs written by another shard (or unsharded), and mark new ones.
 
     Call under the job's lock, after ``--fresh`` moved old outputs aside and before
@@ -105,7 +115,9 @@ def check_marker(results: Path, errors: Path, shard: Shard | None) -> None:
                 f"{path} holds records of a run without --shard (or whose {marker.name} "
                 f"was removed): shard {shard} will not mix into it; give other output "
                 "files, or --fresh to move it aside")
-    data = {"k": shard.k, "n": shard.n, "scheme": _SCHEME}
+    data: dict[str, object] = {"k": shard.k, "n": shard.n, "scheme": _SCHEME}
+    if job is not None:  # which job: `merge` refuses to mix shards of two jobs
+        data["job"] = job.name
     tmp = marker.with_name(f"{marker.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(orjson.dumps(data) + b"\n")
@@ -160,6 +172,7 @@ def split_problems(results: list[Path]) -> list[str]:
     markers: shards of different splits, a shard given twice, shards missing. Files
     without a marker (another tool's, an unsharded run's) are not judged."""
     marks: list[tuple[Path, Shard]] = []
+    jobs: dict[str, Path] = {}
     for path in results:
         try:
             shard = read_marker(marker_path(path))
@@ -167,8 +180,14 @@ def split_problems(results: list[Path]) -> list[str]:
             return [str(exc)]
         if shard is not None:
             marks.append((path, shard))
+            jobs.setdefault(_job_name(marker_path(path)), path)
     if not marks:
         return []
+    jobs.pop("", None)  # a marker that names no job (an older batchproc's) is not judged
+    if len(jobs) > 1:
+        return ["the files are shards of different jobs (" + ", ".join(
+            f"{path} of {name}" for name, path in jobs.items()) + "): merge one job's "
+            "shards at a time"]
     splits = sorted({s.n for _, s in marks})
     if len(splits) > 1:
         return [f"the files are shards of different splits (into {', '.join(map(str, splits))} "

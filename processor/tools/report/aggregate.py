@@ -9,6 +9,7 @@ time spent working, not the nights between.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,18 @@ __all__ = ["MAX_ROWS", "Aggregate", "FailureRow", "RunRow", "aggregate"]
 MAX_ROWS = 200
 #: example custom_ids kept per failure reason.
 EXAMPLES = 5
+
+
+#: characters never shown as they are: controls (a terminal obeys ESC sequences in a
+#: custom_id or message) and the marks that reverse or isolate text direction.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _text(value: Any, limit: int = 200) -> str:
+    """A text taken from the log, fit to show: at most ``limit`` characters, controls
+    and direction marks written as ``\\uXXXX``."""
+    text = (value if isinstance(value, str) else str(value))[:limit]
+    return _UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @dataclass(slots=True)
@@ -114,13 +127,15 @@ class _Limits:
     def start(self, limits: Any, keys: Any) -> None:
         self.flags = {k: float(v) for k, v in limits.items()
                       if isinstance(v, (int, float))} if isinstance(limits, dict) else {}
-        names = [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+        names = [k for k in keys if isinstance(k, str)][:MAX_ROWS] \
+            if isinstance(keys, list) else []
         self.keys = list(names) if len(names) > 1 else [None]
         self.learned = {}
         self._update()
 
     def learn(self, name: Any, value: Any, key: Any) -> None:
-        if isinstance(name, str) and isinstance(value, (int, float)) and value > 0:
+        # Only the limits the charts draw: a hostile log's other names are not kept.
+        if name in ("rpm", "tpm") and isinstance(value, (int, float)) and value > 0:
             per_key = self.learned.setdefault(name, {})
             if len(per_key) < MAX_ROWS:
                 per_key[key if isinstance(key, str) and len(self.keys) > 1 else None] = value
@@ -194,7 +209,7 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             run = RunRow(
                 number=int(_number(event.get("run"), len(agg.runs) + 1)),
                 started_at=_number(event.get("at")) or None, offset=offset,
-                version=str(event.get("v", "")),
+                version=_text(event.get("v", ""), 40),
                 total=event.get("total") if isinstance(event.get("total"), int) else None,
                 resume_done=int(_number(resume.get("done"))) if isinstance(resume, dict) else 0,
                 limits=dict(limits.flags))
@@ -213,21 +228,21 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
         elif kind == "limit":
             limits.learn(event.get("name"), event.get("value"), event.get("k", event.get("key")))
         elif kind == "pause":
-            reason = str(event.get("r"))
+            reason = _text(event.get("r"))
             if len(agg.pauses) < MAX_ROWS or reason in agg.pauses:
                 agg.pauses[reason] += 1
             if event.get("until") is None and len(agg.spans) < MAX_ROWS:
                 open_spans[_span_key(reason, event)] = len(agg.spans)
                 agg.spans.append((x, -1.0, reason))
         elif kind == "resume":
-            index = open_spans.pop(_span_key(str(event.get("r")), event), -1)
+            index = open_spans.pop(_span_key(_text(event.get("r")), event), -1)
             if index >= 0:
                 agg.spans[index] = (agg.spans[index][0], x, agg.spans[index][2])
         elif kind == "end" and run is not None:
             run.seconds = _number(event.get("elapsed"), t)
-            run.reason = str(event.get("reason"))
+            run.reason = _text(event.get("reason"))
             msg = event.get("msg")
-            run.message = msg if isinstance(msg, str) else None
+            run.message = _text(msg, 300) if isinstance(msg, str) else None
             run.skipped = int(_number(event.get("skipped")))
         agg.end = max(agg.end, offset + last_t)
     if run is not None:
@@ -296,7 +311,7 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
         row.completion += completion
         return
     row.errors += 1
-    kind = str(error)
+    kind = _text(error, 100)
     if status == 429:
         back.e429 += 1
         kind = "429"
@@ -316,7 +331,7 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
 
 
 def _failure(agg: Aggregate, event: dict[str, Any]) -> None:
-    code = str(event.get("code"))[:100]
+    code = _text(event.get("code"), 100)
     row = agg.failures.get(code)
     if row is None:
         if len(agg.failures) >= MAX_ROWS:
@@ -326,9 +341,9 @@ def _failure(agg: Aggregate, event: dict[str, Any]) -> None:
     cid = event.get("id")
     if len(row.examples) < EXAMPLES:
         line = event.get("line")
-        row.examples.append(str(cid)[:200] if cid is not None else f"line {line}")
+        row.examples.append(_text(cid) if cid is not None else f"line {_text(line, 20)}")
     if not row.message and isinstance(event.get("msg"), str):
-        row.message = event["msg"][:300]
+        row.message = _text(event["msg"], 300)
 
 
 def _served(agg: Aggregate, event: dict[str, Any], bucket: Any, run: RunRow | None) -> None:
@@ -349,7 +364,8 @@ def _served(agg: Aggregate, event: dict[str, Any], bucket: Any, run: RunRow | No
 def _row(agg: Aggregate, event: dict[str, Any]) -> KeyModel:
     """The by key and model row of ``event`` (one "(other)" row past MAX_ROWS)."""
     key, model = event.get("k"), event.get("m")
-    pair = (key if isinstance(key, str) else "", model if isinstance(model, str) else "")
+    pair = (_text(key) if isinstance(key, str) else "",
+            _text(model) if isinstance(model, str) else "")
     row = agg.by_key_model.get(pair)
     if row is None:
         if len(agg.by_key_model) >= MAX_ROWS:
