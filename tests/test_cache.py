@@ -295,3 +295,27 @@ def test_cache_commands(tmp_path: Path) -> None:
     env = runner.invoke(app, ["cache", "stats"], env={"BATCHPROC_CACHE": str(path)})
     assert env.exit_code == 0 and "entries:  0" in env.output
     assert os.path.exists(path)
+
+
+def _open_and_close(path: str) -> str:
+    """A process's first open of a cache file: "ok" or the error it gave."""
+    from processor.errors import ConfigError
+    from processor.store.cache import ResponseCache as Cache
+
+    try:
+        Cache(path).close()
+    except ConfigError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_processes_opening_one_new_cache_at_once_all_succeed(tmp_path: Path) -> None:
+    # Several runs started together on a new cache file: each sets it up or finds it set
+    # up, never "database is locked" nor "another program's database" half way through.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        for round_ in range(8):
+            path = str(tmp_path / f"new-{round_}.sqlite")
+            assert pool.map(_open_and_close, [path] * 4) == ["ok"] * 4

@@ -36,6 +36,7 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import ConfigError
+from .cachefile import APPLICATION_ID, check_file
 from .paths import check_distinct
 
 __all__ = ["APPLICATION_ID", "BATCH", "INTERVAL", "Hit", "ResponseCache", "check_cache_path",
@@ -43,10 +44,6 @@ __all__ = ["APPLICATION_ID", "BATCH", "INTERVAL", "Hit", "ResponseCache", "check
 
 log = logging.getLogger(__name__)
 
-#: ``PRAGMA application_id`` of a batchproc cache ("bpRC"): another SQLite file is
-#: never taken for one (nor written to).
-APPLICATION_ID = 0x62705243
-SCHEMA_VERSION = 1
 #: answers committed per transaction at most, and seconds an answer waits at most.
 BATCH = 256
 INTERVAL = 0.1
@@ -54,21 +51,6 @@ INTERVAL = 0.1
 MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 256 << 20
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
-    key BLOB NOT NULL UNIQUE,
-    status INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    model TEXT,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0,
-    last_hit REAL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS responses_created ON responses (created);
-"""
 _GET = ("SELECT status, request_id, model, prompt_tokens, completion_tokens, body "
         "FROM responses WHERE key = ?")
 _INSERT = ("INSERT INTO responses (key, status, request_id, model, prompt_tokens, "
@@ -141,47 +123,11 @@ def connect(path: Path, *, read_only: bool = False, busy_timeout: float = 10.0
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open cache {path}: {exc}") from None
     try:
-        _check(conn, path, read_only)
+        check_file(conn, path, read_only)
     except BaseException:
         conn.close()
         raise
     return conn
-
-
-def _check(conn: sqlite3.Connection, path: Path, read_only: bool) -> None:
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"cache {path} is not a batchproc cache ({exc})") from None
-    if app_id != APPLICATION_ID and (app_id or tables):
-        raise ConfigError(f"cache {path} is another program's SQLite database; give a new "
-                          "path (it is left alone)")
-    if version > SCHEMA_VERSION:
-        raise ConfigError(f"cache {path} was written by a newer batchproc (format {version})")
-    if read_only:
-        if app_id != APPLICATION_ID:
-            raise ConfigError(f"cache {path} is empty (--cache-mode read-only)")
-        return
-    try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            log.warning("cache %s: WAL mode unavailable (%s); sharing it is slower", path, mode)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        if app_id != APPLICATION_ID:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise ConfigError(f"cannot set up cache {path}: {exc}") from None
 
 
 #: token counts stored at most (a server's usage is not trusted: SQLite's INTEGER is
