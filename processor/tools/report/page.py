@@ -166,7 +166,8 @@ def render_page(agg: Aggregate, title: str) -> str:
 
 
 _SHADED = {"outage": "the server was down (outage)", "batch": "a batch ran (one shade each)",
-           "batch_queue": "a part waited for room in the Batch API's queue"}
+           "batch_queue": "a part waited for room in the Batch API's queue",
+           "redis": "admission waited for the shared limiter's Redis"}
 
 
 def _shaded(agg: Aggregate) -> str:
