@@ -8,6 +8,7 @@ import email.utils
 import inspect
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -240,10 +241,16 @@ def test_rate_limit_info_from_headers(
         ("http://host/api", "/v1/chat/completions", "http://host/api/v1/chat/completions"),
         ("http://host/v1", "/v10/models", "http://host/v1/v10/models"),
         ("http://host/v1", "/v1", "http://host/v1"),
+        ("http://host/v1?token=abc", "/v1/chat/completions",
+         "http://host/v1/chat/completions?token=abc"),
+        ("http://host/v1/?a=1&b=2", "/embeddings", "http://host/v1/embeddings?a=1&b=2"),
+        ("http://host/v1?token=abc", "/v1/files?purpose=batch",
+         "http://host/v1/files?purpose=batch&token=abc"),
     ],
     ids=["no-doubled-v1", "versionless-endpoint", "trailing-slash", "no-leading-slash",
          "local-server", "base-without-version", "base-slash-only", "prefixed-base",
-         "other-base-path", "v10-is-not-v1", "endpoint-is-the-version"],
+         "other-base-path", "v10-is-not-v1", "endpoint-is-the-version", "base-query-kept",
+         "base-query-trailing-slash", "both-queries"],
 )
 def test_join_url(base: str, endpoint: str, expected: str) -> None:
     assert join_url(base, endpoint) == expected
@@ -659,3 +666,19 @@ def test_2xx_with_an_error_body(body: Any, error: bool) -> None:
             classify(200, orjson.dumps(body), {})
     else:
         assert classify(200, orjson.dumps(body), {}).body == body
+
+
+async def test_a_base_url_with_a_query_reaches_the_endpoint(mock_api: Any,
+                                                            tmp_path: Path) -> None:
+    # A gateway's base URL with a query (?token=...): the endpoint goes into the path, the
+    # query stays a query (it was joined as ".../v1?token=x/chat/completions").
+    from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+
+    api = await mock_api()
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
+    proc = await start_cli(job, api.base_url + "?gateway=batchproc-test", "--rpm", "off",
+                           "--tpm", "off")
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert api.stats.requests == 3
+    assert len(read_jsonl(tmp_path / "job.results.jsonl")) == 3

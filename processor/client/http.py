@@ -44,16 +44,19 @@ def join_url(base_url: str, endpoint: str) -> str:
 
     ``http://host:8000/v1`` + ``/v1/chat/completions`` gives
     ``http://host:8000/v1/chat/completions``; ``https://api.openai.com/v1`` +
-    ``/chat/completions`` gives ``https://api.openai.com/v1/chat/completions``.
+    ``/chat/completions`` gives ``https://api.openai.com/v1/chat/completions``. A query
+    of the base URL (a gateway's ``?token=...``) stays a query, after the endpoint's own.
     """
-    base = base_url.rstrip("/")
+    parts = urlsplit(base_url)
+    endpoint, _, endpoint_query = endpoint.partition("?")
+    base_path = parts.path.rstrip("/")
     path = "/" + endpoint.lstrip("/")
-    base_path = urlsplit(base).path
     if base_path:
         last = "/" + base_path.rsplit("/", 1)[-1]
         if path == last or path.startswith(last + "/"):
             path = path[len(last) :]
-    return base + path
+    query = "&".join(q for q in (endpoint_query, parts.query) if q)
+    return urlunsplit((parts.scheme, parts.netloc, base_path + path, query, ""))
 
 
 AZURE_API_VERSION = "2024-10-21"
