@@ -28,11 +28,11 @@ from typing import Any
 
 import orjson
 
-from ..client.answers import classify
+from ..client.answers import classify, usage
 from ..client.masking import Masker
 from ..errors import APIError, BadRequest, ServerError
 from ..idset import IdSet
-from ..run.outcomes import Sink, usage
+from ..run.outcomes import Sink
 from ..run.policy import Attempt, Context, Fail, decide
 from ..run.retry import RetryPolicy
 from ..stats import Stats

@@ -16,7 +16,7 @@ from ..errors import AuthError, BadRequest, QuotaExceeded, RateLimited, ServerEr
 from .headers import RateLimitInfo, parse_retry_after, retry_after_in_words
 from .masking import Masker
 
-__all__ = ["MAX_DEPTH", "Response", "classify"]
+__all__ = ["MAX_DEPTH", "Response", "classify", "usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +173,14 @@ def classify(status: int, raw: bytes | bytearray, headers: Mapping[str, str],
     if status in (401, 403):
         raise AuthError(message, **kwargs)
     raise BadRequest(message, **kwargs)
+
+
+def usage(body: Any) -> tuple[int, int]:
+    """``(prompt, completion)`` tokens from an answer's ``usage`` (0 when not stated)."""
+    if isinstance(body, dict):
+        used = body.get("usage")
+        if isinstance(used, dict):
+            p = used.get("prompt_tokens", used.get("input_tokens", 0))
+            c = used.get("completion_tokens", used.get("output_tokens", 0))
+            return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    return 0, 0

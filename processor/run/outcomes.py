@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..client.answers import usage
 from ..client.http import Response
 from ..cost import Cost
 from ..errors import APIError, JobFormatError
@@ -19,7 +20,7 @@ from ..store.records import RecordIds, error_record, result_record
 from .events import NO_EVENTS, Events
 from .keys import Lane
 
-__all__ = ["Outcomes", "Shared", "Sink", "usage"]
+__all__ = ["Outcomes", "Shared", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,6 @@ class Sink(Protocol):
     def write_error(self, record: dict[str, Any]) -> None: ...
 
     def maybe_sync(self) -> None: ...
-
-
-def usage(body: Any) -> tuple[int, int]:
-    """``(prompt, completion)`` tokens from an answer's ``usage`` (0 when not stated)."""
-    if isinstance(body, dict):
-        used = body.get("usage")
-        if isinstance(used, dict):
-            p = used.get("prompt_tokens", used.get("input_tokens", 0))
-            c = used.get("completion_tokens", used.get("output_tokens", 0))
-            return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
-    return 0, 0
 
 
 class Shared(Protocol):

@@ -47,7 +47,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..client.answers import Response
+from ..client.answers import Response, usage
 from ..errors import APIError
 from ..jobs import Job
 from ..stats import Stats
@@ -95,17 +95,6 @@ def is_run_log(path: Path) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(event, dict) and isinstance(event.get("ev"), str)
-
-
-def _usage(body: Any) -> tuple[int, int]:
-    """``(prompt, completion)`` tokens an answer says it used (0, 0 if it does not)."""
-    if isinstance(body, dict):
-        used = body.get("usage")
-        if isinstance(used, dict):
-            p = used.get("prompt_tokens", used.get("input_tokens", 0))
-            c = used.get("completion_tokens", used.get("output_tokens", 0))
-            return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
-    return 0, 0
 
 
 class RunLog:
@@ -167,12 +156,7 @@ class RunLog:
     def close(self) -> None:
         """Write what is buffered and close (idempotent)."""
         self.flush()
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_fd()
 
     def _off(self, exc: OSError) -> None:
         if self.failure is None:
@@ -180,6 +164,9 @@ class RunLog:
             log.warning("run log %s turned off: %s", self.path, exc.strerror or exc)
         self.enabled = False
         self._buf.clear()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
@@ -238,7 +225,7 @@ class RunLog:
                 tc = used.get("completion_tokens", 0)
                 event["tc"] = tc if type(tc) is int else 0
             else:
-                event["tp"], event["tc"] = _usage(response.body)
+                event["tp"], event["tc"] = usage(response.body)
         else:
             assert error is not None
             event["st"] = error.status
