@@ -257,10 +257,12 @@ class Admission:
                     await waits.change(circuit.expires_at() - now)
                     continue
                 probe = True
+            # New lines pause while the requeue or the held lines are full: what is held
+            # stays bounded however fast the server fails.
+            may_read = not exhausted and len(requeue) < self.max_requeue \
+                and len(held) < self.max_requeue and (stage is None or stage.room())
             if run.in_flight >= cap:
-                if stage is not None and early is None and not exhausted and \
-                        len(requeue) < self.max_requeue and len(held) < self.max_requeue \
-                        and stage.room():
+                if stage is not None and early is None and may_read:
                     # The wire is full, but the next line may need no request (a cache
                     # hit, an identical request's follower): read on. One that needs a
                     # request is held for the next free slot.
@@ -278,10 +280,7 @@ class Admission:
                 job = heapq.heappop(requeue)[2]
             elif early is not None:
                 job, early = early, None
-            elif not exhausted and len(requeue) < self.max_requeue \
-                    and len(held) < self.max_requeue and (stage is None or stage.room()):
-                # New lines pause while the requeue is full: what is held stays bounded
-                # however fast the server fails.
+            elif may_read:
                 read = await self._read(source)
                 if read is False:
                     exhausted = True
