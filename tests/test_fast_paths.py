@@ -102,3 +102,26 @@ def test_learning_settles_for_good_once_nothing_is_auto() -> None:
     auto.stop_learning()
     assert not pool.learning
     assert not KeyPool([Lane(None, Limiter.per_minute(100, None))], Stats()).learning
+
+
+def test_learning_settles_with_limiters_per_model_when_no_model_can_learn() -> None:
+    from processor.limits.models import LimitPlan, ModelLimit, ModelLimiters
+    from tests.test_model_limits import _local
+
+    def pool(plan: LimitPlan) -> tuple[KeyPool, ModelLimiters[Limiter]]:
+        models = ModelLimiters(plan, _local)
+        return KeyPool([Lane(None, models.get(None), models=models)], Stats()), models
+
+    # The flags given (nothing auto): settled at once, whatever models come later.
+    fixed, models = pool(LimitPlan(ModelLimit(100, 1000), auto_rpm=False, auto_tpm=False))
+    assert not fixed.learning and fixed._settled
+    models.get("gpt-4o")
+    assert not fixed.learning
+    # auto: every new model learns, so it never settles; a new model learns again.
+    auto, models = pool(LimitPlan())
+    assert auto.learning
+    for limiter in models.all():
+        limiter.stop_learning()
+    assert not auto.learning and not auto._settled
+    models.get("gpt-4o")
+    assert auto.learning

@@ -88,6 +88,11 @@ class KeyPool:
         #: no key has an ``auto`` limit left to learn: it never gets one back, so
         #: :attr:`learning` (asked on every admission) is False from then on.
         self._settled = False
+        #: no limiter made later (one per new model) would learn: once none of those made
+        #: learns, :attr:`learning` is settled.
+        self._no_new_learners = all(
+            lane.models is None or not (lane.models.plan.auto_rpm or lane.models.plan.auto_tpm)
+            for lane in lanes)
         #: per limiter (a key's, or a model's on it), the limits it last stated (for the
         #: ``limit`` events).
         self._said: dict[int, tuple[Any, ...]] = {}
@@ -103,10 +108,8 @@ class KeyPool:
         """Some working key still learns its limits from the server's headers."""
         if self._settled:
             return False
-        limiters = [limiter for lane in self.lanes for limiter in lane.limiters()]
-        if all(lane.models is None for lane in self.lanes) \
-                and not any(limiter.server.auto for limiter in limiters):
-            # No key can make a new limiter (one per model) that would learn.
+        if self._no_new_learners and not any(limiter.server.auto for lane in self.lanes
+                                             for limiter in lane.limiters()):
             self._settled = True
             return False
         return any(limiter.learning for lane in self.lanes if not lane.retired
