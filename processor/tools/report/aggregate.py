@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...store.runlog import read_events
-from .timeline import LatencySketch, Timeline
+from .timeline import Bucket, LatencySketch, Timeline
 
 __all__ = ["MAX_ROWS", "Aggregate", "FailureRow", "RunRow", "aggregate"]
 
@@ -346,7 +346,7 @@ def _failure(agg: Aggregate, event: dict[str, Any]) -> None:
         row.message = _text(event["msg"], 300)
 
 
-def _served(agg: Aggregate, event: dict[str, Any], bucket: Any, run: RunRow | None) -> None:
+def _served(agg: Aggregate, event: dict[str, Any], bucket: Bucket, run: RunRow | None) -> None:
     """An answer written without a request (``how``: ``cached`` or ``shared``): an answer
     of its model, which used no tokens or capacity of this run."""
     if event.get("how") == "cached":
