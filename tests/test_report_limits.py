@@ -4,6 +4,7 @@ while it was sending, summed over keys; the limit line follows the models at wor
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,32 @@ async def test_a_real_run_of_two_models_reports_each_at_its_limit(
     for name in ("model-a", "model-b"):
         assert 0.8 <= by[name]["efficiency"]["rpm"] <= 1.1, (name, by)
     assert 0.8 <= h["efficiency"]["rpm"] <= 1.1, h
+
+
+def test_hostile_limit_settings_never_break_the_report(tmp_path: Path) -> None:
+    import random
+
+    weird: list[Any] = [None, "x", -1, 0, 1e308, float("inf"), [], {}, [[1, 2]], [["a"]],
+                        {"a": 1}, {"a": {"rpm": "9"}}, {"a": {"rpm": -5, "tpm": 1e20}},
+                        {"": {"rpm": 60}}, [["a", "b"], ["b", "c"]], True, 2**70, "model"]
+    rng = random.Random(7)
+    events: list[dict[str, Any]] = []
+    for i in range(400):
+        cfg = {k: rng.choice(weird) for k in ("keys", "limit_scope", "limits", "shared_buckets")}
+        events.append({"ev": "start", "run": i, "t": 0.0, "limits": rng.choice(weird),
+                       "cfg": rng.choice([cfg, cfg, rng.choice(weird)])})
+        for j in range(5):
+            events.append({"ev": "limit", "t": j, "name": rng.choice(weird + ["rpm a", "tpm"]),
+                           "value": rng.choice(weird), "key": rng.choice(weird),
+                           "model": rng.choice(weird)})
+            events.append(attempt(f"r{i}-{j}", j * 0.3, j * 0.3 + 0.1,
+                                  m=rng.choice(weird + ["a", "b"]), k=rng.choice(weird)))
+    path = tmp_path / "x.run.jsonl"
+    # json, not orjson: it writes 2**70 and inf (read back as a number / a bad line).
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    agg = aggregate(path)
+    h = headline(agg)
+    orjson.dumps(h)
+    assert "Limits by model" in render_page(agg, "x")
+    assert len(agg.limits.spans) <= 200
+
