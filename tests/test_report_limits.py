@@ -162,3 +162,14 @@ def test_hostile_limit_settings_never_break_the_report(tmp_path: Path) -> None:
     assert "Limits by model" in render_page(agg, "x")
     assert len(agg.limits.spans) <= 200
 
+
+
+def test_a_short_run_at_its_limit_is_not_over_it(tmp_path: Path) -> None:
+    # --tpm 6000 (100 a second), requests of 100 tokens: the counters start empty, so the
+    # first goes at 1 s, then one a second. Measured from the first send, five requests
+    # in four seconds looked like 118% of the limit.
+    events = [start({"tpm": 6000})]
+    events += [attempt(f"r{i}", 1.0 + i, 1.1 + i, m="a", te=100) for i in range(5)]
+    h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", events)))
+    assert 0.9 <= h["efficiency"]["tpm"] <= 1.0, h["efficiency"]
+    assert 0.9 <= h["by_model"]["a"]["efficiency"]["tpm"] <= 1.0

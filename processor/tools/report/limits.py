@@ -9,9 +9,13 @@ limit it learned from the server (``limit`` events), else the model's ``--limit`
 the bare flag.
 
 A group's limit is in force from its first request sent to its last (a model whose work
-is done no longer counts as capacity left unused). Every time bucket keeps, per group,
-what was sent and the limit in force at the time (:class:`~.timeline.Slot`), so the
-limit line and the efficiency follow the limits as they change, in bounded memory.
+is done no longer counts as capacity left unused). Counters start empty, so the first
+request waited for its own credit before the span began: it is left out of what the span
+is measured against (else a short run at its limit shows more than 100%).
+
+Every time bucket keeps, per group, what was sent and the limit in force at the time
+(:class:`~.timeline.Slot`), so the limit line and the efficiency follow the limits as
+they change, in bounded memory.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class LimitBook:
         self._learned_groups: set[str] = set()
         #: group -> [first send, last send] on the report's time axis, over all runs.
         self.spans: dict[str, list[float]] = {}
+        #: group -> the tokens charged for its first request (the one at the span's start).
+        self.first_tokens: dict[str, int] = {}
         self._in_force: dict[str, tuple[float | None, float | None]] = {}
 
     def start(self, limits: Any, cfg: Any) -> None:
@@ -142,8 +148,12 @@ class LimitBook:
         span = self.spans.get(group)
         if span is None:
             self.spans[group] = [x, x]
+            self.first_tokens[group] = tokens
         else:
-            span[0], span[1] = min(span[0], x), max(span[1], x)
+            if x < span[0]:  # attempts are logged as they end, not always in order
+                span[0] = x
+                self.first_tokens[group] = tokens
+            span[1] = max(span[1], x)
         bucket = timeline.at(x)
         if bucket.groups is None:
             bucket.groups = {}
@@ -225,6 +235,12 @@ def usage(timeline: Timeline, book: LimitBook) -> tuple[dict[str, float | None],
                     for sums in (mine[name], whole[name]):
                         sums[0] += got[name]
                         sums[1] += limit * width / 60.0
+        start = int(book.spans[group][0] / width)
+        ahead = {"rpm": 1, "tpm": book.first_tokens.get(group, 0)}
+        for name in NAMES:  # the first request's credit came before the span
+            if start < len(lines[name]) and lines[name][start] is not None:
+                for sums in (mine[name], whole[name]):
+                    sums[0] = max(0.0, sums[0] - ahead[name])
         used[group] = GroupUse(sent, tokens, last["rpm"], last["tpm"], _shares(mine))
     return _shares(whole), used
 
