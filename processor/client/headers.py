@@ -10,7 +10,7 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -121,31 +121,40 @@ class RateLimitInfo:
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        """The headers' figures; None when no limit header was sent.
+
+        A proxy that forwards the upstream's headers beside its own may join them
+        ("600, 500"): limits and what is left read as the smaller, resets as the longer.
+        """
         if "x-ratelimit-limit-requests" not in headers and (
             "x-ratelimit-limit-tokens" not in headers
         ):
             return None
-
-        def num(key: str) -> float | None:
-            value = headers.get(key)
-            if value is None:
-                return None
-            try:
-                number = float(value)
-            except ValueError:
-                return None
-            # Nonsense (negative, inf, nan) is as good as no header.
-            return number if math.isfinite(number) and number >= 0 else None
-
-        def dur(key: str) -> float | None:
-            value = headers.get(key)
-            return parse_duration(value) if value is not None else None
-
         return cls(
-            num("x-ratelimit-limit-requests"),
-            num("x-ratelimit-limit-tokens"),
-            num("x-ratelimit-remaining-requests"),
-            num("x-ratelimit-remaining-tokens"),
-            dur("x-ratelimit-reset-requests"),
-            dur("x-ratelimit-reset-tokens"),
+            _joined(headers, "x-ratelimit-limit-requests", _count, min),
+            _joined(headers, "x-ratelimit-limit-tokens", _count, min),
+            _joined(headers, "x-ratelimit-remaining-requests", _count, min),
+            _joined(headers, "x-ratelimit-remaining-tokens", _count, min),
+            _joined(headers, "x-ratelimit-reset-requests", parse_duration, max),
+            _joined(headers, "x-ratelimit-reset-tokens", parse_duration, max),
         )
+
+
+def _count(text: str) -> float | None:
+    """A count from a header: nonsense (negative, inf, nan, garbage) is as good as none."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _joined(headers: Mapping[str, str], key: str, parse: Callable[[str], float | None],
+            pick: Callable[[list[float]], float]) -> float | None:
+    """``key``'s value, read by ``parse``; of values joined by commas, ``pick``'s choice
+    among the readable ones (at most 8 looked at: no real header repeats more)."""
+    value = headers.get(key)
+    if value is None or len(value) > 200:
+        return None
+    values = [v for part in value.split(",")[:8] if (v := parse(part)) is not None]
+    return pick(values) if values else None

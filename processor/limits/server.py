@@ -14,7 +14,12 @@ import math
 
 from .counter import MINUTE, Counter, Unit
 
-__all__ = ["Mirror", "ServerLimits"]
+__all__ = ["MAX_STATED", "Mirror", "ServerLimits"]
+
+#: the highest per-minute limit a server can mean, by unit: hundreds of times any real
+#: one (OpenAI's highest tiers state tens of thousands of requests, hundreds of millions
+#: of tokens). A server stating more (1e308) is broken: the figure is ignored, not learned.
+MAX_STATED = {Unit.REQUESTS: 1e8, Unit.TOKENS: 1e11}
 
 
 class Mirror:
@@ -102,8 +107,11 @@ class ServerLimits:
         """Whether a stated per-minute ``limit`` of ``unit`` can be real.
 
         A requests limit below one request, or a tokens limit below the smallest
-        request already admitted (which the server then answered), cannot be.
+        request already admitted (which the server then answered), cannot be; nor can
+        one above :data:`MAX_STATED`.
         """
+        if limit > MAX_STATED[unit]:
+            return False
         if unit is Unit.REQUESTS:
             return limit >= 1.0
         smallest = self.smallest_tokens  # inf until a request was admitted

@@ -13,6 +13,7 @@ from ..jobs import Job
 from ..limits import Limiter, Unit
 from ..limits.counter import MINUTE
 from ..limits.models import ModelLimiters
+from ..limits.server import MAX_STATED
 from ..stats import Stats
 from .events import NO_EVENTS, Events
 
@@ -59,6 +60,9 @@ class Lane:
 
 def implausible(limiter: Limiter, name: str, value: float) -> str:
     """``tokens/min 0.001 (below the smallest request, 37 tokens)``: why it cannot be real."""
+    unit = Unit.REQUESTS if name == Unit.REQUESTS.per_minute else Unit.TOKENS
+    if value > MAX_STATED[unit]:
+        return f"{name} {value:g} (above any real limit)"
     if name == Unit.REQUESTS.per_minute:
         return f"{name} {value:g} (below one request)"
     smallest = limiter.smallest_tokens
@@ -220,13 +224,15 @@ class KeyPool:
         stats = self.stats
         limiter = lane.limiter_for(model)
         bucket = lane.bucket(model)
-        if info is None:
+        if info is None or info.limit_requests is None and info.limit_tokens is None:
+            # No limit stated (or only garbage, "NaN", "-1"): nothing to learn from.
             if limiter.learning:
                 self._answers_without_headers += 1
                 if self._answers_without_headers >= PROBE_ANSWERS:
                     limiter.stop_learning()
-                    stats.note("the server sends no x-ratelimit headers: nothing to learn "
-                               "limits from, so none applied (set --rpm/--tpm)")
+                    stats.note("the server states no limits (no usable "
+                               "x-ratelimit-limit-* headers): nothing to learn limits "
+                               "from, so none applied (set --rpm/--tpm)")
             return
         was_learning = limiter.learning
         # A per-minute limit changes only with what the server states (or whether it is

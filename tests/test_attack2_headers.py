@@ -1,0 +1,85 @@
+"""Red team: rate-limit headers as servers we have not seen send them (proxies joining
+duplicated headers, garbage values, absurd limits), through the real engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from processor import JobConfig, run_job
+from processor.client.headers import RateLimitInfo
+from tests.conftest import chat_line, write_jsonl
+
+KEY = "sk-test-attack2-3b7e1d"
+_LIMITS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")
+
+
+def _rewrite(change: Callable[[str, str], str | None]) -> Any:
+    """A middleware that rewrites (or drops: None) the mock's x-ratelimit-* headers."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        for name in [n for n in response.headers if n.lower().startswith("x-ratelimit-")]:
+            value = change(name.lower(), response.headers[name])
+            del response.headers[name]
+            if value is not None:
+                response.headers[name] = value
+        return response
+
+    return middleware
+
+
+def _config(api: Any) -> JobConfig:
+    return JobConfig(base_url=api.base_url, api_key=KEY, allow_download=False,
+                     backoff_base=0.01, backoff_cap=0.05)
+
+
+def test_proxy_joined_duplicates_read_as_the_stricter_value() -> None:
+    # A proxy forwarding the upstream's headers beside its own joins them with ", ".
+    info = RateLimitInfo.from_headers({
+        "x-ratelimit-limit-requests": "600, 500", "x-ratelimit-remaining-requests": "7,9",
+        "x-ratelimit-limit-tokens": "90000 , junk", "x-ratelimit-reset-requests": "1s, 2.5s"})
+    assert info is not None
+    assert info.limit_requests == 500 and info.remaining_requests == 7
+    assert info.limit_tokens == 90000
+    assert info.reset_requests == 2.5
+
+
+async def test_garbage_limit_headers_do_not_keep_the_run_learning_silently(
+        mock_api: Any, tmp_path: Path) -> None:
+    # Limit headers present but unreadable: before, the run stayed "learning" (4 in
+    # flight) to the end without a word.
+    api = await mock_api(rpm=6000, middlewares=[_rewrite(
+        lambda name, value: "NaN" if name in _LIMITS else value)])
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(12)])
+    stats = await run_job(job, _config(api))
+    assert stats.ok == 12
+    assert any("none applied" in note for note in stats.notes), stats.notes
+
+
+async def test_joined_duplicate_headers_are_learned(mock_api: Any, tmp_path: Path) -> None:
+    api = await mock_api(rpm=6000, tpm=1_000_000, middlewares=[_rewrite(
+        lambda name, value: f"{value}, {value}")])
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(12)])
+    stats = await run_job(job, _config(api))
+    assert stats.ok == 12
+    assert stats.limits.get("rpm") == 6000 and stats.limits.get("tpm") == 1_000_000
+
+
+async def test_absurd_stated_limits_are_ignored_with_a_note(mock_api: Any,
+                                                            tmp_path: Path) -> None:
+    # 1e308 requests a minute is no server's limit: it was learned and printed as a
+    # 309-digit number in the summary.
+    api = await mock_api(rpm=6000, middlewares=[_rewrite(
+        lambda name, value: "1e308" if "-limit-" in name or "-remaining-" in name
+        else value)])
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(12)])
+    stats = await run_job(job, _config(api))
+    assert stats.ok == 12
+    assert all(v < 1e13 for v in stats.limits.values()), stats.limits
+    assert any("ignored the server's stated limit" in note and "above any real limit" in note
+               for note in stats.notes), stats.notes
