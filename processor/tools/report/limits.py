@@ -6,7 +6,10 @@ send 600 requests a minute between them; with ``--limit-scope key`` one set of c
 holds all of a key's models, and only a model with its own ``--limit`` is counted apart.
 Each group's limit is the sum over the run's keys of what each key was held to: the
 limit it learned from the server (``limit`` events), else the model's ``--limit``, else
-the bare flag.
+the bare flag. In key scope a model with its own ``--limit`` passes both its own counters
+and the key's: its requests count in both groups (*nested* in the key's), and the run as
+a whole was allowed the key's limit, or less while only such models sent (the sum of
+their own limits).
 
 A group's limit is in force from its first request sent to its last (a model whose work
 is done no longer counts as capacity left unused). Counters start empty, so the first
@@ -60,6 +63,10 @@ class LimitBook:
         self.spans: dict[str, list[float]] = {}
         #: group -> the tokens charged for its first request (the one at the span's start).
         self.first_tokens: dict[str, int] = {}
+        #: groups whose requests also pass the key's counters (key scope, own limits).
+        self.nested: set[str] = set()
+        #: [first, last] send of requests held by the key's counters alone (key scope).
+        self.bare: list[float] | None = None
         self._in_force: dict[str, tuple[float | None, float | None]] = {}
 
     def start(self, limits: Any, cfg: Any) -> None:
@@ -143,8 +150,21 @@ class LimitBook:
         return total
 
     def sent(self, timeline: Timeline, x: float, model: Any, tokens: int) -> None:
-        """A request for ``model`` sent at ``x`` (charged ``tokens``)."""
+        """A request for ``model`` sent at ``x`` (charged ``tokens``): counted in its
+        group, and in key scope in the key's group as well."""
         group = self.group(model)
+        if group == KEY_GROUP:
+            bare = self.bare
+            if bare is None:
+                self.bare = [x, x]
+            else:
+                bare[0], bare[1] = min(bare[0], x), max(bare[1], x)
+        elif self.scope == "key" and group != OTHER:
+            self.nested.add(group)
+            self._count(timeline, x, KEY_GROUP, tokens)
+        self._count(timeline, x, group, tokens)
+
+    def _count(self, timeline: Timeline, x: float, group: str, tokens: int) -> None:
         span = self.spans.get(group)
         if span is None:
             self.spans[group] = [x, x]
@@ -186,18 +206,68 @@ def _lines(timeline: Timeline, spans: Mapping[str, list[float]]
     return out
 
 
+def _covers(span: list[float] | None, i: int, width: float) -> bool:
+    return span is not None and int(span[0] / width) <= i <= int(span[1] / width)
+
+
+def _overall(timeline: Timeline, book: LimitBook,
+             lines: Mapping[str, Mapping[str, list[float | None]]]
+             ) -> dict[str, tuple[list[float], list[float | None]]]:
+    """Per name and bucket, what the run sent that was held to a known limit, and the
+    limit in force over all groups sending at the time (None: none had one).
+
+    A nested group's requests are in the key's group already; while the key has a limit
+    they count there, against the key's limit (or the sum of the nested groups' own
+    limits, when only they were sending and that is lower)."""
+    n = timeline.used_buckets()
+    width = timeline.width
+    key = lines.get(KEY_GROUP)
+    out: dict[str, tuple[list[float], list[float | None]]] = {}
+    for name in NAMES:
+        got = [0.0] * n
+        allowed: list[float | None] = [None] * n
+        for i in range(n):
+            groups = timeline.buckets[i].groups or {}
+            capped = key is not None and key[name][i] is not None
+            total: float | None = None
+            nested_sum: float | None = 0.0
+            for group, group_lines in lines.items():
+                limit = group_lines[name][i]
+                if group in book.nested:
+                    if capped:
+                        if not _covers(book.spans.get(group), i, width):
+                            continue
+                        nested_sum = None if limit is None or nested_sum is None \
+                            else nested_sum + limit
+                        continue
+                elif group == KEY_GROUP and capped and book.nested:
+                    continue  # below, once the nested groups are summed
+                if limit is None:
+                    continue
+                got[i] += _amount(groups.get(group), name)
+                total = (total or 0.0) + limit
+            if capped and key is not None:
+                cap = key[name][i] or 0.0
+                if book.nested and not _covers(book.bare, i, width) and nested_sum:
+                    cap = min(cap, nested_sum)
+                got[i] += _amount(groups.get(KEY_GROUP), name)
+                total = (total or 0.0) + cap
+            allowed[i] = total
+        out[name] = (got, allowed)
+    return out
+
+
+def _amount(slot: Slot | None, name: str) -> float:
+    if slot is None:
+        return 0.0
+    return float(slot.sent if name == "rpm" else slot.tokens)
+
+
 def limit_lines(timeline: Timeline, book: LimitBook) -> dict[str, list[float | None]]:
     """Per name, the limit in force over all groups sending at the time, per bucket
     (the groups with a known limit; None where none had one)."""
-    n = timeline.used_buckets()
-    totals: dict[str, list[float | None]] = {name: [None] * n for name in NAMES}
-    for lines in _lines(timeline, book.spans).values():
-        for name in NAMES:
-            total = totals[name]
-            for i, value in enumerate(lines[name]):
-                if value is not None:
-                    total[i] = (total[i] or 0.0) + value
-    return totals
+    lines = _lines(timeline, book.spans)
+    return {name: allowed for name, (_, allowed) in _overall(timeline, book, lines).items()}
 
 
 @dataclass(slots=True)
@@ -217,30 +287,35 @@ def usage(timeline: Timeline, book: LimitBook) -> tuple[dict[str, float | None],
     was sending: over all groups, and per group."""
     width = timeline.width
     used: dict[str, GroupUse] = {}
-    whole = {name: [0.0, 0.0] for name in NAMES}
-    for group, lines in _lines(timeline, book.spans).items():
+    lines = _lines(timeline, book.spans)
+    overall = _overall(timeline, book, lines)
+    whole = {name: [sum(got), sum(v for v in allowed if v is not None) * width / 60.0]
+             for name, (got, allowed) in overall.items()}
+    key = lines.get(KEY_GROUP)
+    for group, group_lines in lines.items():
         mine = {name: [0.0, 0.0] for name in NAMES}
         sent = tokens = 0
         last: dict[str, float | None] = dict.fromkeys(NAMES)
-        for i in range(len(lines["rpm"])):
+        for i in range(len(group_lines["rpm"])):
             groups = timeline.buckets[i].groups
             slot = groups.get(group) if groups else None
-            got = {"rpm": slot.sent if slot else 0, "tpm": slot.tokens if slot else 0}
-            sent += got["rpm"]
-            tokens += got["tpm"]
+            sent += slot.sent if slot else 0
+            tokens += slot.tokens if slot else 0
             for name in NAMES:
-                limit = lines[name][i]
+                limit = group_lines[name][i]
                 if limit is not None:
                     last[name] = limit
-                    for sums in (mine[name], whole[name]):
-                        sums[0] += got[name]
-                        sums[1] += limit * width / 60.0
+                    mine[name][0] += _amount(slot, name)
+                    mine[name][1] += limit * width / 60.0
         start = int(book.spans[group][0] / width)
         ahead = {"rpm": 1, "tpm": book.first_tokens.get(group, 0)}
         for name in NAMES:  # the first request's credit came before the span
-            if start < len(lines[name]) and lines[name][start] is not None:
-                for sums in (mine[name], whole[name]):
-                    sums[0] = max(0.0, sums[0] - ahead[name])
+            if start < len(group_lines[name]) and group_lines[name][start] is not None:
+                mine[name][0] = max(0.0, mine[name][0] - ahead[name])
+                # In the run's sums once: a nested group's first request is the key's
+                # while the key has a limit.
+                if group not in book.nested or key is None or key[name][start] is None:
+                    whole[name][0] = max(0.0, whole[name][0] - ahead[name])
         used[group] = GroupUse(sent, tokens, last["rpm"], last["tpm"], _shares(mine))
     return _shares(whole), used
 

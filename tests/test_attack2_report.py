@@ -1,0 +1,71 @@
+"""Red team: the report's limits per model against runs of odd shapes.
+
+``--limit-scope key`` with a model's own ``--limit``: that model's requests pass both its
+own counters and the key's (README: "each model is then also held to its own --limit").
+The report counted them in the model's group only, so the key's group looked idle and the
+run's efficiency was measured against the model's limit alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processor.tools.report import aggregate, headline
+from processor.tools.report.limits import limit_lines
+from tests.conftest import chat_line, start_cli, write_jsonl
+from tests.test_report import write_log
+from tests.test_report_limits import ordered, start, steady
+
+_OWN = {"rpm": 120, "tpm": None, "rpd": None, "tpd": None}
+
+
+def test_key_scope_counts_a_model_with_its_own_limit_in_the_key_too(tmp_path: Path) -> None:
+    # --limit-scope key --rpm 60 --limit big=120: only big sends, at the key's 60 a
+    # minute (the key binds). The run is at 100% of what it was allowed; it said 50%.
+    events = [start({"rpm": 60}, limit_scope="key", limits={"big": _OWN})]
+    events += steady("big", 1.0, 0.0, 60.0)
+    agg = aggregate(write_log(tmp_path / "x.run.jsonl", ordered(events)))
+    h = headline(agg)
+    assert h["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.03), h["efficiency"]
+    by = h["by_model"]
+    assert by[""]["sent"] == 60 and by[""]["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.03)
+    assert by["big"]["sent"] == 60 and by["big"]["efficiency"]["rpm"] == pytest.approx(
+        0.5, abs=0.03)
+    line = limit_lines(agg.timeline, agg.limits)["rpm"]
+    assert line[int(30 / agg.timeline.width)] == 60  # the key's cap, not 60 + 120
+
+
+def test_key_scope_with_a_model_below_the_key_limit_and_others(tmp_path: Path) -> None:
+    # --rpm 120 for the key, small=30 of its own: small at 30 and free at 90 (the key's
+    # rest) fill the key: 100%. Then small alone, at its 30: still 100%.
+    events = [start({"rpm": 120}, limit_scope="key",
+                    limits={"small": {"rpm": 30, "tpm": None}})]
+    events += steady("small", 0.5, 0.0, 120.0) + steady("free", 1.5, 0.1, 60.1)
+    h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", ordered(events))))
+    assert h["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.04), h
+    by = h["by_model"]
+    assert by[""]["sent"] == 150 and by["small"]["sent"] == 60
+    assert by["small"]["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.04)
+
+
+async def test_a_real_key_scope_run_with_an_own_limit(tmp_path: Path, mock_api: Any) -> None:
+    """Through the CLI: --limit-scope key --rpm 600, model-a has its own 1,200 (above the
+    key's): the key binds both models; the run is at its limit."""
+    api = await mock_api(latency_ms=5)
+    lines = [chat_line(i, model="model-a" if i % 2 else "model-b") for i in range(40)]
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    proc = await start_cli(job, api.base_url, "--rpm", "600", "--tpm", "off",
+                           "--limit-scope", "key", "--limit", "model-a=1200/-",
+                           max_in_flight=16)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    h = headline(aggregate(tmp_path / "job.run.jsonl"))
+    by = h["by_model"]
+    assert by[""]["sent"] == 40 and by[""]["rpm_limit"] == 600
+    assert by["model-a"]["sent"] == 20 and by["model-a"]["rpm_limit"] == 1200
+    assert 0.8 <= by[""]["efficiency"]["rpm"] <= 1.1, by
+    assert 0.8 <= h["efficiency"]["rpm"] <= 1.1, h
