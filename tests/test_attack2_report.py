@@ -69,3 +69,24 @@ async def test_a_real_key_scope_run_with_an_own_limit(tmp_path: Path, mock_api: 
     assert by["model-a"]["sent"] == 20 and by["model-a"]["rpm_limit"] == 1200
     assert 0.8 <= by[""]["efficiency"]["rpm"] <= 1.1, by
     assert 0.8 <= h["efficiency"]["rpm"] <= 1.1, h
+
+
+def test_a_log_of_junk_lines_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    # Every unreadable line's number was kept: a hand-edited log of millions of junk
+    # lines grew the report's memory with it (120,000 lines: about 5 MB).
+    import tracemalloc
+
+    events = [start({"rpm": 60})] + steady("a", 1.0, 0.0, 5.0)
+    path = write_log(tmp_path / "x.run.jsonl", events)
+    with path.open("ab") as f:
+        f.write(b"junk\n" * 120_000)
+    tracemalloc.start()
+    try:
+        agg = aggregate(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    h = headline(agg)
+    assert h["unreadable_lines"] == 120_000 and h["answered"] == 5
+    assert len(agg.bad_lines) <= 200
+    assert peak < 2_000_000, peak

@@ -39,6 +39,18 @@ def _text(value: Any, limit: int = 200) -> str:
     return _UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+class Unreadable(list[int]):
+    """The numbers of the log's unreadable lines: the first :data:`MAX_ROWS` kept, all
+    counted in ``total`` (a hostile log of millions of junk lines costs no memory)."""
+
+    total = 0
+
+    def append(self, number: int) -> None:
+        self.total += 1
+        if len(self) < MAX_ROWS:
+            super().append(number)
+
+
 @dataclass(slots=True)
 class RunRow:
     """One run of the job."""
@@ -92,7 +104,7 @@ class Aggregate:
     spans: list[tuple[float, float, str]] = field(default_factory=list)
     latency: LatencySketch = field(default_factory=LatencySketch)
     events: int = 0
-    bad_lines: list[int] = field(default_factory=list)
+    bad_lines: Unreadable = field(default_factory=Unreadable)
     attempts: int = 0
     answers: int = 0
     #: answers written without a request of their own (``s`` events): from the response

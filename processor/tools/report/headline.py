@@ -89,7 +89,7 @@ def headline(agg: Aggregate) -> dict[str, Any]:
                     for r in agg.runs],
         "failures": {row.code: row.count for row in sorted(
             agg.failures.values(), key=lambda r: -r.count)},
-        "unreadable_lines": len(agg.bad_lines),
+        "unreadable_lines": agg.bad_lines.total,
         "pauses": dict(agg.pauses.most_common()),
         "open_pauses": [{"reason": r, "at_s": round(a, 3), "seconds": round(b - a, 3)}
                         for a, b, r in agg.spans],

@@ -160,8 +160,8 @@ def render_page(agg: Aggregate, title: str) -> str:
     parts.append(_key_models(agg))
     parts.append(_runs(agg))
     parts.append(_pauses(agg))
-    if agg.bad_lines:
-        parts.append(f'<p class="note">{len(agg.bad_lines):,} unreadable line(s) in the log '
+    if agg.bad_lines.total:
+        parts.append(f'<p class="note">{agg.bad_lines.total:,} unreadable line(s) in the log '
                      "were skipped (a torn last line after a kill, say).</p>")
     parts.append(f'<p class="note">{agg.events:,} events; written by batchproc report at '
                  f"{escape(_when(time.time()))}.</p></body></html>")
