@@ -12,6 +12,7 @@ from aiohttp import web
 from processor import JobConfig, run_job
 from processor.client.headers import RateLimitInfo
 from tests.conftest import chat_line, write_jsonl
+from tests.hostile import pause, when
 
 KEY = "sk-test-attack2-3b7e1d"
 _LIMITS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")
@@ -83,3 +84,18 @@ async def test_absurd_stated_limits_are_ignored_with_a_note(mock_api: Any,
     assert all(v < 1e13 for v in stats.limits.values()), stats.limits
     assert any("ignored the server's stated limit" in note and "above any real limit" in note
                for note in stats.notes), stats.notes
+
+
+async def test_a_ten_year_retry_after_is_not_told_as_a_week(hostile_api: Any,
+                                                            tmp_path: Path) -> None:
+    # Retry-After of ten years is read as a week (the cap); the stop said "the server
+    # asked to pause for 7d00h (until <a week on>)": a wait the server never asked for.
+    from tests.test_outage import EXIT_LATER, asking, cli, job_file, written_off
+
+    api = await hostile_api(latency=0.005)
+    api.use(when(asking("number 0?"), pause(retry_after="315360000", times=1)))
+    job = job_file(tmp_path, 2)
+    code, err = await cli(job, api.base_url)
+    assert code == EXIT_LATER, err
+    assert "the server asked to pause for 7d00h or more" in " ".join(err.split()), err
+    assert written_off(job) == []

@@ -29,7 +29,7 @@ from .events import NO_EVENTS, Events
 from .held import HeldLines
 from .keys import KeyPool, Lane
 from .outage import OutageWatch
-from .policy import LONG_PAUSE, NO_KEY_LEFT, Stop, rerun_later
+from .policy import LONG_PAUSE, NO_KEY_LEFT, Stop, asked_pause, rerun_later
 
 __all__ = ["DAILY_PERIOD", "DAILY_STOP_WAIT", "PROBE_IN_FLIGHT", "Admission", "Control",
            "Sleep", "Stage", "Waits", "long_wait_stop"]
@@ -126,7 +126,7 @@ def long_wait_stop(lane: Lane, tokens: int, wait: float, *, key: str = "",
                     "rerun the same command when the day's limit has reset to resume", resume)
     pause = limiter.paused_until - now
     if pause > LONG_PAUSE:
-        return rerun_later(pause, f"the server asked to pause for {human_duration(pause)}"
+        return rerun_later(pause, f"the server asked to pause for {asked_pause(pause)}"
                                   f"{on_key}", at)
     if wait > LONG_PAUSE:
         what = f"{counter.name} {counter.limit:g}" if counter is not None else "the limits"

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..client.headers import MAX_WAIT
 from ..errors import (
     APIError,
     AuthError,
@@ -36,7 +37,7 @@ from .retry import Fallback, RetryPolicy, is_daily_limit, server_hint
 
 __all__ = ["INSIST_429", "LONG_PAUSE", "NO_KEY_LEFT", "Action", "Attempt", "Context", "Fail",
            "Leave", "Requeue", "RetireKey", "Retry", "Stop", "SwitchModel", "decide",
-           "refuses_model", "rerun_later"]
+           "asked_pause", "refuses_model", "rerun_later"]
 
 #: any wait longer than this (a server-requested pause, a spent budget, a limit) stops
 #: the run (resumable) instead.
@@ -146,6 +147,13 @@ class Context:
     at: Callable[[float], str] = clock_at
 
 
+def asked_pause(seconds: float) -> str:
+    """A server's pause in words: one at the cap (:data:`MAX_WAIT`, what a Retry-After
+    of ten years is read as) is "7d00h or more", not a week the server never asked for.
+    (Within a minute of the cap: a pause told later, as admission does, has run a bit.)"""
+    return human_duration(seconds) + (" or more" if seconds >= MAX_WAIT - 60 else "")
+
+
 def rerun_later(wait: float, what: str, at: Callable[[float], str] = clock_at) -> Stop:
     """Stop for a wait of over an hour: exit 75, nothing written off, say when."""
     return Stop(StopReason.RERUN_LATER,
@@ -177,7 +185,7 @@ def decide(exc: APIError, attempt: Attempt, ctx: Context) -> Action:
                         "once its limits are right")
     elif hint is not None and hint > LONG_PAUSE:
         # A 503's Retry-After speaks for the whole server, not one key.
-        return rerun_later(hint, f"the server asked to pause for {human_duration(hint)} "
+        return rerun_later(hint, f"the server asked to pause for {asked_pause(hint)} "
                                  f"(HTTP {exc.status})", ctx.at)
     if ctx.outage:
         return Leave() if ctx.stopping else Requeue(retry=True)
