@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from processor import JobConfig, run_job
@@ -99,3 +100,18 @@ async def test_a_ten_year_retry_after_is_not_told_as_a_week(hostile_api: Any,
     assert code == EXIT_LATER, err
     assert "the server asked to pause for 7d00h or more" in " ".join(err.split()), err
     assert written_off(job) == []
+
+
+def test_joined_retry_after_and_go_durations_below_a_millisecond() -> None:
+    from processor.client.headers import parse_duration, parse_retry_after
+
+    # A proxy that joins the upstream's Retry-After with its own: the longer is asked.
+    assert parse_retry_after({"retry-after": "2, 3"}) == 3.0
+    assert parse_retry_after({"retry-after-ms": "20,20"}) == pytest.approx(0.02)
+    assert parse_retry_after({"retry-after": "1, nan"}) == 1.0
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    # Go prints durations under a millisecond in µs / us / ns (OpenAI's resets are Go's).
+    assert parse_duration("857µs") == pytest.approx(857e-6)
+    assert parse_duration("1.5us") == pytest.approx(1.5e-6)
+    assert parse_duration("500ns") == pytest.approx(5e-7)
+    assert parse_duration("1m0.5µs") == pytest.approx(60.0000005)

@@ -21,7 +21,10 @@ __all__ = ["MAX_WAIT", "RateLimitInfo", "parse_duration", "parse_retry_after",
 #: HTTP date in year 9999) is broken; the value stays finite, and the engine decides what
 #: a long pause means (it stops the run, to be rerun later).
 MAX_WAIT = 7 * 86400.0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|\u00b5s|\u03bcs|ns|h|m|s)")
+#: seconds per unit of a Go duration (Go prints under a millisecond in µs or ns).
+_UNITS = {"ms": 0.001, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9, "s": 1.0,
+          "m": 60.0, "h": 3600.0}
 _RETRY_IN_WORDS = re.compile(
     r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+|\d+(?:\.\d+)?)"
     r"(?:\s*(ms|s|sec|seconds?)\b)?", re.I)
@@ -52,9 +55,25 @@ def parse_duration(text: str) -> float | None:
         if m.start() != pos:
             return None
         value = float(m.group(1))
-        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+        total += value * _UNITS[m.group(2)]
         pos = m.end()
     return _wait(total) if pos == len(text) and pos else None
+
+
+def _number(text: str) -> float | None:
+    """A finite number, or of numbers joined by commas (a proxy repeating the header:
+    "2, 3") the largest finite one; None for anything else (an HTTP date, garbage)."""
+    values = []
+    for part in text.split(",")[:8] if len(text) <= 200 else ():
+        try:
+            value = float(part)
+        except ValueError:
+            if "," in text:
+                continue  # a junk part among joined numbers; a date has words in each
+            return None
+        if math.isfinite(value):
+            values.append(value)
+    return max(values) if values else None
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -62,22 +81,15 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     (seconds or an HTTP date), else None. Never negative, never over :data:`MAX_WAIT`."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
-        try:
-            seconds = float(ms) / 1000.0
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(seconds):
-                return _wait(seconds)
+        seconds = _number(ms)
+        if seconds is not None:
+            return _wait(seconds / 1000.0)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return _wait(seconds) if math.isfinite(seconds) else None
+    seconds = _number(value)
+    if seconds is not None:
+        return _wait(seconds)
     if len(value) > 100:
         return None
     try:
