@@ -51,12 +51,14 @@ def test_proxy_joined_duplicates_read_as_the_stricter_value() -> None:
     assert info.reset_requests == 2.5
 
 
+@pytest.mark.parametrize("junk", ["NaN", "None", "-1"])
 async def test_garbage_limit_headers_do_not_keep_the_run_learning_silently(
-        mock_api: Any, tmp_path: Path) -> None:
-    # Limit headers present but unreadable: before, the run stayed "learning" (4 in
-    # flight) to the end without a word.
+        mock_api: Any, tmp_path: Path, junk: str) -> None:
+    # Limit headers present but unreadable (LiteLLM's proxy documents the value None
+    # when the backend sent none): before, the run stayed "learning" (4 in flight) to
+    # the end without a word.
     api = await mock_api(rpm=6000, middlewares=[_rewrite(
-        lambda name, value: "NaN" if name in _LIMITS else value)])
+        lambda name, value: junk if name in _LIMITS else value)])
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(12)])
     stats = await run_job(job, _config(api))
     assert stats.ok == 12
