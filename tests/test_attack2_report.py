@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from processor.tools.report import aggregate, headline
+from processor.tools.report import aggregate, headline, render_page
 from processor.tools.report.limits import limit_lines
 from tests.conftest import chat_line, start_cli, write_jsonl
 from tests.test_report import write_log
@@ -90,3 +90,18 @@ def test_a_log_of_junk_lines_is_read_in_bounded_memory(tmp_path: Path) -> None:
     assert h["unreadable_lines"] == 120_000 and h["answered"] == 5
     assert len(agg.bad_lines) <= 200
     assert peak < 2_000_000, peak
+
+
+def test_a_hand_edited_log_with_negative_times_and_tokens(tmp_path: Path) -> None:
+    # An attempt sent at -5 s crashed the report (IndexError: its limit group's span
+    # began before the time axis); negative tokens made a negative efficiency.
+    events = [start({"rpm": 60, "tpm": 6000})] + steady("a", 1.0, 0.0, 30.0, te=100)
+    events.append({**steady("a", 1.0, 0.0, 1.0)[0], "ts": -5.0, "te": -3000})
+    events.append({**steady("b", 1.0, 0.0, 1.0)[0], "ts": -1e11, "tp": -7, "tc": -9})
+    agg = aggregate(write_log(tmp_path / "x.run.jsonl", events))
+    h = headline(agg)
+    for value in list(h["efficiency"].values()) + [h["tokens"][k] for k in h["tokens"]]:
+        assert value is None or value >= 0, h
+    for use in h["by_model"].values():
+        assert all(v is None or v >= 0 for v in use["efficiency"].values()), h["by_model"]
+    assert "Limits by model" in render_page(agg, "x")

@@ -236,12 +236,14 @@ def _close(run: RunRow, last_t: float) -> None:
 def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: LimitBook,
              run: RunRow | None) -> None:
     timeline = agg.timeline
-    ts = offset + _number(event.get("ts"))
-    td = offset + _number(event.get("td"), ts - offset)
+    # A hand-edited log's negative times and tokens read as 0 (no time before the run,
+    # no tokens given back): never a span before the axis or a negative efficiency.
+    ts = offset + max(0.0, _number(event.get("ts")))
+    td = offset + max(0.0, _number(event.get("td"), ts - offset))
     sent = timeline.at(ts)
     sent.seen = True
     sent.sent += 1
-    charged = int(_number(event.get("te")))
+    charged = int(max(0.0, _number(event.get("te"))))
     sent.tokens += charged
     if event.get("k") != BATCH_KEY:  # the Batch API's requests pass no limiter of ours
         limits.sent(timeline, ts, event.get("m"), charged)
@@ -269,7 +271,8 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: Limit
         back.latency.add(latency)
         agg.latency.add(latency)
     if error is None:
-        prompt, completion = int(_number(event.get("tp"))), int(_number(event.get("tc")))
+        prompt = int(max(0.0, _number(event.get("tp"))))
+        completion = int(max(0.0, _number(event.get("tc"))))
         back.ok += lines
         back.used += prompt + completion
         agg.answers += lines

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .timeline import Slot, Timeline
+from .timeline import MAX_TIME, Slot, Timeline
 
 __all__ = ["GroupUse", "LimitBook", "NAMES", "limit_lines", "usage"]
 
@@ -152,6 +152,8 @@ class LimitBook:
     def sent(self, timeline: Timeline, x: float, model: Any, tokens: int) -> None:
         """A request for ``model`` sent at ``x`` (charged ``tokens``): counted in its
         group, and in key scope in the key's group as well."""
+        if not 0.0 <= x <= MAX_TIME:  # as the timeline holds it (NaN: 0)
+            x = MAX_TIME if x > MAX_TIME else 0.0
         group = self.group(model)
         if group == KEY_GROUP:
             bare = self.bare
