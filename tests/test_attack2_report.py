@@ -105,3 +105,22 @@ def test_a_hand_edited_log_with_negative_times_and_tokens(tmp_path: Path) -> Non
     for use in h["by_model"].values():
         assert all(v is None or v >= 0 for v in use["efficiency"].values()), h["by_model"]
     assert "Limits by model" in render_page(agg, "x")
+
+
+def test_killed_reruns_that_learn_their_limits_are_not_over_them(tmp_path: Path) -> None:
+    # Five runs killed after a second, then one that finishes, each learning --rpm auto
+    # anew: 4 requests go out before the server's limit (300 a minute) is known, then
+    # 5 a second. The report had them at 129% of the limit (reproduced through the CLI
+    # against the mock server: `timeout -s KILL 2.5 batchproc run ...` five times).
+    events: list[dict[str, Any]] = []
+    for run, seconds in enumerate([0.8] * 5 + [6.0], 1):
+        events.append({**start({}), "run": run})
+        events += [{**steady("gpt-4o", 1.0, 0.0, 1.0)[0], "id": f"{run}-l{i}", "ts": 0.003,
+                    "td": 0.03} for i in range(4)]
+        events.append({"ev": "limit", "t": 0.03, "name": "rpm", "value": 300, "key": None,
+                       "model": "gpt-4o"})
+        events += [{**e, "id": f"{run}-{e['id']}"}
+                   for e in steady("gpt-4o", 5.0, 0.2, 0.2 + seconds)]
+    h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", events)))
+    assert 0.7 <= h["efficiency"]["rpm"] <= 1.02, h["efficiency"]
+    assert h["by_model"]["gpt-4o"]["sent"] == 6 * 4 + 5 * 4 + 30

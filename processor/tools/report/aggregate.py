@@ -195,7 +195,7 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
                 run.failed += 1
         elif kind == "limit":
             limits.learn(event.get("name"), event.get("value"), event.get("k", event.get("key")),
-                         event.get("model"))
+                         event.get("model"), x)
         elif kind == "pause":
             reason = _text(event.get("r"))
             if len(agg.pauses) < MAX_ROWS or reason in agg.pauses:

@@ -12,9 +12,11 @@ a whole was allowed the key's limit, or less while only such models sent (the su
 their own limits).
 
 A group's limit is in force from its first request sent to its last (a model whose work
-is done no longer counts as capacity left unused). Counters start empty, so the first
-request waited for its own credit before the span began: it is left out of what the span
-is measured against (else a short run at its limit shows more than 100%).
+is done no longer counts as capacity left unused). Each run's counters start empty, so
+each run's first request waited for its own credit before it was sent: it is left out of
+what the span is measured against (else a short run, or a run killed and rerun several
+times, shows more than 100%). A request sent while its limit was still being learned
+(``auto``: the first few of each run) was held to no limit: it is not measured either.
 
 Every time bucket keeps, per group, what was sent and the limit in force at the time
 (:class:`~.timeline.Slot`), so the limit line and the efficiency follow the limits as
@@ -61,13 +63,21 @@ class LimitBook:
         self._learned_groups: set[str] = set()
         #: group -> [first send, last send] on the report's time axis, over all runs.
         self.spans: dict[str, list[float]] = {}
-        #: group -> the tokens charged for its first request (the one at the span's start).
-        self.first_tokens: dict[str, int] = {}
+        #: (group, name) -> what the first request of each run held to a known limit
+        #: took (1 request, its tokens), summed over runs: each run's counters start empty,
+        #: so that request was paid by credit gathered before it was sent.
+        self.ahead: dict[tuple[str, str], float] = {}
+        #: this run's first such request by (group, name): (when, what it took).
+        self._run_first: dict[tuple[str, str], tuple[float, int]] = {}
         #: groups whose requests also pass the key's counters (key scope, own limits).
         self.nested: set[str] = set()
         #: [first, last] send of requests held by the key's counters alone (key scope).
         self.bare: list[float] | None = None
-        self._in_force: dict[str, tuple[float | None, float | None]] = {}
+        #: group -> (limit, known since) for rpm and tpm, as :meth:`_total` gives them.
+        self._in_force: dict[str, tuple[tuple[float | None, float],
+                                        tuple[float | None, float]]] = {}
+        #: (name, key, group) -> when this run first learned the limit (``limit`` events).
+        self._known_at: dict[tuple[str, str | None, str], float] = {}
 
     def start(self, limits: Any, cfg: Any) -> None:
         """A run starts: its flags (``limits``) and settings (``cfg``). A log written
@@ -97,6 +107,19 @@ class LimitBook:
         self.learned = {}
         self._learned_groups = set()
         self._in_force = {}
+        self._known_at = {}
+        self._fold()
+
+    def _fold(self) -> None:
+        """The run's first requests into :attr:`ahead` (at a run's start and the end)."""
+        for pair, (_, amount) in self._run_first.items():
+            self.ahead[pair] = self.ahead.get(pair, 0.0) + amount
+        self._run_first = {}
+
+    def paid_ahead(self, group: str, name: str) -> float:
+        """What the first request of each run took in ``group`` (see :attr:`ahead`)."""
+        self._fold()
+        return self.ahead.get((group, name), 0.0)
 
     def group(self, model: Any) -> str:
         """The group a request for ``model`` is counted in."""
@@ -109,9 +132,10 @@ class LimitBook:
             return OTHER
         return bucket
 
-    def learn(self, name: Any, value: Any, key: Any, model: Any) -> None:
-        """A ``limit`` event: ``key``'s limit ``name`` for ``model``'s bucket is now
-        ``value`` (``name`` may carry the bucket after a space, as the runner writes it)."""
+    def learn(self, name: Any, value: Any, key: Any, model: Any, at: float = 0.0) -> None:
+        """A ``limit`` event at ``at``: ``key``'s limit ``name`` for ``model``'s bucket is
+        now ``value`` (``name`` may carry the bucket after a space, as the runner writes
+        it). A request sent before the run first knew it was held to none."""
         short = name.split(" ", 1)[0] if isinstance(name, str) else None
         number = _positive(value)
         if short not in NAMES or number is None:
@@ -125,6 +149,7 @@ class LimitBook:
                 return
             self._learned_groups.add(group)
         self.learned.setdefault(short, {})[(named, group)] = number
+        self._known_at.setdefault((short, named, group), at)
         self._in_force.pop(group, None)
 
     def in_force(self, group: str) -> tuple[float | None, float | None]:
@@ -134,20 +159,26 @@ class LimitBook:
         if known is None:
             known = self._in_force[group] = (self._total(group, "rpm"),
                                              self._total(group, "tpm"))
-        return known
+        return known[0][0], known[1][0]
 
-    def _total(self, group: str, name: str) -> float | None:
+    def _total(self, group: str, name: str) -> tuple[float | None, float]:
+        """The group's ``name`` limit summed over the keys, and since when the run has
+        known it (the last key's limit learned; flags are known from the start)."""
         if group == OTHER:
-            return None
+            return None, 0.0
         learned = self.learned.get(name, {})
         given = self.own.get(group, {}).get(name) or self.flags.get(name)
-        total = 0.0
+        total = since = 0.0
         for key in self.keys:
-            value = learned.get((key, group)) or given
+            value = learned.get((key, group))
+            if value:
+                since = max(since, self._known_at.get((name, key, group), 0.0))
+            else:
+                value = given
             if not value:
-                return None
+                return None, 0.0
             total += value
-        return total
+        return total, since
 
     def sent(self, timeline: Timeline, x: float, model: Any, tokens: int) -> None:
         """A request for ``model`` sent at ``x`` (charged ``tokens``): counted in its
@@ -170,12 +201,8 @@ class LimitBook:
         span = self.spans.get(group)
         if span is None:
             self.spans[group] = [x, x]
-            self.first_tokens[group] = tokens
-        else:
-            if x < span[0]:  # attempts are logged as they end, not always in order
-                span[0] = x
-                self.first_tokens[group] = tokens
-            span[1] = max(span[1], x)
+        else:  # attempts are logged as they end, not always in order
+            span[0], span[1] = min(span[0], x), max(span[1], x)
         bucket = timeline.at(x)
         if bucket.groups is None:
             bucket.groups = {}
@@ -185,6 +212,18 @@ class LimitBook:
         slot.sent += 1
         slot.tokens += tokens
         slot.rpm, slot.tpm = self.in_force(group)
+        (_, rpm_since), (_, tpm_since) = self._in_force[group]
+        for name, limit, since, amount in (("rpm", slot.rpm, rpm_since, 1),
+                                           ("tpm", slot.tpm, tpm_since, tokens)):
+            if limit is None or x < since:
+                continue  # sent while the limit was unknown (still learning): held to none
+            if name == "rpm":
+                slot.held_requests += 1
+            else:
+                slot.held_tokens += tokens
+            first = self._run_first.get((group, name))
+            if first is None or x < first[0]:
+                self._run_first[(group, name)] = (x, amount)
 
 
 def _lines(timeline: Timeline, spans: Mapping[str, list[float]]
@@ -260,9 +299,10 @@ def _overall(timeline: Timeline, book: LimitBook,
 
 
 def _amount(slot: Slot | None, name: str) -> float:
+    """What ``slot`` sent under a known ``name`` limit (requests or tokens)."""
     if slot is None:
         return 0.0
-    return float(slot.sent if name == "rpm" else slot.tokens)
+    return float(slot.held_requests if name == "rpm" else slot.held_tokens)
 
 
 def limit_lines(timeline: Timeline, book: LimitBook) -> dict[str, list[float | None]]:
@@ -293,7 +333,6 @@ def usage(timeline: Timeline, book: LimitBook) -> tuple[dict[str, float | None],
     overall = _overall(timeline, book, lines)
     whole = {name: [sum(got), sum(v for v in allowed if v is not None) * width / 60.0]
              for name, (got, allowed) in overall.items()}
-    key = lines.get(KEY_GROUP)
     for group, group_lines in lines.items():
         mine = {name: [0.0, 0.0] for name in NAMES}
         sent = tokens = 0
@@ -309,15 +348,13 @@ def usage(timeline: Timeline, book: LimitBook) -> tuple[dict[str, float | None],
                     last[name] = limit
                     mine[name][0] += _amount(slot, name)
                     mine[name][1] += limit * width / 60.0
-        start = int(book.spans[group][0] / width)
-        ahead = {"rpm": 1, "tpm": book.first_tokens.get(group, 0)}
-        for name in NAMES:  # the first request's credit came before the span
-            if start < len(group_lines[name]) and group_lines[name][start] is not None:
-                mine[name][0] = max(0.0, mine[name][0] - ahead[name])
-                # In the run's sums once: a nested group's first request is the key's
-                # while the key has a limit.
-                if group not in book.nested or key is None or key[name][start] is None:
-                    whole[name][0] = max(0.0, whole[name][0] - ahead[name])
+        for name in NAMES:  # each run's first request's credit came before it was sent
+            ahead = book.paid_ahead(group, name)
+            mine[name][0] = max(0.0, mine[name][0] - ahead)
+            # In the run's sums once: a nested group's first requests are the key's
+            # while the key has a limit.
+            if group not in book.nested or not book.paid_ahead(KEY_GROUP, name):
+                whole[name][0] = max(0.0, whole[name][0] - ahead)
         used[group] = GroupUse(sent, tokens, last["rpm"], last["tpm"], _shares(mine))
     return _shares(whole), used
 

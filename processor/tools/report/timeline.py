@@ -71,10 +71,16 @@ class Slot:
     tokens: int = 0
     rpm: float | None = None
     tpm: float | None = None
+    #: the requests sent under a known requests limit, the tokens under a known tokens
+    #: limit (a request sent while the limit was still being learned is held to none).
+    held_requests: int = 0
+    held_tokens: int = 0
 
     def merge(self, other: Slot) -> None:
         self.sent += other.sent
         self.tokens += other.tokens
+        self.held_requests += other.held_requests
+        self.held_tokens += other.held_tokens
         self.rpm = other.rpm if other.rpm is not None else self.rpm
         self.tpm = other.tpm if other.tpm is not None else self.tpm
 
