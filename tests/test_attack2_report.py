@@ -124,3 +124,32 @@ def test_killed_reruns_that_learn_their_limits_are_not_over_them(tmp_path: Path)
     h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", events)))
     assert 0.7 <= h["efficiency"]["rpm"] <= 1.02, h["efficiency"]
     assert h["by_model"]["gpt-4o"]["sent"] == 6 * 4 + 5 * 4 + 30
+
+
+async def test_a_key_refused_at_once_no_longer_counts_as_capacity(
+        tmp_path: Path, mock_api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the CLI: two keys at --rpm 600 each, the second revoked (401): from its
+    retirement the run may send 600 a minute, not 1,200. The report said 50%."""
+    monkeypatch.setenv("ATTACK2_KEY_A", "sk-attack2-good-1")
+    monkeypatch.setenv("ATTACK2_KEY_B", "sk-attack2-revoked-2")
+    api = await mock_api(latency_ms=5, revoked_keys=frozenset({"sk-attack2-revoked-2"}))
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(40)])
+    proc = await start_cli(job, api.base_url, "--rpm", "600", "--tpm", "off",
+                           "--api-key-env", "ATTACK2_KEY_A,ATTACK2_KEY_B", max_in_flight=8)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    h = headline(aggregate(tmp_path / "job.run.jsonl"))
+    use = h["by_model"]["gpt-4o-mini"]
+    assert use["rpm_limit"] == 600, use
+    assert 0.8 <= use["efficiency"]["rpm"] <= 1.1 and 0.8 <= h["efficiency"]["rpm"] <= 1.1, h
+
+
+def test_a_limit_learned_after_a_key_was_retired_still_counts(tmp_path: Path) -> None:
+    events = [start({"rpm": 60}, keys=["A", "B"])]
+    events.append({"ev": "key_retired", "t": 0.0, "key": "B", "why": "401"})
+    events.append({"ev": "limit", "t": 0.0, "name": "rpm", "value": 30, "key": "A",
+                   "model": "a"})
+    events += steady("a", 0.5, 0.5, 60.5, k="A")
+    h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", ordered(events))))
+    assert h["by_model"]["a"]["rpm_limit"] == 30, h["by_model"]
+    assert h["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.04)

@@ -196,6 +196,8 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
         elif kind == "limit":
             limits.learn(event.get("name"), event.get("value"), event.get("k", event.get("key")),
                          event.get("model"), x)
+        elif kind == "key_retired":
+            limits.retire(event.get("key"))
         elif kind == "pause":
             reason = _text(event.get("r"))
             if len(agg.pauses) < MAX_ROWS or reason in agg.pauses:

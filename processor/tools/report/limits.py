@@ -141,7 +141,7 @@ class LimitBook:
         if short not in NAMES or number is None:
             return  # only the limits the report draws: a hostile log's others are not kept
         group = model if isinstance(model, str) else KEY_GROUP
-        named = key if isinstance(key, str) and len(self.keys) > 1 else None
+        named = key if isinstance(key, str) and self.keys != [None] else None
         if named not in self.keys:
             return  # a key the run did not name
         if group not in self._learned_groups:
@@ -151,6 +151,13 @@ class LimitBook:
         self.learned.setdefault(short, {})[(named, group)] = number
         self._known_at.setdefault((short, named, group), at)
         self._in_force.pop(group, None)
+
+    def retire(self, key: Any) -> None:
+        """A ``key_retired`` event: the server refused ``key`` for the rest of the run,
+        so its limits are capacity no longer (the last key's stay: nothing is sent)."""
+        if isinstance(key, str) and key in self.keys and len(self.keys) > 1:
+            self.keys.remove(key)
+            self._in_force = {}
 
     def in_force(self, group: str) -> tuple[float | None, float | None]:
         """The group's requests and tokens per minute now, summed over the keys (None:
