@@ -206,6 +206,10 @@ class Stats(_InputFacts):
     stopped: StopReason | None = None
     #: what admission waits for besides the limits ("waiting for Redis ..."), else None.
     waiting_for: str | None = None
+    #: the latest long pause a server asked for (a 429's Retry-After over a minute):
+    #: until when (Unix time, for the display) and the key's name ("" for one key).
+    server_pause_until: float | None = None
+    server_pause_key: str = ""
     abandoned: bool = False
     #: answers written without a request of their own: from the response cache, and
     #: shared with an identical request in flight (single-flight); both are in ``ok``.

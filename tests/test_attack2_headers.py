@@ -117,3 +117,37 @@ def test_joined_retry_after_and_go_durations_below_a_millisecond() -> None:
     assert parse_duration("1.5us") == pytest.approx(1.5e-6)
     assert parse_duration("500ns") == pytest.approx(5e-7)
     assert parse_duration("1m0.5µs") == pytest.approx(60.0000005)
+
+
+async def test_a_long_server_pause_is_told_on_the_progress_line(hostile_api: Any,
+                                                                tmp_path: Path) -> None:
+    # A 429 asking for 50 minutes (under the hour that stops the run): the run waited
+    # with "retrying 1 ... eta ?" on its progress line and not a word of why.
+    import asyncio
+
+    from processor.cli.progress import status_line
+    from processor.stats import Stats
+    from tests.test_outage import asking, job_file
+
+    api = await hostile_api(latency=0.005)
+    api.use(when(asking("number 0?"), pause(retry_after="3000", times=1)))
+    job = job_file(tmp_path, 1)
+    lines: list[str] = []
+
+    def tick(stats: Stats) -> None:
+        lines.append(status_line(stats, (0.0, 0.0, 0.0)))
+
+    task = asyncio.create_task(run_job(job, JobConfig(
+        base_url=api.base_url, api_key=KEY, allow_download=False, rpm=600, tpm=None,
+        auto_rpm=False, auto_tpm=False), on_progress=tick))
+    try:
+        for _ in range(100):
+            if any("paused by the server" in line for line in lines):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    told = [line for line in lines if "paused by the server" in line]
+    assert told, lines[-3:]
+    assert "(429) until " in told[-1] and ("49m" in told[-1] or "50m" in told[-1]), told[-1]

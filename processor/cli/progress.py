@@ -66,12 +66,24 @@ def _rate(value: float, stats: Stats, name: str) -> str:
 
 def outage_line(stats: Stats) -> str:
     """``server down since 14:02, probing every 8s`` while the server is down,
-    ``waiting for Redis ...`` while the shared limiter is, else ``""``."""
+    ``waiting for Redis ...`` while the shared limiter is, ``paused by the server (429)
+    until 15:04, 49m58s left`` while a long pause it asked for lasts, else ``""``."""
     if stats.outage_since is None:
-        return stats.waiting_for or ""
+        return " | ".join(words for words in (stats.waiting_for, _server_pause(stats))
+                          if words)
     since = time.strftime("%H:%M", time.localtime(stats.outage_since))
     every = f", probing every {human_duration(stats.probe_every)}" if stats.probe_every else ""
     return f"server down since {since}{every}"
+
+
+def _server_pause(stats: Stats) -> str:
+    until = stats.server_pause_until
+    left = 0.0 if until is None else until - time.time()
+    if until is None or left <= 0:
+        return ""
+    key = f", key ${stats.server_pause_key}" if stats.server_pause_key else ""
+    at = time.strftime("%H:%M", time.localtime(until))
+    return f"paused by the server (429{key}) until {at}, {human_duration(left)} left"
 
 
 def _served(stats: Stats) -> str:

@@ -4,6 +4,7 @@ and carry out what :func:`~processor.run.policy.decide` makes of it."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -40,6 +41,9 @@ from .unpacking import unpack
 __all__ = ["Attempts", "Sender"]
 
 log = logging.getLogger(__name__)
+
+#: a server's pause longer than this is told on the progress line (Stats).
+NOTICE_PAUSE = 60.0
 
 
 class Sender(Protocol):
@@ -168,6 +172,10 @@ class Attempts:
             # key waits over an hour, admission stops the run (long_wait_stop).
             limiter = lane.limiter_for(job.model)
             limiter.rate_limited(hint)
+            pause = limiter.paused_until - self.run.now()
+            if pause > NOTICE_PAUSE:  # told on the progress line (not a minute's silence)
+                self.stats.server_pause_until = time.time() + pause
+                self.stats.server_pause_key = self.keys.label(lane)
             if self.events.enabled:
                 self.events.pause("429", limiter.paused_until - self.run.now(),
                                   key=lane.name, model=lane.bucket(job.model) or None,
