@@ -14,6 +14,7 @@ import pytest
 
 from tests.batchkit import (
     FAST,
+    HeldClock,
     batch_api,  # noqa: F401 - fixture
     ids_of,
     records,
@@ -32,6 +33,9 @@ KEY = "sk-batchtest-0123456789abcdefSECRET"
 async def test_120k_lines_three_parts_exactly_once_through_kills(
         tmp_path: Path, batch_api: Any) -> None:  # noqa: F811
     api = await batch_api(batch={"seconds": 2.0})
+    # Held until the first run is killed: uploading 50,000-line parts on a loaded machine
+    # may take longer than a batch runs, and it must be killed while it polls.
+    api.store.clock = clock = HeldClock()
     job = write_job(tmp_path / "big.jsonl", 120_000)
     args = ("run", str(job), "--base-url", api.base_url, "--via", "batch", "--plain", *FAST)
     # First run: killed (SIGKILL) while it polls its three batches.
@@ -39,6 +43,7 @@ async def test_120k_lines_three_parts_exactly_once_through_kills(
     await wait_until(lambda: api.store.stats.creates == 3 and api.store.stats.polls >= 1)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
+    clock.run()
     assert not (tmp_path / "big.results.jsonl").exists() or not ids_of(
         tmp_path / "big.results.jsonl")
     # Second run: killed once the first output file is being collected.
