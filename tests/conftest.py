@@ -131,6 +131,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+async def until(check: Callable[[], bool], what: str, *,
+                alive: asyncio.subprocess.Process | None = None, timeout: float = 60.0) -> None:
+    """Poll ``check`` every 10 ms until it holds. ``timeout`` only bounds a hang: a CLI
+    starting on a loaded machine may take seconds before it does anything at all, so no
+    test counts on a few. With ``alive``, that process ending first fails at once."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        assert alive is None or alive.returncode is None, f"it ended before {what}"
+        assert loop.time() < end, f"no {what} within {timeout:.0f}s"
+        await asyncio.sleep(0.01)
+
+
 async def start_cli(job: Path, base_url: str, *extra: str,
                     max_in_flight: int = 4) -> asyncio.subprocess.Process:
     """Run ``batchproc JOB`` as a user would, in a subprocess (no key: loopback needs none)."""

@@ -11,7 +11,7 @@ import pytest
 
 from processor.store.resume import load_state
 
-from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from .conftest import chat_line, read_jsonl, start_cli, until, write_jsonl
 from .test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 
@@ -333,7 +333,6 @@ async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
     """Lock files are named after the output, so ``-o hard-link.jsonl`` (another name of
     the same file) took other locks: two runs appended to one results file and sent the
     same requests twice."""
-    import asyncio
     import os
     import signal
 
@@ -344,11 +343,9 @@ async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
     for resume in (False, True):  # the file created by the run, then there at its start
         before = results.stat().st_size if results.exists() else 0
         first = await start_cli(job, api.base_url, max_in_flight=1)
-        for _ in range(500):  # until it has written an answer: it holds its locks
-            if results.exists() and results.stat().st_size > before:
-                break
-            assert first.returncode is None
-            await asyncio.sleep(0.01)
+        # Until it has written an answer: it holds its locks.
+        await until(lambda size=before: results.exists() and results.stat().st_size > size,
+                    "answer written", alive=first)
         if not link.exists():
             os.link(results, link)
         second = await start_cli(job, api.base_url, "-o", str(link), "--errors",

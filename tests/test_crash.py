@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import chat_line, start_cli, write_jsonl
+from tests.conftest import chat_line, start_cli, until, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -78,11 +78,9 @@ async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     results = tmp_path / "job.results.jsonl"
     proc = await start_cli(job, api.base_url, "--grace", "10")
-    # Wait (bounded) until some answers are written, then press Ctrl-C.
-    for _ in range(200):
-        if results.exists() and results.stat().st_size > 0:
-            break
-        await asyncio.sleep(0.02)
+    # Wait until some answers are written, then press Ctrl-C.
+    await until(lambda: results.exists() and results.stat().st_size > 0, "answer written",
+                alive=proc)
     proc.send_signal(signal.SIGINT)
     _, err = await proc.communicate()
     text = err.decode()
@@ -108,10 +106,7 @@ async def test_second_sigint_exits_at_once_with_valid_files(
     n = 12
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     proc = await start_cli(job, api.base_url, "--grace", "60")
-    for _ in range(300):  # bounded wait until requests are in flight
-        if api.stats.requests >= 4:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: api.stats.requests >= 4, "4 requests in flight", alive=proc)
     loop = asyncio.get_running_loop()
     proc.send_signal(signal.SIGINT)
     await asyncio.sleep(0.3)

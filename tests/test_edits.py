@@ -3,7 +3,6 @@ requests, unsendable lines (processor.store.edits, runner's resume filter)."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from processor.jobs import line_hash
 from processor.store.edits import explicit_id, find_changes, supersede
 from processor.store.resume import load_state
 from processor.store.writer import ResultWriter
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import chat_line, read_jsonl, start_cli, until, write_jsonl
 from tests.test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 BLANK = b"\n"
@@ -304,10 +303,8 @@ async def test_sigkill_then_edit_the_last_answers_is_noticed(mock_api: Any,
     job = write_jsonl(tmp_path / "job.jsonl", [bare(f"q{i}") for i in range(n)])
     results = tmp_path / "job.results.jsonl"
     proc = await start_cli(job, api.base_url)
-    for _ in range(1000):  # bounded: until some answers are written
-        if results.exists() and results.read_bytes().count(b"\n") >= 40:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: results.exists() and results.read_bytes().count(b"\n") >= 40,
+                "40 answers written", alive=proc)
     proc.send_signal(signal.SIGKILL)
     await proc.communicate()
     whole = results.read_bytes()

@@ -23,7 +23,7 @@ from processor.run.runner import JobConfig, run_job
 from processor.shards import Shard, line_id, parse_shard, shard_of
 from processor.store.lock import JobLock
 from processor.store.paths import job_locks
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import chat_line, read_jsonl, start_cli, until, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -154,10 +154,8 @@ async def test_shard_killed_then_rerun_then_merged_exactly_once(
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     results, _ = shard_files(job, 1, 2)
     proc = await start_cli(job, api.base_url, "--shard", "1/2")
-    for _ in range(400):  # bounded wait until answers are being written
-        if results.exists() and results.stat().st_size > 2000:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: results.exists() and results.stat().st_size > 2000,
+                "answers being written", alive=proc)
     proc.send_signal(signal.SIGKILL)
     await proc.communicate()
     assert proc.returncode == -signal.SIGKILL

@@ -18,7 +18,7 @@ import orjson
 from processor import JobConfig, run_job
 from processor.store.cacheadmin import cache_stats
 from processor.store.cachekey import parse_ignore
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import chat_line, read_jsonl, start_cli, until, write_jsonl
 
 KEY = "sk-test-CACHE-NEVER-KEEPS-ME-9d2e"
 
@@ -264,10 +264,8 @@ async def test_kill_9_mid_run_then_rerun_answers_every_line_once(
     results = tmp_path / "job.results.jsonl"
     proc = await start_cli(job, api.base_url, "--rpm", "off", "--tpm", "off", "--cache",
                            str(cache), max_in_flight=4)
-    for _ in range(400):
-        await asyncio.sleep(0.02)
-        if results.exists() and results.read_bytes().count(b"\n") >= 60:
-            break
+    await until(lambda: results.exists() and results.read_bytes().count(b"\n") >= 60,
+                "60 answers written", alive=proc)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     written = results.read_bytes().count(b"\n")

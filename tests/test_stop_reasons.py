@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import chat_line, start_cli, write_jsonl
+from tests.conftest import chat_line, start_cli, until, write_jsonl
 
 
 def lines(path: Path) -> list[Any]:
@@ -22,11 +22,7 @@ def lines(path: Path) -> list[Any]:
 
 
 async def _in_flight(api: Any, n: int) -> None:
-    for _ in range(300):  # bounded: until n requests reached the server
-        if api.stats.requests >= n:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"only {api.stats.requests} requests reached the server")
+    await until(lambda: api.stats.requests >= n, f"{n} requests at the server")
 
 
 async def test_a_signal_during_the_runs_own_stop_abandons_in_flight_and_keeps_exit_75(
