@@ -144,6 +144,18 @@ async def until(check: Callable[[], bool], what: str, *,
         await asyncio.sleep(0.01)
 
 
+async def read_until(proc: asyncio.subprocess.Process, words: str) -> bytes:
+    """Read ``proc``'s stderr until a line holds ``words`` (``--verbose`` runs say when
+    they begin to stop, say); return what was read, to join with the rest."""
+    assert proc.stderr is not None
+    seen = b""
+    while words.encode() not in seen:
+        line = await asyncio.wait_for(proc.stderr.readline(), 60)  # a bound for a hang
+        assert line, f"it ended without saying {words!r}: {seen.decode()}"
+        seen += line
+    return seen
+
+
 async def start_cli(job: Path, base_url: str, *extra: str,
                     max_in_flight: int = 4) -> asyncio.subprocess.Process:
     """Run ``batchproc JOB`` as a user would, in a subprocess (no key: loopback needs none)."""
