@@ -229,11 +229,10 @@ async def test_redis_down_too_long_is_unavailable(redis_server: RedisServer,
 
 
 async def test_the_password_never_shows(tmp_path: Any) -> None:
-    from tests.redisfix import BINARY, free_port
+    from tests.redisfix import BINARY
     if BINARY is None:
         pytest.skip("no redis-server binary")
-    server = RedisServer(free_port(), tmp_path, password="s3cret-pass-word")
-    server.start()
+    server = RedisServer.on_free_port(tmp_path, password="s3cret-pass-word")
     try:
         url = f"redis://:s3cret-pass-word@127.0.0.1:{server.port}/0"
         budget = RedisBudget(url, namespace="t")
