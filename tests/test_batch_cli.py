@@ -171,6 +171,7 @@ async def test_ctrl_c_stops_and_the_rerun_collects(tmp_path: Path,
     from tests.batchkit import FAST, start, wait_until
 
     api = await batch_api(batch={"seconds": 1.5})
+    api.store.clock = clock = HeldClock()  # the batches still run when Ctrl-C comes
     job = write_job(tmp_path / "s.jsonl", 20)
     proc = await start("run", str(job), "--base-url", api.base_url, "--via", "batch",
                        "--plain", *FAST, "--batch-part-requests", "10")
@@ -179,6 +180,7 @@ async def test_ctrl_c_stops_and_the_rerun_collects(tmp_path: Path,
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 130, err.decode()
     assert "rerun the same command to collect" in err.decode()
+    clock.run()
     code, _, err2 = await run_batch(job, api, "--batch-part-requests", "10")
     assert code == 0, err2
     assert (api.store.stats.uploads, api.store.stats.creates) == (2, 2)
