@@ -104,6 +104,38 @@ class FirstRequestClock:
         return response
 
 
+class Turnstile:
+    """Lets through as many API requests as the test allows and holds the rest until it
+    allows more (``mock_api(middlewares=[t.middleware])``): a run then keeps going, and
+    holding its locks, for as long as the test needs it, however slowly other processes
+    start on a loaded machine, instead of finishing the job meanwhile."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.changed = asyncio.Event()
+
+    def allow(self, n: int) -> None:
+        self.passes += n
+        self.changed.set()
+
+    def open(self) -> None:
+        self.allow(10**9)
+
+    def hold(self) -> None:
+        """Let no more through (until allowed)."""
+        self.passes = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "POST":
+            while self.passes <= 0:
+                self.changed.clear()
+                await self.changed.wait()
+            self.passes -= 1
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
 def chat_line(i: int, *, model: str = "gpt-4o-mini", max_tokens: int = 16,
               text: str | None = None) -> dict[str, Any]:
     return {

@@ -11,7 +11,7 @@ import pytest
 
 from processor.store.resume import load_state
 
-from .conftest import chat_line, read_jsonl, start_cli, until, write_jsonl
+from .conftest import Turnstile, chat_line, read_jsonl, start_cli, until, write_jsonl
 from .test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 
@@ -336,13 +336,16 @@ async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
     import os
     import signal
 
-    api = await mock_api(latency_ms=300, seed=5)
+    turnstile = Turnstile()  # one answer per run, then held: the run keeps its locks
+    api = await mock_api(seed=5, middlewares=[turnstile.middleware])
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(30)])
     results = tmp_path / "job.results.jsonl"
     link = tmp_path / "hard.jsonl"
     for resume in (False, True):  # the file created by the run, then there at its start
         before = results.stat().st_size if results.exists() else 0
+        turnstile.hold()
         first = await start_cli(job, api.base_url, max_in_flight=1)
+        turnstile.allow(1)
         # Until it has written an answer: it holds its locks.
         await until(lambda size=before: results.exists() and results.stat().st_size > size,
                     "answer written", alive=first)
@@ -353,9 +356,9 @@ async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
         _, err = await second.communicate()
         assert second.returncode == 75 and "hard link" in err.decode(), (resume, err.decode())
         first.send_signal(signal.SIGINT)
+        turnstile.open()  # what is held (or sent as the signal came) is answered
         _, err = await first.communicate()
         assert first.returncode == 130, err.decode()
-    api.config.latency_ms = 0
     code = await (await start_cli(job, api.base_url, "-o", str(link))).wait()
     assert code == 0
     ids = [r["custom_id"] for r in read_jsonl(results)]
