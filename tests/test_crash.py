@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import chat_line, read_until, start_cli, until, write_jsonl
+from tests.conftest import Turnstile, chat_line, read_until, start_cli, until, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,9 @@ def _written(path: Path) -> int:
 
 
 async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path) -> None:
-    api = await mock_api(latency_ms=20, latency_jitter_ms=30, seed=5)
+    turnstile = Turnstile()
+    api = await mock_api(latency_ms=20, latency_jitter_ms=30, seed=5,
+                         middlewares=[turnstile.middleware])
     n = 400
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     results = tmp_path / "job.results.jsonl"
@@ -44,6 +46,10 @@ async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path
     marks = sorted(rng.sample(range(10, n - 40), 4))
     kills = 0
     for mark in marks:
+        # Up to 40 requests past the mark, then held: each kill lands mid-run, never
+        # after a run that finished while this test waited for its turn on the CPU.
+        turnstile.hold()
+        turnstile.allow(mark + 40 - _written(results))
         proc = await start_cli(job, api.base_url, max_in_flight=16)
         for _ in range(12_000):  # bounded (a minute)
             if proc.returncode is not None or _written(results) >= mark:
@@ -57,6 +63,7 @@ async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path
     # Not yet done (a torn last line is allowed here: the rerun repairs it).
     done_before = results.read_bytes().count(b"\n") if results.exists() else 0
     assert done_before < n
+    turnstile.open()
     proc = await start_cli(job, api.base_url)
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
