@@ -80,7 +80,9 @@ async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path
 
 
 async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path) -> None:
-    api = await mock_api(latency_ms=40, seed=2)
+    turnstile = Turnstile()  # 20 answers at most before Ctrl-C: it comes mid-run
+    api = await mock_api(latency_ms=40, seed=2, middlewares=[turnstile.middleware])
+    turnstile.allow(20)
     n = 200
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     results = tmp_path / "job.results.jsonl"
@@ -89,6 +91,7 @@ async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path
     await until(lambda: results.exists() and results.stat().st_size > 0, "answer written",
                 alive=proc)
     proc.send_signal(signal.SIGINT)
+    turnstile.open()  # what is in flight is answered in the drain
     _, err = await proc.communicate()
     text = err.decode()
     assert proc.returncode == 130, text
