@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
 
 from processor.testing import STATS_KEY, MockConfig, MockStats, build_app
 
@@ -33,6 +34,12 @@ def _no_download(blobpath: str) -> bytes:
 import tiktoken.load  # noqa: E402
 
 tiktoken.load.read_file = _no_download
+
+# Property tests judge the product, not this machine's speed: no per-example deadline, and
+# no health check on how long making the examples took (both fail on a loaded machine).
+settings.register_profile("batchproc", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("batchproc")
 
 
 @pytest.hookimpl(wrapper=True)
