@@ -392,16 +392,19 @@ def test_a_hostile_log_cannot_grow_the_reports_limit_tables() -> None:
     """``limit`` events under endless made-up names, and a start naming 50,000 keys,
     were all kept (and every key summed at each limit event): memory and time grew with
     the log. Only rpm / tpm are kept now, over at most MAX_ROWS keys."""
-    from processor.tools.report.aggregate import MAX_ROWS, _Limits
+    from processor.tools.report.aggregate import MAX_ROWS
+    from processor.tools.report.limits import LimitBook
 
-    limits = _Limits()
-    limits.start({"rpm": 100, "tpm": 1000}, [f"k{i}" for i in range(50_000)])
+    limits = LimitBook(MAX_ROWS)
+    limits.start({"rpm": 100, "tpm": 1000}, {"keys": [f"k{i}" for i in range(50_000)]})
     assert len(limits.keys) == MAX_ROWS
     for i in range(5_000):
-        limits.learn(f"name-{i}", 5, f"k{i}")
-    limits.learn("rpm", 50, "k0")
-    assert set(limits.learned) == {"rpm"}
-    assert limits.rpm == 100 * (MAX_ROWS - 1) + 50
+        limits.learn(f"name-{i}", 5, f"k{i}", None)
+    limits.learn("rpm", 50, "k0", None)
+    for i in range(5_000):  # endless models and keys: at most MAX_ROWS of each kept
+        limits.learn("rpm", 5, f"k{i}", f"model-{i}")
+    assert set(limits.learned) == {"rpm"} and len(limits.learned["rpm"]) <= MAX_ROWS
+    assert limits.in_force("")[0] == 100 * (MAX_ROWS - 1) + 50
 
 
 def test_a_setting_kept_out_of_the_configs_repr_is_kept_out_of_the_run_log() -> None:

@@ -3,10 +3,11 @@ secret), and the progress tap that writes it about once a second."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -92,9 +93,7 @@ def safe_config(cfg: JobConfig) -> dict[str, Any]:
         # A field kept out of the config's repr holds a secret (a key, a password): so
         # a secret setting added later stays out of the log without a word here.
         if name not in _LEFT_OUT and spec.repr:
-            value = getattr(cfg, name)
-            out[name] = value if isinstance(value, (str, int, float, bool, type(None))) \
-                else str(value)
+            out[name] = _plain(getattr(cfg, name))
     for name in _URLS:
         value = getattr(cfg, name)
         out[name] = masker.url(value) if value else value
@@ -105,6 +104,20 @@ def safe_config(cfg: JobConfig) -> dict[str, Any]:
         else masker.text(value)
         for name, value in list(cfg.headers.items()) + list(cfg.secret_headers.items())}
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON: mappings, sequences and dataclasses (the per-model limits, the
+    shared buckets) as what they hold, so the report can read them; anything else as text."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return str(value)
 
 
 def _version() -> str:

@@ -14,7 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...store.runlog import read_events
+from ...store.runlog import BATCH_KEY, read_events
+from .limits import LimitBook
 from .timeline import Bucket, LatencySketch, Timeline
 
 __all__ = ["MAX_ROWS", "Aggregate", "FailureRow", "RunRow", "aggregate"]
@@ -103,56 +104,11 @@ class Aggregate:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     end: float = 0.0  # the time axis' end
+    limits: LimitBook = field(default_factory=lambda: LimitBook(MAX_ROWS))
 
     @property
     def failed(self) -> int:
         return sum(row.count for row in self.failures.values())
-
-
-class _Limits:
-    """The limits in force: the flags, and per key the last limit in force it reported
-    (learned from the server, or lowered to what the server states); the total over keys."""
-
-    def __init__(self) -> None:
-        self.flags: dict[str, float] = {}
-        self.keys: list[str | None] = [None]
-        self.learned: dict[str, dict[str | None, float]] = {}
-        #: the totals now (kept up to date: every attempt reads them).
-        self.rpm: float | None = None
-        self.tpm: float | None = None
-
-    def _update(self) -> None:
-        self.rpm, self.tpm = self.total("rpm"), self.total("tpm")
-
-    def start(self, limits: Any, keys: Any) -> None:
-        self.flags = {k: float(v) for k, v in limits.items()
-                      if isinstance(v, (int, float))} if isinstance(limits, dict) else {}
-        names = [k for k in keys if isinstance(k, str)][:MAX_ROWS] \
-            if isinstance(keys, list) else []
-        self.keys = list(names) if len(names) > 1 else [None]
-        self.learned = {}
-        self._update()
-
-    def learn(self, name: Any, value: Any, key: Any) -> None:
-        # Only the limits the charts draw: a hostile log's other names are not kept.
-        if name in ("rpm", "tpm") and isinstance(value, (int, float)) and value > 0:
-            per_key = self.learned.setdefault(name, {})
-            if len(per_key) < MAX_ROWS:
-                per_key[key if isinstance(key, str) and len(self.keys) > 1 else None] = value
-                self._update()
-
-    def total(self, name: str) -> float | None:
-        """The limit over all keys: each key's last one in force (``limit`` events), else
-        its flag; None if some key has none."""
-        flag = self.flags.get(name)
-        learned = self.learned.get(name, {})
-        total = 0.0
-        for key in self.keys:
-            value = learned.get(key) or flag
-            if not value:
-                return None
-            total += value
-        return total
 
 
 #: numbers beyond this (in seconds, tokens, ...) are not a run's: read as missing.
@@ -170,7 +126,7 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
     """Read the run log at ``path`` once and sum it up."""
     agg = Aggregate()
     timeline = agg.timeline
-    limits = _Limits()
+    limits = agg.limits
     run: RunRow | None = None
     offset = 0.0
     last_t = 0.0
@@ -204,7 +160,7 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             last_t = 0.0
             x = offset
             cfg = event.get("cfg")
-            limits.start(event.get("limits"), cfg.get("keys") if isinstance(cfg, dict) else None)
+            limits.start(event.get("limits"), cfg)
             resume = event.get("resume")
             run = RunRow(
                 number=int(_number(event.get("run"), len(agg.runs) + 1)),
@@ -226,7 +182,8 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             if run is not None:
                 run.failed += 1
         elif kind == "limit":
-            limits.learn(event.get("name"), event.get("value"), event.get("k", event.get("key")))
+            limits.learn(event.get("name"), event.get("value"), event.get("k", event.get("key")),
+                         event.get("model"))
         elif kind == "pause":
             reason = _text(event.get("r"))
             if len(agg.pauses) < MAX_ROWS or reason in agg.pauses:
@@ -264,7 +221,7 @@ def _close(run: RunRow, last_t: float) -> None:
         run.seconds = last_t
 
 
-def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limits,
+def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: LimitBook,
              run: RunRow | None) -> None:
     timeline = agg.timeline
     ts = offset + _number(event.get("ts"))
@@ -274,8 +231,8 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: _Limi
     sent.sent += 1
     charged = int(_number(event.get("te")))
     sent.tokens += charged
-    sent.rpm = limits.rpm
-    sent.tpm = limits.tpm
+    if event.get("k") != BATCH_KEY:  # the Batch API's requests pass no limiter of ours
+        limits.sent(timeline, ts, event.get("m"), charged)
     agg.attempts += 1
     agg.tokens_charged += charged
     timeline.spread(ts, td)

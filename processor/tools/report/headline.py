@@ -11,29 +11,24 @@ from ...stats import human_duration
 from ...store.runlog import BATCH_KEY
 from ..estimate import BATCH_DISCOUNT, PRICES_AS_OF, price_for
 from .aggregate import Aggregate
+from .limits import GroupUse, usage
 
-__all__ = ["efficiency", "format_headline", "headline"]
+__all__ = ["by_model", "efficiency", "format_headline", "headline"]
 
 
 def efficiency(agg: Aggregate) -> dict[str, float | None]:
-    """Requests and tokens sent as a share of what the limits allowed, over the time a
-    limit was in force (a limit holds from the first request sent under it on; ``None``:
-    no such limit)."""
-    tl = agg.timeline
-    width = tl.width
-    sums = {"rpm": [0.0, 0.0], "tpm": [0.0, 0.0]}
-    rpm = tpm = None
-    for bucket in tl.buckets[: tl.used_buckets()]:
-        rpm = bucket.rpm if bucket.sent else rpm
-        tpm = bucket.tpm if bucket.sent else tpm
-        if rpm:
-            sums["rpm"][0] += bucket.sent
-            sums["rpm"][1] += rpm * width / 60.0
-        if tpm:
-            sums["tpm"][0] += bucket.tokens
-            sums["tpm"][1] += tpm * width / 60.0
-    return {name: (round(got / allowed, 4) if allowed else None)
-            for name, (got, allowed) in sums.items()}
+    """Requests and tokens sent as a share of what the limits allowed while each limit
+    group (a model, with ``--limit-scope model``) was sending (``None``: no such limit);
+    see :mod:`.limits`."""
+    return usage(agg.timeline, agg.limits)[0]
+
+
+def by_model(groups: dict[str, GroupUse]) -> dict[str, dict[str, Any]]:
+    """Per limit group (a model or shared bucket; "" for a key's requests counted
+    together): what it sent, its last limits in force, and its efficiency."""
+    return {group: {"sent": use.sent, "tokens_charged": use.tokens, "rpm_limit": use.rpm,
+                    "tpm_limit": use.tpm, "efficiency": use.efficiency}
+            for group, use in sorted(groups.items(), key=lambda kv: -kv[1].sent)}
 
 
 def _cost(agg: Aggregate) -> tuple[float | None, list[str]]:
@@ -57,7 +52,7 @@ def _cost(agg: Aggregate) -> tuple[float | None, list[str]]:
 def headline(agg: Aggregate) -> dict[str, Any]:
     """The headline figures as a JSON-able dict."""
     cost, unpriced = _cost(agg)
-    eff = efficiency(agg)
+    eff, groups = usage(agg.timeline, agg.limits)
     binding = max((k for k in eff if eff[k] is not None), key=lambda k: eff[k] or 0.0,
                   default=None)
     last = agg.runs[-1] if agg.runs else None
@@ -82,6 +77,7 @@ def headline(agg: Aggregate) -> dict[str, Any]:
         "cost_note": f"list prices as of {PRICES_AS_OF}" + (
             f"; no price for {', '.join(unpriced[:5])}" if unpriced else ""),
         "efficiency": eff,
+        "by_model": by_model(groups),
         "binding": binding,
         "latency_s": {f"p{q}": _round(agg.latency.quantile(q / 100)) for q in (50, 90, 99)},
         "progress": {"done": done, "total": total, "eta_s": eta},
@@ -112,6 +108,19 @@ def _when(at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "?"
 
 
+def _model_lines(groups: dict[str, dict[str, Any]]) -> list[str]:
+    """A line of each limit group's use when there are several (one: the line above)."""
+    if len(groups) < 2:
+        return []
+    return [f"  {name or '(all models)'}: {g['sent']:,} sent, rpm {_pct(g['efficiency']['rpm'])}"
+            f" of {_limit(g['rpm_limit'])}, tpm {_pct(g['efficiency']['tpm'])} of "
+            f"{_limit(g['tpm_limit'])}" for name, g in list(groups.items())[:20]]
+
+
+def _limit(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def format_headline(h: dict[str, Any]) -> str:
     """The headline figures as lines for a terminal."""
     eff = h["efficiency"]
@@ -125,6 +134,7 @@ def format_headline(h: dict[str, Any]) -> str:
         f"429s {h['n429']:,}",
         f"efficiency against the limits: rpm {_pct(eff['rpm'])}, tpm {_pct(eff['tpm'])}"
         + (f" (binding: {h['binding']})" if h["binding"] else ""),
+        *_model_lines(h["by_model"]),
         f"tokens: {h['tokens']['prompt']:,} prompt + {h['tokens']['completion']:,} "
         f"completion ({h['tokens']['charged']:,} charged at admission)",
         "estimated cost: " + ("-" if h["cost_usd"] is None else f"${h['cost_usd']:,.4f}")

@@ -11,6 +11,7 @@ from typing import Any
 from ...stats import human_duration
 from .aggregate import Aggregate
 from .headline import headline
+from .limits import limit_lines
 from .svg import Chart, Series, render, si
 
 __all__ = ["CHARTS", "render_page"]
@@ -48,6 +49,7 @@ def charts(agg: Aggregate) -> list[Chart]:
     tl = agg.timeline
     n = max(tl.used_buckets(), 1)
     b = tl.buckets[:n]
+    limit = limit_lines(tl, agg.limits)
     w = tl.width
     spans = agg.spans
     runs = [(r.offset, f"run {r.number}") for r in agg.runs[1:]]
@@ -69,11 +71,11 @@ def charts(agg: Aggregate) -> list[Chart]:
         chart("requests", "Requests per minute (achieved) against the limit", "requests/min", [
             Series("sent", "#0969da", [_rate(x.sent, w) for x in b]),
             Series("answered", "#1a7f37", [_rate(x.ok, w) for x in b]),
-            Series("rpm limit", "#cf222e", _carry([x.rpm for x in b]), "limit")]),
+            Series("rpm limit", "#cf222e", limit["rpm"], "limit")]),
         chart("tokens", "Tokens per minute against the limit", "tokens/min", [
             Series("charged", "#0969da", [_rate(x.tokens, w) for x in b]),
             Series("used", "#1a7f37", [_rate(x.used, w) for x in b]),
-            Series("tpm limit", "#cf222e", _carry([x.tpm for x in b]), "limit")]),
+            Series("tpm limit", "#cf222e", limit["tpm"], "limit")]),
         chart("in_flight", "Requests in flight (average)", "requests", [
             Series("in flight", "#8250df", [x.busy / w for x in b])]),
         chart("latency", "Latency percentiles of answers", "seconds", [
@@ -154,6 +156,7 @@ def render_page(agg: Aggregate, title: str) -> str:
     ]
     parts += [render(c) for c in charts(agg)]
     parts.append(_failures(agg))
+    parts.append(_limit_groups(h["by_model"]))
     parts.append(_key_models(agg))
     parts.append(_runs(agg))
     parts.append(_pauses(agg))
@@ -192,6 +195,23 @@ def _failures(agg: Aggregate) -> str:
         return "<h2>Failures by reason</h2><p>None: nothing was written off.</p>"
     return "<h2>Failures by reason</h2>" + _table(
         ["reason", "requests", "examples (custom_id)", "message (first)"], rows, {1})
+
+
+def _limit_groups(groups: dict[str, dict[str, Any]]) -> str:
+    if not groups:
+        return ""
+
+    def limit(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f}"
+
+    rows = [[escape(name or "(all models)"), f"{g['sent']:,}", limit(g["rpm_limit"]),
+             _pct(g["efficiency"]["rpm"]), f"{g['tokens_charged']:,}", limit(g["tpm_limit"]),
+             _pct(g["efficiency"]["tpm"])] for name, g in groups.items()]
+    return ("<h2>Limits by model</h2><p class=\"note\">Each model (or shared bucket) against "
+            "its own limits, summed over the keys, while it was sending; with "
+            "<code>--limit-scope key</code> a key's models are one row.</p>" + _table(
+                ["model", "requests sent", "rpm limit", "of it used", "tokens charged",
+                 "tpm limit", "of it used"], rows, {1, 2, 3, 4, 5, 6}))
 
 
 def _key_models(agg: Aggregate) -> str:

@@ -12,7 +12,7 @@ import math
 from array import array
 from dataclasses import dataclass, field
 
-__all__ = ["Bucket", "LatencySketch", "Timeline"]
+__all__ = ["Bucket", "LatencySketch", "Slot", "Timeline"]
 
 #: latencies are counted in log-spaced bins from MIN_LATENCY seconds, each RATIO wider.
 MIN_LATENCY = 0.001
@@ -63,6 +63,23 @@ class LatencySketch:
 
 
 @dataclass(slots=True)
+class Slot:
+    """One limit group's sends in one bucket, and the limits in force when it sent
+    (:mod:`.limits`)."""
+
+    sent: int = 0
+    tokens: int = 0
+    rpm: float | None = None
+    tpm: float | None = None
+
+    def merge(self, other: Slot) -> None:
+        self.sent += other.sent
+        self.tokens += other.tokens
+        self.rpm = other.rpm if other.rpm is not None else self.rpm
+        self.tpm = other.tpm if other.tpm is not None else self.tpm
+
+
+@dataclass(slots=True)
 class Bucket:
     """What happened in one slice of time (sums, and the last value seen of states)."""
 
@@ -77,8 +94,7 @@ class Bucket:
     failed: int = 0
     busy: float = 0.0  # attempt-seconds on the wire (in flight x seconds)
     latency: LatencySketch | None = None
-    rpm: float | None = None
-    tpm: float | None = None
+    groups: dict[str, Slot] | None = None  # per limit group (:mod:`.limits`)
     done: int | None = None
     total: int | None = None
     eta: float | None = None
@@ -99,7 +115,16 @@ class Bucket:
             if self.latency is None:
                 self.latency = LatencySketch()
             self.latency.merge(other.latency)
-        for name in ("rpm", "tpm", "done", "total", "eta"):
+        if other.groups:
+            if self.groups is None:
+                self.groups = {}
+            for name, slot in other.groups.items():
+                mine = self.groups.get(name)
+                if mine is None:
+                    self.groups[name] = slot
+                else:
+                    mine.merge(slot)
+        for name in ("done", "total", "eta"):
             value = getattr(other, name)
             if value is not None:
                 setattr(self, name, value)
