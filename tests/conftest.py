@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,15 @@ class Turnstile:
             self.passes -= 1
         response: web.StreamResponse = await handler(request)
         return response
+
+
+@pytest.fixture
+def turnstile(mock_api: Any) -> Iterator[Turnstile]:
+    """A :class:`Turnstile` opened when the test ends, before the mock servers close
+    (a server waits for the requests it holds: a failed test would hang, not fail)."""
+    gate = Turnstile()
+    yield gate
+    gate.open()
 
 
 def chat_line(i: int, *, model: str = "gpt-4o-mini", max_tokens: int = 16,

@@ -329,14 +329,14 @@ def test_resend_changed_and_fresh_act_on_the_file_a_symlinked_output_names(
 
 
 async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
-        mock_api: Any, tmp_path: Path) -> None:
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
     """Lock files are named after the output, so ``-o hard-link.jsonl`` (another name of
     the same file) took other locks: two runs appended to one results file and sent the
     same requests twice."""
     import os
     import signal
 
-    turnstile = Turnstile()  # one answer per run, then held: the run keeps its locks
+    # one answer per run, then held: the run keeps its locks
     api = await mock_api(seed=5, middlewares=[turnstile.middleware])
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(30)])
     results = tmp_path / "job.results.jsonl"

@@ -33,8 +33,8 @@ def _written(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path) -> None:
-    turnstile = Turnstile()
+async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path,
+                                                   turnstile: Turnstile) -> None:
     api = await mock_api(latency_ms=20, latency_jitter_ms=30, seed=5,
                          middlewares=[turnstile.middleware])
     n = 400
@@ -79,8 +79,9 @@ async def test_sigkill_at_random_points_then_rerun(mock_api: Any, tmp_path: Path
     assert api.stats.requests >= n
 
 
-async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path) -> None:
-    turnstile = Turnstile()  # 20 answers at most before Ctrl-C: it comes mid-run
+async def test_sigint_drains_then_resume_completes(mock_api: Any, tmp_path: Path,
+                                                   turnstile: Turnstile) -> None:
+    # 20 answers at most before Ctrl-C: it comes mid-run
     api = await mock_api(latency_ms=40, seed=2, middlewares=[turnstile.middleware])
     turnstile.allow(20)
     n = 200

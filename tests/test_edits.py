@@ -295,10 +295,10 @@ def test_supersede_moves_nothing_and_leaves_no_files_when_nothing_matches(
 
 
 @pytest.mark.slow
-async def test_sigkill_then_edit_the_last_answers_is_noticed(mock_api: Any,
-                                                            tmp_path: Path) -> None:
+async def test_sigkill_then_edit_the_last_answers_is_noticed(
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
     """The lines answered just before a kill -9 are the ones whose bookkeeping could lag."""
-    turnstile = Turnstile()  # 60 answers at most: the kill comes before the end
+    # 60 answers at most: the kill comes before the end
     api = await mock_api(latency_ms=5, middlewares=[turnstile.middleware])
     n = 400
     job = write_jsonl(tmp_path / "job.jsonl", [bare(f"q{i}") for i in range(n)])

@@ -148,8 +148,8 @@ async def test_four_workers_split_the_job_and_merge_answers_each_id_once(
 
 
 async def test_shard_killed_then_rerun_then_merged_exactly_once(
-        mock_api: Any, tmp_path: Path) -> None:
-    turnstile = Turnstile()  # 30 answers at most: the kill comes before the shard's end
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
+    # 30 answers at most: the kill comes before the shard's end
     api = await mock_api(latency_ms=30, latency_jitter_ms=30, seed=3,
                          middlewares=[turnstile.middleware])
     n = 240

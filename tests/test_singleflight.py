@@ -257,8 +257,8 @@ async def test_followers_resume_exactly_once_after_a_kill_between_their_writes(
 
 
 async def test_kill_9_mid_run_then_rerun_answers_every_line_once(
-        mock_api: Any, tmp_path: Path) -> None:
-    turnstile = Turnstile()  # 30 requests (90 lines) at most: killed before the end
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
+    # 30 requests (90 lines) at most: killed before the end
     api = await mock_api(latency_ms=60, latency_jitter_ms=60, seed=2,
                          middlewares=[turnstile.middleware])
     turnstile.allow(30)
