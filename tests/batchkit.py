@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,26 @@ async def batch_api() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in servers:
         await server.close()
+
+
+class HeldClock:
+    """The mock's Batch API clock (``api.store.clock = HeldClock()``), held still until
+    the test lets it run: a batch then runs as far as the test says, however long the
+    CLI takes to start on a loaded machine, not as far as the wall clock got."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.since: float | None = None  # None: held
+
+    def __call__(self) -> float:
+        return self.at + (0.0 if self.since is None else time.monotonic() - self.since)
+
+    def advance(self, seconds: float) -> None:
+        self.at += seconds
+
+    def run(self) -> None:
+        """Let time flow from here on."""
+        self.at, self.since = self(), time.monotonic()
 
 
 def job_lines(n: int, *, model: str = "gpt-4o-mini", prefix: str = "r",

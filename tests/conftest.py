@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
 
 from processor.testing import STATS_KEY, MockConfig, MockStats, build_app
 
@@ -33,6 +34,12 @@ def _no_download(blobpath: str) -> bytes:
 import tiktoken.load  # noqa: E402
 
 tiktoken.load.read_file = _no_download
+
+# Property tests judge the product, not this machine's speed: no per-example deadline, and
+# no health check on how long making the examples took (both fail on a loaded machine).
+settings.register_profile("batchproc", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("batchproc")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -104,6 +111,47 @@ class FirstRequestClock:
         return response
 
 
+class Turnstile:
+    """Lets through as many API requests as the test allows and holds the rest until it
+    allows more (``mock_api(middlewares=[t.middleware])``): a run then keeps going, and
+    holding its locks, for as long as the test needs it, however slowly other processes
+    start on a loaded machine, instead of finishing the job meanwhile."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.changed = asyncio.Event()
+
+    def allow(self, n: int) -> None:
+        self.passes += n
+        self.changed.set()
+
+    def open(self) -> None:
+        self.allow(10**9)
+
+    def hold(self) -> None:
+        """Let no more through (until allowed)."""
+        self.passes = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "POST":
+            while self.passes <= 0:
+                self.changed.clear()
+                await self.changed.wait()
+            self.passes -= 1
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
+@pytest.fixture
+def turnstile(mock_api: Any) -> Iterator[Turnstile]:
+    """A :class:`Turnstile` opened when the test ends, before the mock servers close
+    (a server waits for the requests it holds: a failed test would hang, not fail)."""
+    gate = Turnstile()
+    yield gate
+    gate.open()
+
+
 def chat_line(i: int, *, model: str = "gpt-4o-mini", max_tokens: int = 16,
               text: str | None = None) -> dict[str, Any]:
     return {
@@ -129,6 +177,31 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def until(check: Callable[[], bool], what: str, *,
+                alive: asyncio.subprocess.Process | None = None, timeout: float = 60.0) -> None:
+    """Poll ``check`` every 10 ms until it holds. ``timeout`` only bounds a hang: a CLI
+    starting on a loaded machine may take seconds before it does anything at all, so no
+    test counts on a few. With ``alive``, that process ending first fails at once."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        assert alive is None or alive.returncode is None, f"it ended before {what}"
+        assert loop.time() < end, f"no {what} within {timeout:.0f}s"
+        await asyncio.sleep(0.01)
+
+
+async def read_until(proc: asyncio.subprocess.Process, words: str) -> bytes:
+    """Read ``proc``'s stderr until a line holds ``words`` (``--verbose`` runs say when
+    they begin to stop, say); return what was read, to join with the rest."""
+    assert proc.stderr is not None
+    seen = b""
+    while words.encode() not in seen:
+        line = await asyncio.wait_for(proc.stderr.readline(), 60)  # a bound for a hang
+        assert line, f"it ended without saying {words!r}: {seen.decode()}"
+        seen += line
+    return seen
 
 
 async def start_cli(job: Path, base_url: str, *extra: str,

@@ -415,18 +415,22 @@ def server_error(status: int = 500, *, proxy: str = "nginx") -> Behaviour:
 
 
 def outage(seconds: float, statuses: Sequence[int] = (502, 503), *,
-           reset: bool = False, proxy: str = "nginx") -> Behaviour:
-    """For ``seconds`` from the first request (``math.inf``: for good), every request
-    fails: ``statuses`` in turn (as :func:`server_error` answers them, 502 being the
-    ``proxy``'s page), or a connection reset (``reset``); then normal answers."""
+           reset: bool = False, proxy: str = "nginx", failing: int = 0) -> Behaviour:
+    """For ``seconds`` from the first request (``math.inf``: for good), and for at least
+    the first ``failing`` requests however slowly they come (a loaded machine may take
+    longer than a short outage between two attempts), every request fails: ``statuses``
+    in turn (as :func:`server_error` answers them, 502 being the ``proxy``'s page), or a
+    connection reset (``reset``); then normal answers."""
     errors = [server_error(status, proxy=proxy) for status in statuses]
     state: dict[str, float] = {}
     turn = itertools.count()
 
     async def behaviour(request: web.Request, api: Hostile) -> web.StreamResponse | None:
         start = state.setdefault("start", time.monotonic())
-        if time.monotonic() - start >= seconds:
+        failed = state.setdefault("failed", 0)
+        if time.monotonic() - start >= seconds and failed >= failing:
             return None
+        state["failed"] = failed + 1
         if reset:
             assert request.transport is not None
             request.transport.abort()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,22 @@ class RedisServer:
     def url(self) -> str:
         return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
+    @classmethod
+    def on_free_port(cls, folder: Path, **kw: Any) -> RedisServer:
+        """Started on a free port: another is tried when the one picked was taken before
+        redis-server bound it (a pick is only free until someone else, another pytest
+        worker's connection say, takes it)."""
+        for attempt in range(5):
+            server = cls(free_port(), folder, **kw)
+            try:
+                server.start()
+                return server
+            except RuntimeError:
+                said = (folder / "redis.log").read_text(errors="replace")
+                if attempt == 4 or "Address already in use" not in said:
+                    raise
+        raise AssertionError("unreachable")
+
     def start(self) -> None:
         assert BINARY is not None
         port = ["--port", str(self.port)]
@@ -76,18 +93,19 @@ class RedisServer:
                 "--appendonly", "no", "--dir", str(self.folder)]
         if self.password:
             args += ["--requirepass", self.password]
-        with open(self.folder / "redis.log", "ab") as out:  # why it did not start
+        log = self.folder / "redis.log"
+        start = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as out:  # why it did not start
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                             cwd=self.folder)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
+        # Ready when it says so: a connection that opens may be to whoever else holds the
+        # port (then this one exits: "Address already in use").
+        deadline = time.monotonic() + 60  # a bound for a hang: it starts in milliseconds
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if b"Ready to accept connections" in log.read_bytes()[start:]:
+                return
+            time.sleep(0.02)
+        self.stop()
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
@@ -104,8 +122,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         pytest.skip("no redis-server binary (apt-get install redis-server)")
     folder = tmp_path / "redis"
     folder.mkdir()
-    server = RedisServer(free_port(), folder)
-    server.start()
+    server = RedisServer.on_free_port(folder)
     try:
         yield server
     finally:
@@ -157,16 +174,14 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     if why is not None:
         pytest.skip(why)
     files = make_tls_files(folder)
-    probe = RedisServer(free_port(), folder, tls=files)
     try:
-        probe.start()
+        probe = RedisServer.on_free_port(folder, tls=files)
     except RuntimeError:
         said = (folder / "redis.log").read_text(errors="replace")
         if "Bad directive" in said or "TLS" in said:  # built without TLS
             pytest.skip(f"this redis-server cannot serve TLS: {said.strip()[-200:]}")
         raise
-    finally:
-        probe.stop()
+    probe.stop()
     return files
 
 
@@ -175,8 +190,7 @@ def tls_redis(tmp_path: Path, tls_files: TlsFiles) -> Iterator[RedisServer]:
     """A redis-server on 127.0.0.1 that listens only on TLS (free port), stopped at the end."""
     folder = tmp_path / "redis-tls"
     folder.mkdir()
-    server = RedisServer(free_port(), folder, tls=tls_files)
-    server.start()
+    server = RedisServer.on_free_port(folder, tls=tls_files)
     try:
         yield server
     finally:

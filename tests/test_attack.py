@@ -11,7 +11,7 @@ import pytest
 
 from processor.store.resume import load_state
 
-from .conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from .conftest import Turnstile, chat_line, read_jsonl, start_cli, until, write_jsonl
 from .test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 
@@ -329,26 +329,26 @@ def test_resend_changed_and_fresh_act_on_the_file_a_symlinked_output_names(
 
 
 async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
-        mock_api: Any, tmp_path: Path) -> None:
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
     """Lock files are named after the output, so ``-o hard-link.jsonl`` (another name of
     the same file) took other locks: two runs appended to one results file and sent the
     same requests twice."""
-    import asyncio
     import os
     import signal
 
-    api = await mock_api(latency_ms=300, seed=5)
+    # one answer per run, then held: the run keeps its locks
+    api = await mock_api(seed=5, middlewares=[turnstile.middleware])
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(30)])
     results = tmp_path / "job.results.jsonl"
     link = tmp_path / "hard.jsonl"
     for resume in (False, True):  # the file created by the run, then there at its start
         before = results.stat().st_size if results.exists() else 0
+        turnstile.hold()
         first = await start_cli(job, api.base_url, max_in_flight=1)
-        for _ in range(500):  # until it has written an answer: it holds its locks
-            if results.exists() and results.stat().st_size > before:
-                break
-            assert first.returncode is None
-            await asyncio.sleep(0.01)
+        turnstile.allow(1)
+        # Until it has written an answer: it holds its locks.
+        await until(lambda size=before: results.exists() and results.stat().st_size > size,
+                    "answer written", alive=first)
         if not link.exists():
             os.link(results, link)
         second = await start_cli(job, api.base_url, "-o", str(link), "--errors",
@@ -356,9 +356,9 @@ async def test_a_hard_link_to_a_running_jobs_results_is_locked_too(
         _, err = await second.communicate()
         assert second.returncode == 75 and "hard link" in err.decode(), (resume, err.decode())
         first.send_signal(signal.SIGINT)
+        turnstile.open()  # what is held (or sent as the signal came) is answered
         _, err = await first.communicate()
         assert first.returncode == 130, err.decode()
-    api.config.latency_ms = 0
     code = await (await start_cli(job, api.base_url, "-o", str(link))).wait()
     assert code == 0
     ids = [r["custom_id"] for r in read_jsonl(results)]

@@ -222,12 +222,14 @@ async def test_polling_calls_are_counted_and_stay_within_rpm(
     times = api.store.stats.call_times
     assert len(times) == sum(state["calls"].values())
     # Any run of calls fits the limiter's allowance: its burst (a second of the rate, at
-    # least one call) plus the rate over the time between them (0.25 s of timing slack).
+    # least one call) plus the rate over the time between them, and one burst more for
+    # what it had let go when a loaded machine held them back (they arrive together with
+    # the next burst, however long the stall: not a guess of its length).
     rate = rpm / 60
     burst = max(rate, 1.0)
     for i in range(len(times)):
         for j in range(i + 1, len(times)):
-            assert j - i + 1 <= burst + rate * (times[j] - times[i] + 0.25), (i, j)
+            assert j - i + 1 <= 2 * burst + rate * (times[j] - times[i]), (i, j)
 
 
 async def test_the_key_is_never_written(tmp_path: Path, batch_api: Any) -> None:  # noqa: F811

@@ -3,7 +3,6 @@ requests, unsendable lines (processor.store.edits, runner's resume filter)."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from processor.jobs import line_hash
 from processor.store.edits import explicit_id, find_changes, supersede
 from processor.store.resume import load_state
 from processor.store.writer import ResultWriter
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import Turnstile, chat_line, read_jsonl, start_cli, until, write_jsonl
 from tests.test_cli import invoke, server_url  # noqa: F401 - the fixture
 
 BLANK = b"\n"
@@ -296,18 +295,18 @@ def test_supersede_moves_nothing_and_leaves_no_files_when_nothing_matches(
 
 
 @pytest.mark.slow
-async def test_sigkill_then_edit_the_last_answers_is_noticed(mock_api: Any,
-                                                            tmp_path: Path) -> None:
+async def test_sigkill_then_edit_the_last_answers_is_noticed(
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
     """The lines answered just before a kill -9 are the ones whose bookkeeping could lag."""
-    api = await mock_api(latency_ms=5)
+    # 60 answers at most: the kill comes before the end
+    api = await mock_api(latency_ms=5, middlewares=[turnstile.middleware])
     n = 400
     job = write_jsonl(tmp_path / "job.jsonl", [bare(f"q{i}") for i in range(n)])
     results = tmp_path / "job.results.jsonl"
+    turnstile.allow(60)
     proc = await start_cli(job, api.base_url)
-    for _ in range(1000):  # bounded: until some answers are written
-        if results.exists() and results.read_bytes().count(b"\n") >= 40:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: results.exists() and results.read_bytes().count(b"\n") >= 40,
+                "40 answers written", alive=proc)
     proc.send_signal(signal.SIGKILL)
     await proc.communicate()
     whole = results.read_bytes()
@@ -318,6 +317,7 @@ async def test_sigkill_then_edit_the_last_answers_is_noticed(mock_api: Any,
     edited = sorted(answered)[-3:]  # the last answered lines
     texts = [f"q{i}" if i + 1 not in edited else f"edited {i}" for i in range(n)]
     write_jsonl(job, [bare(t) for t in texts])
+    turnstile.open()
     proc = await start_cli(job, api.base_url)
     _, err = await proc.communicate()
     assert proc.returncode == 2, err.decode()

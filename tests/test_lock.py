@@ -20,7 +20,7 @@ from processor.run.runner import JobConfig, run_job
 from processor.store.lock import JobLock
 from processor.store.paths import lock_path
 from processor.testing import MockStats
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import chat_line, read_jsonl, start_cli, until, write_jsonl
 
 
 def test_second_lock_names_the_holder_and_release_removes_the_file(tmp_path: Path) -> None:
@@ -83,12 +83,8 @@ async def test_python_api_refuses_a_job_held_by_another_run(tmp_path: Path) -> N
 
 
 async def _wait_for(path: Path, proc: asyncio.subprocess.Process) -> None:
-    for _ in range(1000):
-        if path.exists() and path.read_text().strip():
-            return
-        assert proc.returncode is None, "the first run ended before taking its lock"
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{path} never appeared")
+    await until(lambda: path.exists() and bool(path.read_text().strip()), f"lock {path}",
+                alive=proc)
 
 
 class _Gate:

@@ -453,6 +453,37 @@ async def test_faults_are_seeded(make_client: MakeClient) -> None:
     assert {200, 500, 503} == set(first)
 
 
+async def test_seeded_faults_do_not_depend_on_timing(make_client: MakeClient) -> None:
+    """The n-th request judged meets the same fault in every run of a seed, however the
+    requests interleave: the faults draw from a stream of their own, not one shared with
+    the latency jitter and the answers (which finish in whatever order the clock says),
+    so a test's "a reset happens" holds on a loaded machine as on an idle one."""
+    config = {"seed": 5, "fail_500": 0.2, "reset": 0.2, "latency_jitter_ms": 20}
+
+    async def faults(concurrent: bool) -> list[int]:
+        client = await make_client(**config)
+        if concurrent:  # 30 at once: answers draw lengths as their jitter lets them finish
+            await asyncio.gather(*(status_or_reset(client) for _ in range(30)))
+        else:
+            for _ in range(30):
+                await status_or_reset(client)
+        stats = client.app[STATS_KEY]
+        return [stats.by_status.get(500, 0), stats.resets, stats.ok]
+
+    one_by_one = await faults(concurrent=False)
+    assert one_by_one[0] > 0 and one_by_one[1] > 0
+    for _ in range(3):
+        assert await faults(concurrent=True) == one_by_one
+
+
+async def status_or_reset(client: TestClient[Any, Any]) -> None:
+    try:
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+        await resp.read()
+    except aiohttp.ClientError:
+        pass  # a reset: counted by the server
+
+
 async def test_latency(make_client: MakeClient) -> None:
     client = await make_client(latency_ms=5)
     start = time.monotonic()

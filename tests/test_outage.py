@@ -38,9 +38,10 @@ def asking(text: str) -> Callable[[bytes], bool]:
     return lambda body: text.encode() in body
 
 
-def down(seconds: float = math.inf) -> Behaviour:
-    """An outage of ``seconds`` from the first request (default: until changed)."""
-    return outage(seconds, DOWN, proxy="cloudflare")
+def down(seconds: float = math.inf, failing: int = 0) -> Behaviour:
+    """An outage of ``seconds`` from the first request (default: until changed), and of
+    at least ``failing`` requests."""
+    return outage(seconds, DOWN, proxy="cloudflare", failing=failing)
 
 
 def job_file(tmp_path: Path, n: int) -> Path:
@@ -244,7 +245,7 @@ async def test_cli_short_outage_writes_nothing_off(
     hostile: Hostile, tmp_path: Path
 ) -> None:
     api = hostile
-    api.use(down(2.0))
+    api.use(down(2.0, failing=8))  # both attempts of the first four, however slow
     job = job_file(tmp_path, 12)
     # Two attempts each: without the circuit, a 2 s outage writes most of them off.
     code, err = await cli(job, hostile.base_url, "--outage-window", "60", "--max-attempts", "2")
@@ -390,8 +391,9 @@ async def test_an_outage_writes_nothing_off_at_any_concurrency(
     hostile: Hostile, tmp_path: Path, in_flight: int
 ) -> None:
     # One request at a time never gives the circuit ten samples: it opens instead of
-    # writing a request off while every recent attempt failed.
-    hostile.use(down(0.4))
+    # writing a request off while every recent attempt failed. Both attempts of the first
+    # request fail, however long this machine takes between them.
+    hostile.use(down(0.4, failing=2))
     job = job_file(tmp_path, 24)
     stats = await asyncio.wait_for(
         run_job(job, config(hostile.base_url, max_in_flight=in_flight, max_attempts=2)), 30)

@@ -8,7 +8,6 @@ reached the wrong custom_id is caught.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ from processor.run.packing import PackedJob, packed_job, points_at_input, split_
 from processor.run.runner import JobConfig, run_job
 from processor.run.unpacking import shares, unpack
 from processor.testing.bodies import text_vector
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import chat_line, read_jsonl, start_cli, until, write_jsonl
 
 EMB = "/v1/embeddings"
 CMPL = "/v1/completions"
@@ -294,10 +293,8 @@ async def test_kill_9_mid_run_then_rerun_answers_each_line_once(
     results = tmp_path / "job.results.jsonl"
     proc = await start_cli(job, api.base_url, "--rpm", "off", "--tpm", "off", "--pack", "10",
                            max_in_flight=2)
-    for _ in range(500):  # bounded: until some packs are written
-        if results.exists() and results.stat().st_size > 0:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: results.exists() and results.stat().st_size > 0, "pack written",
+                alive=proc)
     proc.send_signal(signal.SIGKILL)
     await proc.communicate()
     first = results.read_bytes().count(b"\n")

@@ -34,6 +34,14 @@ def rate(model: dict[str, float]) -> float:
     return (model["admitted"] - 1) / (model["last"] - model["first"]) * 60
 
 
+def paced(model: dict[str, float], limit: float) -> float:
+    """The rate of :func:`rate` less one burst: a client's counters hold a second of
+    credit (``limit / 60`` requests), which it may spend at once after a stall (a loaded
+    machine's): never above the limit is the rest of the run at or below it."""
+    burst = max(limit / 60, 1.0)
+    return (model["admitted"] - 1 - burst) / (model["last"] - model["first"]) * 60
+
+
 async def finish(proc: asyncio.subprocess.Process, timeout: float = 90) -> tuple[int, str]:
     _, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -64,7 +72,7 @@ async def test_four_workers_share_one_redis_budget(mock_api: Any, redis_server: 
     assert stats.ok == n and stats.requests == n + stats.n_429
     assert stats.n_429 <= 5, stats.to_dict()  # a handful at most (typically 0)
     combined = rate(stats.models["gpt-4o-mini"])
-    assert combined <= limit * 1.10, combined  # never faster than the shared limit
+    assert paced(stats.models["gpt-4o-mini"], limit) <= limit * 1.10, combined  # never faster
     assert combined >= limit * 0.60, combined  # and not idling (loose: a loaded machine)
 
 
@@ -89,12 +97,30 @@ async def test_two_models_each_at_its_own_limit(how: str, mock_api: Any,
     fast, slow = models["gpt-4o-mini"], models["gpt-4o"]
     assert api.stats.n_429 <= 8, api.stats.to_dict()
     # Each near its own limit, never above it (loose bounds: a loaded machine)...
-    assert big * 0.55 <= rate(fast) <= big * 1.15, (rate(fast), api.stats.to_dict())
-    assert small * 0.55 <= rate(slow) <= small * 1.15, (rate(slow), api.stats.to_dict())
+    assert big * 0.55 <= rate(fast) and paced(fast, big) <= big * 1.15, \
+        (rate(fast), api.stats.to_dict())
+    assert small * 0.55 <= rate(slow) and paced(slow, small) <= small * 1.15, \
+        (rate(slow), api.stats.to_dict())
     # ...at the same time: the small model did not wait for the big one, nor held it up.
     span = max(fast["last"], slow["last"]) - min(fast["first"], slow["first"])
     overlap = min(fast["last"], slow["last"]) - max(fast["first"], slow["first"])
     assert overlap >= 0.6 * span, (fast, slow)
+
+
+async def admitted_then_stop(server: RedisServer) -> int:
+    """Stop Redis as a crash would, knowing how many requests it had admitted until then
+    (not guessing how long those take to reach the server on a loaded machine): writes
+    are paused first (no bucket script runs after that), the counts read, then it dies."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(server.url)
+    await client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+    admitted = 0
+    async for key in client.scan_iter(match="batchproc:*:m:*"):
+        admitted += int(float(await client.hget(key, "cum:q") or 0))
+    await client.aclose()
+    server.stop()
+    return admitted
 
 
 async def test_redis_stopped_mid_run_then_restarted(mock_api: Any, redis_server: RedisServer,
@@ -108,14 +134,12 @@ async def test_redis_stopped_mid_run_then_restarted(mock_api: Any, redis_server:
         if api.stats.ok >= 10:
             break
         await asyncio.sleep(0.02)
-    redis_server.stop()
-    await asyncio.sleep(0.05)  # what was admitted before the stop reaches the server
-    at_stop = api.stats.requests
+    admitted = await admitted_then_stop(redis_server)
     await asyncio.sleep(1.5)  # Redis down: 30 requests' worth of time at 20 a second
-    while_down = api.stats.requests - at_stop
+    while_down = api.stats.requests - admitted  # what reached the server unadmitted
     redis_server.start()
     code, err = await finish(proc)
-    assert while_down == 0, while_down  # nothing without the shared budget's consent
+    assert while_down <= 0, while_down  # nothing without the shared budget's consent
     assert code == 0, err
     assert "waiting for Redis" in err and "back after" in err
     ids = sorted(r["custom_id"] for r in read_jsonl(tmp_path / "job.results.jsonl"))

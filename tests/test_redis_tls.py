@@ -23,7 +23,7 @@ from processor.limits import Counter, Unit
 from processor.limits.redis import RedisBudget, RedisLimiter, check_url, mask_url
 from processor.limits.redisurl import secrets_of, tls_warning
 from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
-from tests.redisfix import RedisServer, TlsFiles, free_port, make_tls_files
+from tests.redisfix import RedisServer, TlsFiles, make_tls_files
 
 PASSWORD = "tls-s3cret-pw"
 
@@ -80,8 +80,7 @@ async def test_a_run_admits_through_a_tls_only_redis(mock_api: Any, tls_redis: R
 @pytest.mark.parametrize("ca", ["none", "other"])
 async def test_an_untrusted_certificate_fails_closed_at_the_start(
         ca: str, mock_api: Any, tls_files: TlsFiles, tmp_path: Path) -> None:
-    server = RedisServer(free_port(), tmp_path, password=PASSWORD, tls=tls_files)
-    server.start()
+    server = RedisServer.on_free_port(tmp_path, password=PASSWORD, tls=tls_files)
     try:
         api = await mock_api()
         job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
@@ -117,8 +116,7 @@ async def test_the_ca_from_ssl_cert_file(tls_redis: RedisServer,
 async def test_a_certificate_for_another_name_is_refused(tmp_path: Path,
                                                          tls_files: TlsFiles) -> None:
     other = make_tls_files(tmp_path / "certs", names="DNS:redis.internal")
-    server = RedisServer(free_port(), tmp_path, tls=other)
-    server.start()
+    server = RedisServer.on_free_port(tmp_path, tls=other)
     try:
         budget = RedisBudget(with_ca(server), namespace="t")
         with pytest.raises(ConfigError, match="does not name 127.0.0.1"):
@@ -144,8 +142,7 @@ async def refused_at_start(url: str, words: str) -> None:
 
 
 async def test_client_certificates(tmp_path: Path, tls_files: TlsFiles) -> None:
-    server = RedisServer(free_port(), tmp_path, tls=tls_files, client_certs=True)
-    server.start()
+    server = RedisServer.on_free_port(tmp_path, tls=tls_files, client_certs=True)
     try:
         await refused_at_start(with_ca(server),
                                "asks for a client certificate; give it with ssl_certfile")

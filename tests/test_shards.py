@@ -23,7 +23,7 @@ from processor.run.runner import JobConfig, run_job
 from processor.shards import Shard, line_id, parse_shard, shard_of
 from processor.store.lock import JobLock
 from processor.store.paths import job_locks
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import Turnstile, chat_line, read_jsonl, start_cli, until, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -148,19 +148,21 @@ async def test_four_workers_split_the_job_and_merge_answers_each_id_once(
 
 
 async def test_shard_killed_then_rerun_then_merged_exactly_once(
-        mock_api: Any, tmp_path: Path) -> None:
-    api = await mock_api(latency_ms=30, latency_jitter_ms=30, seed=3)
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
+    # 30 answers at most: the kill comes before the shard's end
+    api = await mock_api(latency_ms=30, latency_jitter_ms=30, seed=3,
+                         middlewares=[turnstile.middleware])
     n = 240
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(n)])
     results, _ = shard_files(job, 1, 2)
+    turnstile.allow(30)
     proc = await start_cli(job, api.base_url, "--shard", "1/2")
-    for _ in range(400):  # bounded wait until answers are being written
-        if results.exists() and results.stat().st_size > 2000:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: results.exists() and results.stat().st_size > 2000,
+                "answers being written", alive=proc)
     proc.send_signal(signal.SIGKILL)
     await proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+    turnstile.open()
     # What a kill mid-write leaves: a partial last line. Merge reports it, never copies it.
     with open(results, "ab") as f:
         f.write(b'{"id":"batch_req_x","custom_id":"req-')

@@ -18,7 +18,7 @@ import orjson
 from processor import JobConfig, run_job
 from processor.store.cacheadmin import cache_stats
 from processor.store.cachekey import parse_ignore
-from tests.conftest import chat_line, read_jsonl, start_cli, write_jsonl
+from tests.conftest import Turnstile, chat_line, read_jsonl, start_cli, until, write_jsonl
 
 KEY = "sk-test-CACHE-NEVER-KEEPS-ME-9d2e"
 
@@ -257,21 +257,23 @@ async def test_followers_resume_exactly_once_after_a_kill_between_their_writes(
 
 
 async def test_kill_9_mid_run_then_rerun_answers_every_line_once(
-        mock_api: Any, tmp_path: Path) -> None:
-    api = await mock_api(latency_ms=60, latency_jitter_ms=60, seed=2)
+        mock_api: Any, tmp_path: Path, turnstile: Turnstile) -> None:
+    # 30 requests (90 lines) at most: killed before the end
+    api = await mock_api(latency_ms=60, latency_jitter_ms=60, seed=2,
+                         middlewares=[turnstile.middleware])
+    turnstile.allow(30)
     job = write_jsonl(tmp_path / "job.jsonl", [line(i, f"group {i // 3}") for i in range(300)])
     cache = tmp_path / "c.sqlite"
     results = tmp_path / "job.results.jsonl"
     proc = await start_cli(job, api.base_url, "--rpm", "off", "--tpm", "off", "--cache",
                            str(cache), max_in_flight=4)
-    for _ in range(400):
-        await asyncio.sleep(0.02)
-        if results.exists() and results.read_bytes().count(b"\n") >= 60:
-            break
+    await until(lambda: results.exists() and results.read_bytes().count(b"\n") >= 60,
+                "60 answers written", alive=proc)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     written = results.read_bytes().count(b"\n")
     assert 0 < written < 300
+    turnstile.open()
     await cli(job, api.base_url, "--cache", str(cache), max_in_flight=4)
     records = ids_once(results, 300)
     answers: dict[int, set[str]] = {}

@@ -60,7 +60,11 @@ class _Server:
         self.limiters = {model: Limiter(*limits, initial_fill=config.initial_fill,
                                         count_rejected=config.count_rejected, now=now)
                          for model, limits in config.model_limits.items()}
-        self.faults = Faults(config, rng, now)
+        # The faults draw from a stream of their own: the n-th request judged meets the
+        # same fault whatever was drawn in between (the jitter and answer lengths of
+        # requests that finished first), so a seed's faults do not depend on timing.
+        seed = None if config.seed is None else f"faults:{config.seed}"
+        self.faults = Faults(config, random.Random(seed), now)
         self.answers = Answers(rng, config.embedding_dim)
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str],

@@ -36,7 +36,9 @@ class MockConfig:
         latency_ms, latency_jitter_ms: answer after ``latency_ms + U(0, jitter)``.
         fail_500, fail_503, reset, hang, truncate: per-request fault probabilities, mutually
             exclusive (one ``random.Random(seed)`` draw), summing to at most 1.
-        seed: seeds the faults, jitter and completion lengths.
+        seed: seeds the faults, jitter and completion lengths (the faults from a stream
+            of their own: the n-th request judged meets the same fault in every run,
+            however requests interleave).
         api_key: when set, other keys (``Authorization: Bearer``, Azure ``api-key``) get 401.
         revoked_keys: keys that get 401.
         insufficient_quota: every request gets 429 ``insufficient_quota``.
