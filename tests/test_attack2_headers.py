@@ -151,3 +151,22 @@ async def test_a_long_server_pause_is_told_on_the_progress_line(hostile_api: Any
     told = [line for line in lines if "paused by the server" in line]
     assert told, lines[-3:]
     assert "(429) until " in told[-1] and ("49m" in told[-1] or "50m" in told[-1]), told[-1]
+
+
+async def test_a_limit_header_sent_twice_is_read_as_the_stricter(mock_api: Any,
+                                                                 tmp_path: Path) -> None:
+    # Two header lines (a proxy adding its own limit beside the upstream's): the first
+    # was read alone, here the upstream's 6,000 a minute, not the proxy's 60.
+    @web.middleware
+    async def twice(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        if "x-ratelimit-limit-requests" in response.headers:
+            response.headers.add("x-ratelimit-limit-requests", "60")
+            response.headers.add("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")
+        return response
+
+    api = await mock_api(rpm=6000, middlewares=[twice])
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
+    stats = await run_job(job, _config(api))
+    assert stats.ok == 3
+    assert stats.limits.get("rpm") == 60, stats.limits

@@ -79,17 +79,18 @@ def _number(text: str) -> float | None:
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``
     (seconds or an HTTP date), else None. Never negative, never over :data:`MAX_WAIT`."""
-    ms = headers.get("retry-after-ms")
+    ms = _all(headers, "retry-after-ms")
     if ms is not None:
         seconds = _number(ms)
         if seconds is not None:
             return _wait(seconds / 1000.0)
-    value = headers.get("retry-after")
-    if value is None:
+    joined = _all(headers, "retry-after")
+    if joined is None:
         return None
-    seconds = _number(value)
+    seconds = _number(joined)
     if seconds is not None:
         return _wait(seconds)
+    value = headers.get("retry-after", "")  # an HTTP date: the first line's
     if len(value) > 100:
         return None
     try:
@@ -161,11 +162,21 @@ def _count(text: str) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+def _all(headers: Mapping[str, str], key: str) -> str | None:
+    """``key``'s value; a header sent on several lines (aiohttp's multidict) as their
+    values joined by commas, as a proxy joining them would send it."""
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return headers.get(key)
+    values = getall(key, [])
+    return ", ".join(values[:8]) if values else None
+
+
 def _joined(headers: Mapping[str, str], key: str, parse: Callable[[str], float | None],
             pick: Callable[[list[float]], float]) -> float | None:
-    """``key``'s value, read by ``parse``; of values joined by commas, ``pick``'s choice
-    among the readable ones (at most 8 looked at: no real header repeats more)."""
-    value = headers.get(key)
+    """``key``'s value, read by ``parse``; of values joined by commas (or sent on several
+    lines), ``pick``'s choice among the readable ones (at most 8 looked at)."""
+    value = _all(headers, key)
     if value is None or len(value) > 200:
         return None
     values = [v for part in value.split(",")[:8] if (v := parse(part)) is not None]
