@@ -209,7 +209,9 @@ def _limit_groups(groups: dict[str, dict[str, Any]]) -> str:
              _pct(g["efficiency"]["tpm"])] for name, g in groups.items()]
     return ("<h2>Limits by model</h2><p class=\"note\">Each model (or shared bucket) against "
             "its own limits, summed over the keys, while it was sending; with "
-            "<code>--limit-scope key</code> a key's models are one row.</p>" + _table(
+            "<code>--limit-scope key</code> a key's models are one row (all models), and "
+            "a model with a <code>--limit</code> of its own has its own row too: its "
+            "requests passed both.</p>" + _table(
                 ["model", "requests sent", "rpm limit", "of it used", "tokens charged",
                  "tpm limit", "of it used"], rows, {1, 2, 3, 4, 5, 6}))
 
