@@ -153,3 +153,19 @@ def test_a_limit_learned_after_a_key_was_retired_still_counts(tmp_path: Path) ->
     h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", ordered(events))))
     assert h["by_model"]["a"]["rpm_limit"] == 30, h["by_model"]
     assert h["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.04)
+
+
+def test_key_scope_limits_learned_per_model_are_measured(tmp_path: Path) -> None:
+    # --limit-scope key --limit big=120/- with --rpm auto: the other models learn their
+    # own limits from the server (a counter each, as in model scope); the report left
+    # them in the key's row, with no limit, and measured only big.
+    events = [start({}, limit_scope="key", limits={"big": _OWN})]
+    events.append({"ev": "limit", "t": 0.0, "name": "rpm", "value": 60, "key": None,
+                   "model": "small"})
+    events += steady("big", 2.0, 0.0, 60.0) + steady("small", 0.5, 0.1, 60.1)
+    h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", ordered(events))))
+    by = h["by_model"]
+    assert by["small"]["rpm_limit"] == 60 and by["small"]["sent"] == 30, by
+    assert by["small"]["efficiency"]["rpm"] == pytest.approx(0.5, abs=0.04)
+    # big at 100% of 120, small at 50% of 60: 150 of 180.
+    assert h["efficiency"]["rpm"] == pytest.approx(150 / 180, abs=0.04), h["efficiency"]

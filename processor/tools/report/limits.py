@@ -126,7 +126,8 @@ class LimitBook:
         if not isinstance(model, str):
             return KEY_GROUP
         bucket = self.bucket_of.get(model, model)
-        if self.scope != "model" and bucket not in self.own:
+        if self.scope != "model" and bucket not in self.own and (
+                bucket not in self._learned_groups):  # (key scope: a model's own limit)
             return KEY_GROUP
         if bucket not in self.spans and len(self.spans) >= self.max_rows:
             return OTHER
