@@ -169,3 +169,18 @@ def test_key_scope_limits_learned_per_model_are_measured(tmp_path: Path) -> None
     assert by["small"]["efficiency"]["rpm"] == pytest.approx(0.5, abs=0.04)
     # big at 100% of 120, small at 50% of 60: 150 of 180.
     assert h["efficiency"]["rpm"] == pytest.approx(150 / 180, abs=0.04), h["efficiency"]
+
+
+def test_a_model_that_starts_late_in_a_rerun_is_measured_while_it_sends(
+        tmp_path: Path) -> None:
+    # Input sorted by model, killed and rerun: in run 2 model a waits a minute behind
+    # b's lines. Its span ran from run 1's first send to run 2's last, so that minute
+    # counted as a's capacity left unused (67%).
+    events = [start({"rpm": 60})] + steady("a", 1.0, 0.0, 60.0)
+    events.append({"ev": "end", "t": 60.0, "reason": "SIGINT", "elapsed": 60.0})
+    events.append({**start({"rpm": 60}), "run": 2})
+    events += ordered([{"ev": "x"}] + steady("b", 1.0, 0.0, 60.0)
+                      + steady("a", 1.0, 60.0, 120.0))[1:]
+    h = headline(aggregate(write_log(tmp_path / "x.run.jsonl", events)))
+    assert h["by_model"]["a"]["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.04), h
+    assert h["efficiency"]["rpm"] == pytest.approx(1.0, abs=0.04)

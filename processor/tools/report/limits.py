@@ -11,8 +11,8 @@ and the key's: its requests count in both groups (*nested* in the key's), and th
 a whole was allowed the key's limit, or less while only such models sent (the sum of
 their own limits).
 
-A group's limit is in force from its first request sent to its last (a model whose work
-is done no longer counts as capacity left unused). Each run's counters start empty, so
+A group's limit is in force from its first request sent to its last, in each run (a model
+whose work is done, or not yet begun in a rerun, is not capacity left unused). Each run's counters start empty, so
 each run's first request waited for its own credit before it was sent: it is left out of
 what the span is measured against (else a short run, or a run killed and rerun several
 times, shows more than 100%). A request sent while its limit was still being learned
@@ -61,8 +61,11 @@ class LimitBook:
         self.bucket_of: dict[str, str] = {}  # a shared bucket's models -> its name
         self.learned: dict[str, dict[tuple[str | None, str], float]] = {}
         self._learned_groups: set[str] = set()
-        #: group -> [first send, last send] on the report's time axis, over all runs.
-        self.spans: dict[str, list[float]] = {}
+        #: group -> its [first send, last send] in each run that sent for it, on the
+        #: report's time axis (at most ``max_rows`` each: later runs widen the last).
+        self.spans: dict[str, list[list[float]]] = {}
+        #: the groups that have sent in this run (a new run opens a new span).
+        self._run_groups: set[str | None] = set()
         #: (group, name) -> what the first request of each run held to a known limit
         #: took (1 request, its tokens), summed over runs: each run's counters start empty,
         #: so that request was paid by credit gathered before it was sent.
@@ -71,8 +74,8 @@ class LimitBook:
         self._run_first: dict[tuple[str, str], tuple[float, int]] = {}
         #: groups whose requests also pass the key's counters (key scope, own limits).
         self.nested: set[str] = set()
-        #: [first, last] send of requests held by the key's counters alone (key scope).
-        self.bare: list[float] | None = None
+        #: the spans of requests held by the key's counters alone (key scope), per run.
+        self.bare: list[list[float]] = []
         #: group -> (limit, known since) for rpm and tpm, as :meth:`_total` gives them.
         self._in_force: dict[str, tuple[tuple[float | None, float],
                                         tuple[float | None, float]]] = {}
@@ -108,6 +111,7 @@ class LimitBook:
         self._learned_groups = set()
         self._in_force = {}
         self._known_at = {}
+        self._run_groups = set()
         self._fold()
 
     def _fold(self) -> None:
@@ -195,22 +199,25 @@ class LimitBook:
             x = MAX_TIME if x > MAX_TIME else 0.0
         group = self.group(model)
         if group == KEY_GROUP:
-            bare = self.bare
-            if bare is None:
-                self.bare = [x, x]
-            else:
-                bare[0], bare[1] = min(bare[0], x), max(bare[1], x)
+            self._widen(self.bare, None, x)
         elif self.scope == "key" and group != OTHER:
             self.nested.add(group)
             self._count(timeline, x, KEY_GROUP, tokens)
         self._count(timeline, x, group, tokens)
 
+    def _widen(self, spans: list[list[float]], name: str | None, x: float) -> None:
+        """Take ``x`` into the run's span in ``spans`` (opened at the run's first send);
+        ``name``: the group's (None for :attr:`bare`)."""
+        if name not in self._run_groups:
+            self._run_groups.add(name)
+            if len(spans) < self.max_rows:
+                spans.append([x, x])
+                return
+        span = spans[-1]  # attempts are logged as they end, not always in order
+        span[0], span[1] = min(span[0], x), max(span[1], x)
+
     def _count(self, timeline: Timeline, x: float, group: str, tokens: int) -> None:
-        span = self.spans.get(group)
-        if span is None:
-            self.spans[group] = [x, x]
-        else:  # attempts are logged as they end, not always in order
-            span[0], span[1] = min(span[0], x), max(span[1], x)
+        self._widen(self.spans.setdefault(group, []), group, x)
         bucket = timeline.at(x)
         if bucket.groups is None:
             bucket.groups = {}
@@ -234,29 +241,35 @@ class LimitBook:
                 self._run_first[(group, name)] = (x, amount)
 
 
-def _lines(timeline: Timeline, spans: Mapping[str, list[float]]
+def _lines(timeline: Timeline, spans: Mapping[str, list[list[float]]]
            ) -> dict[str, dict[str, list[float | None]]]:
-    """Per group and name, the limit in force in each bucket of the group's span (the
+    """Per group and name, the limit in force in each bucket of the group's spans (the
     last one a send recorded, carried over buckets without one); None elsewhere."""
     n = timeline.used_buckets()
     width = timeline.width
     out: dict[str, dict[str, list[float | None]]] = {}
-    for group, (first, last) in spans.items():
+    for group, runs in spans.items():
         lines: dict[str, list[float | None]] = {name: [None] * n for name in NAMES}
-        held: dict[str, float | None] = dict.fromkeys(NAMES)
-        for i in range(int(first / width), min(int(last / width), n - 1) + 1):
-            groups = timeline.buckets[i].groups
-            slot = groups.get(group) if groups else None
-            for name in NAMES:
-                if slot is not None:
-                    held[name] = getattr(slot, name)
-                lines[name][i] = held[name]
+        for first, last in runs:
+            held: dict[str, float | None] = dict.fromkeys(NAMES)
+            for i in range(int(first / width), min(int(last / width), n - 1) + 1):
+                groups = timeline.buckets[i].groups
+                slot = groups.get(group) if groups else None
+                for name in NAMES:
+                    if slot is not None:
+                        held[name] = getattr(slot, name)
+                    lines[name][i] = held[name]
         out[group] = lines
     return out
 
 
-def _covers(span: list[float] | None, i: int, width: float) -> bool:
-    return span is not None and int(span[0] / width) <= i <= int(span[1] / width)
+def _cover(spans: list[list[float]], n: int, width: float) -> list[bool]:
+    """Per bucket, whether one of ``spans`` covers it."""
+    covered = [False] * n
+    for first, last in spans:
+        for i in range(int(first / width), min(int(last / width), n - 1) + 1):
+            covered[i] = True
+    return covered
 
 
 def _overall(timeline: Timeline, book: LimitBook,
@@ -272,6 +285,8 @@ def _overall(timeline: Timeline, book: LimitBook,
     width = timeline.width
     key = lines.get(KEY_GROUP)
     out: dict[str, tuple[list[float], list[float | None]]] = {}
+    covered = {group: _cover(book.spans.get(group, []), n, width) for group in book.nested}
+    bare = _cover(book.bare, n, width)
     for name in NAMES:
         got = [0.0] * n
         allowed: list[float | None] = [None] * n
@@ -284,7 +299,7 @@ def _overall(timeline: Timeline, book: LimitBook,
                 limit = group_lines[name][i]
                 if group in book.nested:
                     if capped:
-                        if not _covers(book.spans.get(group), i, width):
+                        if not covered[group][i]:
                             continue
                         nested_sum = None if limit is None or nested_sum is None \
                             else nested_sum + limit
@@ -297,7 +312,7 @@ def _overall(timeline: Timeline, book: LimitBook,
                 total = (total or 0.0) + limit
             if capped and key is not None:
                 cap = key[name][i] or 0.0
-                if book.nested and not _covers(book.bare, i, width) and nested_sum:
+                if book.nested and not bare[i] and nested_sum:
                     cap = min(cap, nested_sum)
                 got[i] += _amount(groups.get(KEY_GROUP), name)
                 total = (total or 0.0) + cap
