@@ -12,11 +12,12 @@ a whole was allowed the key's limit, or less while only such models sent (the su
 their own limits).
 
 A group's limit is in force from its first request sent to its last, in each run (a model
-whose work is done, or not yet begun in a rerun, is not capacity left unused). Each run's counters start empty, so
-each run's first request waited for its own credit before it was sent: it is left out of
-what the span is measured against (else a short run, or a run killed and rerun several
-times, shows more than 100%). A request sent while its limit was still being learned
-(``auto``: the first few of each run) was held to no limit: it is not measured either.
+whose work is done, or not yet begun in a rerun, is not capacity left unused). Each run's
+counters start empty, so each run's first request waited for its own credit before it
+was sent: it is left out of what the span is measured against (else a short run, or a
+run killed and rerun several times, shows more than 100%). A request sent while its limit
+was still being learned (``auto``: the first few of each run) was held to no limit: it is
+not measured either.
 
 Every time bucket keeps, per group, what was sent and the limit in force at the time
 (:class:`~.timeline.Slot`), so the limit line and the efficiency follow the limits as
