@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "processor"
 
 #: floor of each top-level module or package of processor/.
 FLOORS = {
-    "_types": 0, "errors": 0, "stats": 0, "idset": 0, "durations": 0,
+    "_types": 0, "errors": 0, "stats": 0, "idset": 0, "durations": 0, "shown": 0,
     "jobs": 1, "shards": 1,
     "cost": 2,
     "limits": 3,

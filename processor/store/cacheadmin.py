@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..shown import shown
 from .cache import connect
 
 __all__ = ["CacheStats", "Pruned", "cache_stats", "file_bytes", "parse_age", "parse_size",
@@ -97,12 +98,6 @@ _COUNT = ("CASE WHEN typeof({0}) = 'integer' AND {0} BETWEEN 0 AND 1000000000000
           "THEN {0} END")
 _TIME = ("CASE WHEN typeof({0}) IN ('integer', 'real') AND {0} BETWEEN 0 AND 100000000000 "
          "THEN {0} END")
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _printable(text: str) -> str:
-    """A name from the file fit for a terminal: controls written as ``\\uXXXX``, cut."""
-    return _UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text[:200])
 
 
 def cache_stats(path: Path) -> CacheStats:
@@ -120,7 +115,7 @@ def cache_stats(path: Path) -> CacheStats:
             f"coalesce(sum({_COUNT.format('hits')}), 0), min({_TIME.format('created')}), "
             f"max({_TIME.format('created')}), max({_TIME.format('last_hit')}) "
             "FROM responses").fetchone()
-        models = {_printable(str(name)): int(count) for name, count in conn.execute(
+        models = {shown(name): int(count) for name, count in conn.execute(
             "SELECT CASE WHEN typeof(model) = 'text' THEN model ELSE '' END, count(*) "
             "FROM responses GROUP BY 1 ORDER BY 2 DESC LIMIT 20").fetchall()}
     except sqlite3.Error as exc:

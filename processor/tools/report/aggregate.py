@@ -9,11 +9,11 @@ time spent working, not the nights between.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...shown import shown
 from ...store.runlog import BATCH_KEY, read_events
 from .limits import LimitBook
 from .timeline import Bucket, LatencySketch, Timeline
@@ -25,18 +25,6 @@ __all__ = ["MAX_ROWS", "Aggregate", "FailureRow", "RunRow", "aggregate"]
 MAX_ROWS = 200
 #: example custom_ids kept per failure reason.
 EXAMPLES = 5
-
-
-#: characters never shown as they are: controls (a terminal obeys ESC sequences in a
-#: custom_id or message) and the marks that reverse or isolate text direction.
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _text(value: Any, limit: int = 200) -> str:
-    """A text taken from the log, fit to show: at most ``limit`` characters, controls
-    and direction marks written as ``\\uXXXX``."""
-    text = (value if isinstance(value, str) else str(value))[:limit]
-    return _UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class Unreadable(list[int]):
@@ -177,7 +165,7 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
             run = RunRow(
                 number=int(_number(event.get("run"), len(agg.runs) + 1)),
                 started_at=_number(event.get("at")) or None, offset=offset,
-                version=_text(event.get("v", ""), 40),
+                version=shown(event.get("v", ""), 40),
                 total=event.get("total") if isinstance(event.get("total"), int) else None,
                 resume_done=int(_number(resume.get("done"))) if isinstance(resume, dict) else 0,
                 limits=dict(limits.flags))
@@ -199,21 +187,21 @@ def aggregate(path: str | os.PathLike[str]) -> Aggregate:
         elif kind == "key_retired":
             limits.retire(event.get("key"))
         elif kind == "pause":
-            reason = _text(event.get("r"))
+            reason = shown(event.get("r"))
             if len(agg.pauses) < MAX_ROWS or reason in agg.pauses:
                 agg.pauses[reason] += 1
             if event.get("until") is None and len(agg.spans) < MAX_ROWS:
                 open_spans[_span_key(reason, event)] = len(agg.spans)
                 agg.spans.append((x, -1.0, reason))
         elif kind == "resume":
-            index = open_spans.pop(_span_key(_text(event.get("r")), event), -1)
+            index = open_spans.pop(_span_key(shown(event.get("r")), event), -1)
             if index >= 0:
                 agg.spans[index] = (agg.spans[index][0], x, agg.spans[index][2])
         elif kind == "end" and run is not None:
             run.seconds = _number(event.get("elapsed"), t)
-            run.reason = _text(event.get("reason"))
+            run.reason = shown(event.get("reason"))
             msg = event.get("msg")
-            run.message = _text(msg, 300) if isinstance(msg, str) else None
+            run.message = shown(msg, 300) if isinstance(msg, str) else None
             run.skipped = int(_number(event.get("skipped")))
         agg.end = max(agg.end, offset + last_t)
     if run is not None:
@@ -285,7 +273,7 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: Limit
         row.completion += completion
         return
     row.errors += 1
-    kind = _text(error, 100)
+    kind = shown(error, 100)
     if status == 429:
         back.e429 += 1
         kind = "429"
@@ -305,7 +293,7 @@ def _attempt(agg: Aggregate, event: dict[str, Any], offset: float, limits: Limit
 
 
 def _failure(agg: Aggregate, event: dict[str, Any]) -> None:
-    code = _text(event.get("code"), 100)
+    code = shown(event.get("code"), 100)
     row = agg.failures.get(code)
     if row is None:
         if len(agg.failures) >= MAX_ROWS:
@@ -315,9 +303,9 @@ def _failure(agg: Aggregate, event: dict[str, Any]) -> None:
     cid = event.get("id")
     if len(row.examples) < EXAMPLES:
         line = event.get("line")
-        row.examples.append(_text(cid) if cid is not None else f"line {_text(line, 20)}")
+        row.examples.append(shown(cid) if cid is not None else f"line {shown(line, 20)}")
     if not row.message and isinstance(event.get("msg"), str):
-        row.message = _text(event["msg"], 300)
+        row.message = shown(event["msg"], 300)
 
 
 def _served(agg: Aggregate, event: dict[str, Any], bucket: Bucket, run: RunRow | None) -> None:
@@ -338,8 +326,8 @@ def _served(agg: Aggregate, event: dict[str, Any], bucket: Bucket, run: RunRow |
 def _row(agg: Aggregate, event: dict[str, Any]) -> KeyModel:
     """The by key and model row of ``event`` (one "(other)" row past MAX_ROWS)."""
     key, model = event.get("k"), event.get("m")
-    pair = (_text(key) if isinstance(key, str) else "",
-            _text(model) if isinstance(model, str) else "")
+    pair = (shown(key) if isinstance(key, str) else "",
+            shown(model) if isinstance(model, str) else "")
     row = agg.by_key_model.get(pair)
     if row is None:
         if len(agg.by_key_model) >= MAX_ROWS:
