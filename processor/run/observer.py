@@ -3,11 +3,10 @@ secret), and the progress tap that writes it about once a second."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -16,7 +15,7 @@ from ..client.masking import MASK, Masker, header_secrets, is_credential_header
 from ..errors import ConfigError
 from ..stats import Stats
 from ..store.paths import check_distinct, check_output, lock_path
-from ..store.runlog import RunLog, is_run_log, run_log_path
+from ..store.runlog import RunLog, is_run_log, plain, run_log_path
 from .config import JobConfig
 
 __all__ = ["ProgressTap", "open_run_log", "plan_run_log", "safe_config", "start_fields"]
@@ -93,7 +92,7 @@ def safe_config(cfg: JobConfig) -> dict[str, Any]:
         # A field kept out of the config's repr holds a secret (a key, a password): so
         # a secret setting added later stays out of the log without a word here.
         if name not in _LEFT_OUT and spec.repr:
-            out[name] = _plain(getattr(cfg, name))
+            out[name] = plain(getattr(cfg, name))  # the per-model limits as data
     for name in _URLS:
         value = getattr(cfg, name)
         out[name] = masker.url(value) if value else value
@@ -104,20 +103,6 @@ def safe_config(cfg: JobConfig) -> dict[str, Any]:
         else masker.text(value)
         for name, value in list(cfg.headers.items()) + list(cfg.secret_headers.items())}
     return out
-
-
-def _plain(value: Any) -> Any:
-    """A setting as JSON: mappings, sequences and dataclasses (the per-model limits, the
-    shared buckets) as what they hold, so the report can read them; anything else as text."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return str(value)
 
 
 def _version() -> str:

@@ -36,12 +36,13 @@ never stops the run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -52,7 +53,7 @@ from ..errors import APIError
 from ..jobs import Job
 from ..stats import Stats
 
-__all__ = ["BATCH_KEY", "RunLog", "is_run_log", "read_events", "run_log_path"]
+__all__ = ["BATCH_KEY", "RunLog", "is_run_log", "plain", "read_events", "run_log_path"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class RunLog:
             # A field that is not JSON, or an integer past 64 bits (a server's usage of
             # 2**64 - 1 tokens, summed): keep its text. Never the end of the run.
             try:
-                self._buf += orjson.dumps(_plain(event), option=_LINE)
+                self._buf += orjson.dumps(plain(event), option=_LINE)
             except TypeError as exc:
                 log.warning("run log: an event could not be written (%s)", exc)
         if len(self._buf) >= self._max_buffer:
@@ -303,17 +304,22 @@ class RunLog:
         self.close()
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
-    """``value`` with what JSON (orjson) cannot hold written as text: integers past
-    64 bits, other types; nested dicts and lists followed a few levels down."""
+def plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON (orjson) can hold it: mappings, sequences and dataclasses (the
+    per-model limits in the settings) as what they hold, followed a few levels down;
+    integers past 64 bits and anything else as text."""
     if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
         return value
     if isinstance(value, int):
         return value if -(1 << 63) <= value < (1 << 64) else str(value)
-    if isinstance(value, dict) and depth < 8:
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and depth < 8:
-        return [_plain(v, depth + 1) for v in value]
+    if depth < 8:
+        if isinstance(value, Mapping):
+            return {str(k): plain(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v, depth + 1) for v in value]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name), depth + 1)
+                    for f in dataclasses.fields(value)}
     return str(value)
 
 
