@@ -60,34 +60,25 @@ def parse_duration(text: str) -> float | None:
     return _wait(total) if pos == len(text) and pos else None
 
 
-def _number(text: str) -> float | None:
-    """A finite number, or of numbers joined by commas (a proxy repeating the header:
-    "2, 3") the largest finite one; None for anything else (an HTTP date, garbage)."""
-    values = []
-    for part in text.split(",")[:8] if len(text) <= 200 else ():
-        try:
-            value = float(part)
-        except ValueError:
-            if "," in text:
-                continue  # a junk part among joined numbers; a date has words in each
-            return None
-        if math.isfinite(value):
-            values.append(value)
-    return max(values) if values else None
+def _finite(text: str) -> float | None:
+    """A finite number (a wait may be negative: :func:`_wait` makes it 0), else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``
     (seconds or an HTTP date), else None. Never negative, never over :data:`MAX_WAIT`."""
-    ms = _all(headers, "retry-after-ms")
+    # A proxy repeating a header ("2, 3", or on two lines): the longest wait.
+    ms = _joined(headers, "retry-after-ms", _finite, max)
     if ms is not None:
-        seconds = _number(ms)
-        if seconds is not None:
-            return _wait(seconds / 1000.0)
-    joined = _all(headers, "retry-after")
-    if joined is None:
+        return _wait(ms / 1000.0)
+    if "retry-after" not in headers:
         return None
-    seconds = _number(joined)
+    seconds = _joined(headers, "retry-after", _finite, max)
     if seconds is not None:
         return _wait(seconds)
     value = headers.get("retry-after", "")  # an HTTP date: the first line's
