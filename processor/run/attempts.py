@@ -177,7 +177,7 @@ class Attempts:
                 self.stats.server_pause_until = time.time() + pause
                 self.stats.server_pause_key = self.keys.label(lane)
             if self.events.enabled:
-                self.events.pause("429", limiter.paused_until - self.run.now(),
+                self.events.pause("429", pause,
                                   key=lane.name, model=lane.bucket(job.model) or None,
                                   scale=round(limiter.backoff.scale, 3))
             insisted, told = self.keys.refused(lane, job.model)
