@@ -168,11 +168,17 @@ class LimitBook:
     def in_force(self, group: str) -> tuple[float | None, float | None]:
         """The group's requests and tokens per minute now, summed over the keys (None:
         some key had none: no flag, nothing learned yet)."""
+        (rpm, _), (tpm, _) = self._known(group)
+        return rpm, tpm
+
+    def _known(self, group: str) -> tuple[tuple[float | None, float],
+                                          tuple[float | None, float]]:
+        """The group's (limit, known since) for rpm and tpm (kept until one changes)."""
         known = self._in_force.get(group)
         if known is None:
             known = self._in_force[group] = (self._total(group, "rpm"),
                                              self._total(group, "tpm"))
-        return known[0][0], known[1][0]
+        return known
 
     def _total(self, group: str, name: str) -> tuple[float | None, float]:
         """The group's ``name`` limit summed over the keys, and since when the run has
@@ -227,8 +233,7 @@ class LimitBook:
             slot = bucket.groups[group] = Slot()
         slot.sent += 1
         slot.tokens += tokens
-        slot.rpm, slot.tpm = self.in_force(group)
-        (_, rpm_since), (_, tpm_since) = self._in_force[group]
+        (slot.rpm, rpm_since), (slot.tpm, tpm_since) = self._known(group)
         for name, limit, since, amount in (("rpm", slot.rpm, rpm_since, 1),
                                            ("tpm", slot.tpm, tpm_since, tokens)):
             if limit is None or x < since:
@@ -253,7 +258,7 @@ def _lines(timeline: Timeline, spans: Mapping[str, list[list[float]]]
         lines: dict[str, list[float | None]] = {name: [None] * n for name in NAMES}
         for first, last in runs:
             held: dict[str, float | None] = dict.fromkeys(NAMES)
-            for i in range(int(first / width), min(int(last / width), n - 1) + 1):
+            for i in _buckets(first, last, n, width):
                 groups = timeline.buckets[i].groups
                 slot = groups.get(group) if groups else None
                 for name in NAMES:
@@ -268,9 +273,14 @@ def _cover(spans: list[list[float]], n: int, width: float) -> list[bool]:
     """Per bucket, whether one of ``spans`` covers it."""
     covered = [False] * n
     for first, last in spans:
-        for i in range(int(first / width), min(int(last / width), n - 1) + 1):
+        for i in _buckets(first, last, n, width):
             covered[i] = True
     return covered
+
+
+def _buckets(first: float, last: float, n: int, width: float) -> range:
+    """The buckets (of the first ``n``, ``width`` seconds each) a span touches."""
+    return range(int(first / width), min(int(last / width), n - 1) + 1)
 
 
 def _overall(timeline: Timeline, book: LimitBook,
