@@ -127,10 +127,3 @@ def state_of(job: Path) -> dict[str, Any]:
     stem = job.name.removesuffix(".jsonl")
     return dict(orjson.loads((job.with_name(stem + ".batch") / "state.json").read_bytes()))
 
-
-async def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll ``check`` (a mock server counter) every 10 ms until it holds."""
-    end = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < end, "timed out waiting"
-        await asyncio.sleep(0.01)

@@ -168,13 +168,15 @@ async def test_ctrl_c_stops_and_the_rerun_collects(tmp_path: Path,
                                                    batch_api: Any) -> None:  # noqa: F811
     import signal
 
-    from tests.batchkit import FAST, start, wait_until
+    from tests.batchkit import FAST, start
+    from tests.conftest import until
 
     api = await batch_api(batch={"seconds": 3600.0})  # running until told (below)
     job = write_job(tmp_path / "s.jsonl", 20)
     proc = await start("run", str(job), "--base-url", api.base_url, "--via", "batch",
                        "--plain", *FAST, "--batch-part-requests", "10")
-    await wait_until(lambda: api.store.stats.creates >= 2 and api.store.stats.polls >= 1)
+    await until(lambda: api.store.stats.creates >= 2 and api.store.stats.polls >= 1,
+                "two batches created and polled")
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 130, err.decode()

@@ -20,9 +20,9 @@ from tests.batchkit import (
     run_batch,
     start,
     state_of,
-    wait_until,
     write_job,
 )
+from tests.conftest import until
 
 pytestmark = pytest.mark.slow  # the CLI in subprocesses
 
@@ -36,7 +36,8 @@ async def test_120k_lines_three_parts_exactly_once_through_kills(
     args = ("run", str(job), "--base-url", api.base_url, "--via", "batch", "--plain", *FAST)
     # First run: killed (SIGKILL) while it polls its three batches.
     proc = await start(*args)
-    await wait_until(lambda: api.store.stats.creates == 3 and api.store.stats.polls >= 1)
+    await until(lambda: api.store.stats.creates == 3 and api.store.stats.polls >= 1,
+                "three batches created and polled")
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     assert not (tmp_path / "big.results.jsonl").exists() or not ids_of(
@@ -45,7 +46,7 @@ async def test_120k_lines_three_parts_exactly_once_through_kills(
     api.store.config.seconds = 2.0  # the batches end: the next poll finds them completed
     # Second run: killed once it collects an output file.
     proc = await start(*args)
-    await wait_until(lambda: sum(api.store.stats.downloads.values()) >= 1)
+    await until(lambda: sum(api.store.stats.downloads.values()) >= 1, "a download")
     await asyncio.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()

@@ -269,7 +269,8 @@ async def test_a_log_another_run_writes_is_locked(tmp_path: Path,
                                                   batch_api: Any) -> None:  # noqa: F811
     import asyncio
 
-    from tests.batchkit import FAST, start, wait_until
+    from tests.batchkit import FAST, start
+    from tests.conftest import until
 
     # The batch runs until the checks below are done (however slow the machine: each
     # is a CLI start), then ends at the next poll.
@@ -277,7 +278,7 @@ async def test_a_log_another_run_writes_is_locked(tmp_path: Path,
     log = tmp_path / "shared.run.jsonl"
     proc = await start("run", str(write_job(tmp_path / "a.jsonl", 5)), "--base-url",
                        api.base_url, "--via", "batch", "--plain", *FAST, "--run-log", str(log))
-    await wait_until(lambda: api.store.stats.creates == 1)
+    await until(lambda: api.store.stats.creates == 1, "the batch created")
     # Another job (online, or through the Batch API) cannot write the same log meanwhile.
     for via in ("online", "batch"):
         code, _, err = await cli("run", str(write_job(tmp_path / f"{via}.jsonl", 3)),
