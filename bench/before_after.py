@@ -78,8 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("after", type=Path)
     ap.add_argument("--labels", nargs=2, default=None, metavar=("BEFORE", "AFTER"))
     ap.add_argument("--out", type=Path, default=BENCH / "before-after-run.jsonl")
-    ap.add_argument("run_args", nargs="*", default=["--quick", "--repeat", "3"])
-    args = ap.parse_args(argv)
+    # Everything after ``--`` goes to bench/run.py as it is (a "*" positional after the
+    # trees took nothing and left ``-- --quick ...`` unrecognized).
+    argv = sys.argv[1:] if argv is None else argv
+    ours, run_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) \
+        if "--" in argv else (argv, [])
+    args = ap.parse_args(ours)
+    args.run_args = run_args or ["--quick", "--repeat", "3"]
     labels = args.labels or [args.before.name, args.after.name]
     rows: list[Row] = []
     for tree, label in zip((args.before, args.after), labels, strict=True):
